@@ -1,0 +1,135 @@
+"""Problems found in a story, and the one exception that carries them to the user.
+
+In: locations (a file, a line and column, a path into the document such as
+``("panels", 3, "seed")``) and plain-language messages. Out: ``Problem`` records that format as
+``story.yaml:12:5: panels[3].seed: expected an integer, got 'abc'`` with an optional hint, and
+``StoryError``, a ``click.ClickException`` with exit code 2 that prints every problem at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import click
+
+Loc = tuple[str | int, ...]
+
+ERROR = "error"
+WARNING = "warning"
+
+
+def format_loc(loc: Sequence[str | int]) -> str:
+    """``("panels", 3, "seed")`` -> ``panels[3].seed``; odd keys are quoted."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.replace("_", "a").replace("-", "a").isalnum():
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str | None:
+    """A hint naming the closest valid choice, or None when nothing is close."""
+    if not isinstance(word, str):
+        return None
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    if word.lower() in lowered:
+        return f"did you mean {lowered[word.lower()]!r}? (names are case-sensitive)"
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    if match:
+        return f"did you mean {lowered[match[0]]!r}?"
+    return None
+
+
+def show_value(value: object, limit: int = 60) -> str:
+    """A short, safe rendering of a user's value for messages."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    file: str
+    line: int | None
+    col: int | None
+    loc: Loc
+    message: str
+    hint: str | None = None
+    severity: str = ERROR
+
+    def format(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.col is not None:
+                where += f":{self.col}"
+        parts = [where]
+        if self.severity == WARNING:
+            parts.append("warning")
+        if self.loc:
+            parts.append(format_loc(self.loc))
+        parts.append(self.message)
+        text = ": ".join(parts)
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        return text
+
+
+@dataclass
+class Diagnostics:
+    """Collects problems so a file reports all of them at once, in document order."""
+
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, problem: Problem) -> None:
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
+
+    def sorted(self) -> list[Problem]:
+        return sorted(self.problems, key=lambda p: (p.file, p.line or 0, p.col or 0))
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            raise StoryError(self.sorted())
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix (a bad argument, a file in the way): exit code 2."""
+
+    exit_code = 2
+
+
+class StoryError(UserError):
+    """A story that cannot be used. Always the user's to fix: exit code 2, no traceback."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        super().__init__(self._summary())
+
+    def _summary(self) -> str:
+        errors = [p for p in self.problems if p.severity == ERROR]
+        files = sorted({p.file for p in errors})
+        noun = "error" if len(errors) == 1 else "errors"
+        return f"{len(errors)} {noun} in {', '.join(files)}"
+
+    def format_message(self) -> str:
+        return "\n".join(p.format() for p in self.problems) + f"\n{self._summary()}"
+
+    def show(self, file=None) -> None:  # noqa: D102 - click's hook; no "Error:" prefix needed
+        click.echo(self.format_message(), err=True, file=file)
