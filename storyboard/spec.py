@@ -13,6 +13,7 @@ an unknown character in another.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 import typing
@@ -317,13 +318,6 @@ class StorySpec(_Spec):
                                              "name", "use letters, digits and '_'")
         return v
 
-    @field_validator("characters")
-    @classmethod
-    def _character_ids(cls, v: dict[str, CharacterSpec]) -> dict[str, CharacterSpec]:
-        for key in v:
-            _check_id(key)
-        return v
-
 
 @dataclass
 class Story:
@@ -398,6 +392,8 @@ def _problems_from_pydantic(exc: ValidationError, doc: SourceDoc) -> list[Proble
                                                                    "function-before[...]"))
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
         message, hint, key = _describe(error, loc)
+        if error["type"] == "missing":
+            loc = loc[:-1]
         out.append(doc.problem(loc, message, hint, key=key))
     return out
 
@@ -416,8 +412,12 @@ def _describe(error: dict, loc: Loc) -> tuple[str, str | None, bool]:
     if kind in ("int_type", "int_parsing", "int_from_float"):
         hint = "remove the quotes" if isinstance(value, str) and value.strip().isdigit() else None
         return f"expected an integer, got {_got(value)}", hint, False
-    if kind in ("float_type", "float_parsing", "finite_number"):
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_got(value)}", None, False
+    if kind == "finite_number":
         return f"expected a finite number, got {_got(value)}", None, False
+    if kind == "string_type" and loc == ("layout", "title"):
+        return f"expected true, false or a text, got {_got(value)}", None, False
     if kind == "string_type":
         hint = "put quotes around it" if isinstance(value, (int, float, bool)) else None
         return f"expected text, got {_got(value)}", hint, False
@@ -443,6 +443,9 @@ def _describe(error: dict, loc: Loc) -> tuple[str, str | None, bool]:
         limit = next(iter(ctx.values()))
         return f"must be {op} {limit}, got {_got(value)}", None, False
     if kind == "multiple_of":
+        if not C.MIN_SIZE_PX <= value <= C.MAX_SIZE_PX:
+            return (f"must be between {C.MIN_SIZE_PX} and {C.MAX_SIZE_PX} pixels, got "
+                    f"{_got(value)}", None, False)
         lower = int(value) // 8 * 8
         return (f"must be a multiple of 8, got {_got(value)}",
                 f"use {max(lower, C.MIN_SIZE_PX)} or {lower + 8}", False)
@@ -453,6 +456,8 @@ def _describe(error: dict, loc: Loc) -> tuple[str, str | None, bool]:
         if loc and loc[-1] in ("background", "text_color", "border_color"):
             return f"expected a colour like '#ffffff', got {_got(value)}", None, False
         return f"invalid value {_got(value)}", None, False
+    if kind == "too_short" and loc == ("panels",):
+        return "a story needs at least one panel", None, False
     if kind == "too_short":
         return f"expected at least {ctx.get('min_length')} item(s), got none", None, False
     if kind == "too_long":
@@ -574,7 +579,12 @@ def _check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnosti
                 used.add(cid)
 
     for cid, char in characters.items():
-        if isinstance(cid, str) and cid not in used:
+        if not isinstance(cid, str) or not ID_RE.match(cid) or cid.lower() in _WINDOWS_RESERVED:
+            error(("characters", str(cid)), f"invalid character id {show_value(cid)}: use 1-64 "
+                  "letters, digits, '-' or '_', starting with a letter or digit",
+                  "ids name LoRA adapters and files, so dots, slashes and spaces are not "
+                  "allowed", key=True)
+        elif cid not in used:
             warn(("characters", cid), f"character {cid!r} is defined but appears in no panel",
                  key=True)
         if not isinstance(char, dict):
@@ -620,7 +630,7 @@ def _check_file(fname: str, base_dir: Path, suffixes: tuple[str, ...], what: str
         if parent.is_dir():
             hint = did_you_mean(path.name, [p.name for p in parent.iterdir()
                                             if p.name.lower().endswith(suffixes)])
-        error(loc, f"{what} not found: {fname!r} (looked in {parent})",
+        error(loc, f"{what} not found: {fname!r} (looked in {_shown(parent)})",
               hint or "paths are relative to the story file")
 
 
@@ -635,5 +645,14 @@ def _check_model_path(fname: str, base_dir: Path, loc: Loc, error) -> None:
         if not fname.lower().endswith(CHECKPOINT_SUFFIXES):
             error(loc, f"model file {fname!r} is not a .safetensors or .ckpt checkpoint")
     else:
-        error(loc, f"model not found: {fname!r} (looked in {path.parent})",
+        error(loc, f"model not found: {fname!r} (looked in {_shown(path.parent)})",
               "paths are relative to the story file; for a Hugging Face model use `repo:`")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    return str(path) if rel.startswith("..") else (rel if rel != "." else "./")

@@ -158,7 +158,12 @@ def render(source: str, context: dict[str, Any]) -> str:
                                       "characters")
             out.append(chunk)
     except jinja2.UndefinedError as exc:
-        name = _undefined_name(exc)
+        name, attribute = _undefined_name(exc)
+        if attribute:
+            # Which mapping was meant is not in the error; any key one level down will do.
+            keys = {k for v in context.values() if isinstance(v, dict) for k in v}
+            raise TemplateProblem(f"{name!r} is undefined here", _template_line(exc),
+                                  did_you_mean(name, keys)) from None
         hint = did_you_mean(name, context) if name else None
         raise TemplateProblem(f"{exc.message}", _template_line(exc),
                               hint or f"available: {', '.join(sorted(context))}") from None
@@ -172,11 +177,14 @@ def render(source: str, context: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _undefined_name(exc: jinja2.UndefinedError) -> str | None:
+def _undefined_name(exc: jinja2.UndefinedError) -> tuple[str | None, bool]:
+    """(the undefined name, whether it was an attribute/key of something defined)."""
     msg = exc.message or ""
     if msg.startswith("'") and "' is undefined" in msg:
-        return msg[1:msg.index("' is undefined")]
-    return None
+        return msg[1:msg.index("' is undefined")], False
+    if "has no attribute '" in msg:
+        return msg.split("has no attribute '", 1)[1].rstrip("'"), True
+    return None, False
 
 
 def _template_line(exc: BaseException) -> int | None:

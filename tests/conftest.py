@@ -1,0 +1,65 @@
+"""Shared helpers: write stories to temp folders, run the CLI, compare against golden files.
+
+Set STORYBOARD_UPDATE_GOLDENS=1 to rewrite golden files from the current output (then review
+the diff before committing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from storyboard.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("STORYBOARD_UPDATE_GOLDENS") == "1"
+
+MINIMAL = """\
+version: 1
+model: tiny-sdxl
+panels:
+  - id: p1
+    prompt: a cat
+"""
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    runner = CliRunner()
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        return runner.invoke(cli, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def check_golden(path: Path, actual: str) -> None:
+    if UPDATE or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual, encoding="utf-8")
+        if not UPDATE:
+            pytest.fail(f"golden file {path.name} did not exist; wrote it, review and rerun")
+    expected = path.read_text(encoding="utf-8")
+    assert actual == expected, f"output differs from {path}; rerun with " \
+                               "STORYBOARD_UPDATE_GOLDENS=1 to accept"
+
+
+@pytest.fixture
+def story_file(tmp_path):
+    """Write a story (text or bytes) to tmp_path/story.yaml and return its path."""
+
+    def write(content: str | bytes, name: str = "story.yaml") -> Path:
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return write
