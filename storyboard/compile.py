@@ -37,8 +37,8 @@ from .templating import TemplateProblem, is_template, render
 # The built-in templates. A writer overrides them under `templates:`; these are what a story
 # gets otherwise, and `storyboard plan` shows their result.
 DEFAULT_PROMPT_TEMPLATE = (
-    '{{ [style.prefix, characters | map(attribute="phrase") | join(sep), prompt, style.suffix]'
-    " | select | join(sep) }}"
+    '{{ [style.prefix, characters | map(attribute="phrase") | select | join(sep), prompt,'
+    " style.suffix] | select | join(sep) }}"
 )
 DEFAULT_NEGATIVE_TEMPLATE = (
     "{{ [defaults.negative, style.negative,"

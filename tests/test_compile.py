@@ -275,3 +275,11 @@ def test_template_errors_are_collected_across_panels():
 
 def test_builtin_template_is_what_docs_show():
     assert "style.prefix" in DEFAULT_PROMPT_TEMPLATE
+
+
+def test_characters_without_token_or_description_add_nothing_to_the_prompt():
+    story = {"version": 1, "model": "tiny-sdxl",
+             "characters": {"a": {"loras": []}, "b": {"name": "Bee"}},
+             "panels": [{"id": "p", "characters": ["a", "b"], "prompt": "a garden"}]}
+    (job,) = compile_data(story)
+    assert job.prompt == "a garden"

@@ -1,0 +1,235 @@
+"""Find and load the diffusion pipeline a job names.
+
+In: a ``ModelRef`` (from compile) and runtime options (device, dtype, offload, VAE tiling).
+Out: a ``LoadedModel``: a diffusers pipeline on its device in its dtype, with its family,
+resolved device and dtype recorded, or a ``ModelError`` that says how to get the model.
+
+Every source goes through diffusers' own loaders: ``from_pretrained`` for Hugging Face repos
+(with revision and variant; ``HF_HUB_OFFLINE`` and the Hugging Face cache are respected), local
+diffusers folders and the built-in tiny models; ``from_single_file`` for one `.safetensors` /
+`.ckpt` checkpoint (SD1.5 and SDXL). torch and diffusers are imported here, never on the
+validate/plan path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .compile import ModelRef
+from .errors import UserError
+
+# Library chatter (torchvision notices, deprecations, loading bars) is not for storyboard's
+# users; an explicit setting in the environment still wins.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PIPELINES = {
+    "sdxl": "StableDiffusionXLPipeline",
+    "kolors": "KolorsPipeline",
+    "sd15": "StableDiffusionPipeline",
+}
+FAMILY_OF_PIPELINE = {v: k for k, v in PIPELINES.items()}
+# Text-encoder token limits, for warnings about prompts that get cut.
+TOKEN_LIMITS = {"sdxl": 77, "sd15": 77, "kolors": 256}
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+class ModelError(UserError):
+    """The model cannot be found or loaded; the message says what to do about it."""
+
+
+@dataclass
+class RuntimeOptions:
+    """How to run, independent of the story: these never change what a panel should look like
+    beyond the device's arithmetic, so they are not part of the job hash."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str | None = None  # overrides the story's dtype: fp16 | bf16 | fp32
+    offload: bool = False  # model CPU offload, for GPUs with little memory
+    vae_tiling: bool = False  # decode large images in tiles
+    progress: bool = True  # diffusers' step progress bars
+
+
+@dataclass
+class LoadedModel:
+    pipe: Any
+    family: str
+    device: str
+    dtype: str  # fp16 | bf16 | fp32
+    ref: ModelRef
+
+    @property
+    def token_limit(self) -> int:
+        return TOKEN_LIMITS[self.family]
+
+
+def resolve_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {requested!r} was asked for, but torch sees no CUDA GPU "
+                            f"(torch {torch.__version__})")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(story_dtype: str, override: str | None, device: str) -> str:
+    """fp16 on CUDA and MPS, fp32 on CPU, unless the story or the command line says otherwise."""
+    choice = override or story_dtype
+    if choice == "auto":
+        return "fp32" if device == "cpu" else "fp16"
+    return choice
+
+
+def detect_family(ref: ModelRef, folder: Path | None) -> str:
+    if ref.family:
+        return ref.family
+    index = None
+    if folder is not None:
+        try:
+            index = json.loads((folder / "model_index.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            index = None
+    elif ref.kind == "repo":
+        index = _hub_model_index(ref)
+    elif ref.kind == "file":
+        return _family_from_checkpoint(Path(ref.ref))
+    family = FAMILY_OF_PIPELINE.get((index or {}).get("_class_name"))
+    if family is None:
+        name = (index or {}).get("_class_name", "unknown")
+        raise ModelError(
+            f"cannot tell the pipeline family of {ref.ref} (its model_index.json names "
+            f"{name!r}); set `model.family` to one of {', '.join(PIPELINES)}")
+    return family
+
+
+def _hub_model_index(ref: ModelRef) -> dict | None:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(ref.ref, "model_index.json", revision=ref.revision)
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes the same advice
+        raise _missing_repo(ref, exc) from None
+    return json.loads(Path(path).read_text("utf-8"))
+
+
+def _family_from_checkpoint(path: Path) -> str:
+    """SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`."""
+    if path.suffix.lower() != ".safetensors":
+        raise ModelError(f"cannot tell the family of {path.name}; set `model.family` "
+                         "(sdxl or sd15)")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd15"
+    raise ModelError(f"{path.name} is not an SD1.5 or SDXL checkpoint (its keys match neither); "
+                     "Kolors loads only from a diffusers folder or repo")
+
+
+def _missing_repo(ref: ModelRef, exc: BaseException) -> ModelError:
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    why = type(exc).__name__
+    if offline:
+        advice = (f"HF_HUB_OFFLINE is set and {ref.ref} is not in the Hugging Face cache; on a "
+                  f"machine with network run `hf download {ref.ref}`"
+                  + (f" --revision {ref.revision}" if ref.revision not in (None, "main") else "")
+                  + ", or unset HF_HUB_OFFLINE")
+    else:
+        advice = (f"check the repo id and revision, that you are logged in (`hf auth login`) if "
+                  f"it is gated, and your network; or download it and use `model: {{path: ./...}}`")
+    return ModelError(f"model {ref.ref} could not be loaded ({why}): {advice}")
+
+
+def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedModel:
+    """Load the pipeline ``ref`` names, on the requested device and dtype."""
+    options = options or RuntimeOptions()
+    import diffusers
+    import torch
+
+    from . import tiny
+
+    # 1. Where the weights are.
+    folder: Path | None = None
+    if ref.kind == "builtin":
+        folder = tiny.builtin_folder(ref.ref)
+    elif ref.kind == "folder":
+        folder = Path(ref.ref)
+        if not (folder / "model_index.json").is_file():
+            raise ModelError(f"{folder} is not a diffusers model folder (no model_index.json)")
+    elif ref.kind == "file" and not Path(ref.ref).is_file():
+        raise ModelError(f"checkpoint not found: {ref.ref}")
+
+    # 2. Which pipeline class, device and dtype.
+    family = detect_family(ref, folder)
+    pipeline_cls = getattr(diffusers, PIPELINES[family])
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(ref.dtype, options.dtype, device)
+    torch_dtype = getattr(torch, DTYPES[dtype])
+
+    # 3. Load through diffusers' own loaders.
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if ref.variant:
+        kwargs["variant"] = ref.variant
+    with _quiet_loading():
+        try:
+            if ref.kind == "file":
+                pipe = pipeline_cls.from_single_file(ref.ref, **kwargs)
+            elif ref.kind == "repo":
+                pipe = pipeline_cls.from_pretrained(ref.ref, revision=ref.revision, **kwargs)
+            else:
+                pipe = pipeline_cls.from_pretrained(str(folder), **kwargs)
+        except (OSError, ValueError) as exc:
+            if ref.kind == "repo":
+                raise _missing_repo(ref, exc) from None
+            raise ModelError(f"cannot load {ref.ref}: {exc}") from None
+
+    # 4. Place it.
+    if options.offload and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if options.vae_tiling:
+        pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(disable=not options.progress, leave=False)
+    return LoadedModel(pipe=pipe, family=family, device=device, dtype=dtype, ref=ref)
+
+
+class _quiet_loading:
+    """Keep transformers/diffusers chatter (torchvision notices, deprecations) off the user's
+    terminal while loading; real problems still raise."""
+
+    def __enter__(self):
+        from diffusers.utils import logging as dlogging
+        from transformers.utils import logging as tlogging
+
+        dlogging.disable_progress_bar()
+        tlogging.disable_progress_bar()
+        self._levels = {}
+        for name in ("transformers", "diffusers"):
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        return False

@@ -1,0 +1,321 @@
+"""Render compiled jobs into images with diffusers.
+
+In: ``PanelJob``s (all naming the same model) and ``RuntimeOptions``. Out: one ``PanelResult``
+per job, in job order: the image, or the reason it failed.
+
+``render_jobs`` reads top to bottom:
+1. load the model (``models.load_model``);
+2. load every character LoRA the jobs use as a named adapter, and refuse the whole run, before
+   any denoising, if one does not fit the model;
+3. group jobs that can share a pipeline call (same size, steps, guidance, sampler and active
+   adapters at the same weights) into batches;
+4. render each batch with one ``torch.Generator`` per panel, seeded with the panel's seed, so a
+   panel does not depend on its batch beyond float rounding (see tests/test_render.py for the
+   measured bound); a batch that runs out of memory is split in halves and retried, and a panel
+   that fails alone is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .compile import PanelJob
+from .errors import UserError
+from .models import LoadedModel, RuntimeOptions, load_model
+from .samplers import SAMPLERS
+
+Event = Callable[[dict[str, Any]], None]
+
+# Per-sample noise in these comes from a shared Brownian tree, not the per-panel generators, so
+# their panels are rendered one at a time with the panel's seed as the tree's seed.
+_SOLO_SCHEDULERS = {"DPMSolverSDEScheduler"}
+_CLASS_TO_SAMPLER = {r.cls: r.name for r in SAMPLERS.values() if r.cls and not r.config}
+
+
+class LoraError(UserError):
+    """One or more character LoRAs cannot be used with the model."""
+
+
+@dataclass
+class PanelResult:
+    job: PanelJob
+    image: Any = None  # PIL.Image.Image when rendered
+    status: str = "failed"  # rendered | failed
+    seconds: float = 0.0
+    error: str | None = None
+    sampler: str = ""  # the sampler actually used, as A1111 names it
+    batch_size: int = 0
+
+
+@dataclass
+class Batch:
+    jobs: list[PanelJob]
+    adapters: tuple[tuple[str, float], ...]
+
+    @property
+    def key(self) -> tuple:
+        j = self.jobs[0]
+        return (j.width, j.height, j.steps, j.guidance, j.scheduler, self.adapters)
+
+
+@dataclass
+class Renderer:
+    """A loaded model with its adapters; renders batches of jobs."""
+
+    model: LoadedModel
+    adapters: dict[tuple[str, str], str] = field(default_factory=dict)  # (char, path) -> name
+    base_scheduler_config: Any = None
+
+    # -- adapters -------------------------------------------------------------------------
+
+    def load_adapters(self, jobs: list[PanelJob]) -> None:
+        """Load each distinct (character, LoRA file) once, as a named adapter."""
+        problems = []
+        for job in jobs:
+            for lora in job.loras:
+                key = (lora.character, lora.path)
+                if key in self.adapters:
+                    continue
+                name = lora.character if not any(k[0] == lora.character for k in self.adapters) \
+                    else f"{lora.character}-{len(self.adapters)}"
+                error = self._load_one(lora.path, name)
+                if error:
+                    problems.append(f"character {lora.character!r}: LoRA {lora.path} {error}")
+                else:
+                    self.adapters[key] = name
+        if problems:
+            raise LoraError("cannot use these LoRAs with the model "
+                            f"({self.model.family}, {self.model.ref.ref}):\n  "
+                            + "\n  ".join(problems))
+
+    def _load_one(self, path: str, name: str) -> str | None:
+        """Load a LoRA; a message when it does not fit. Unexpected or missing keys are only
+        logged by diffusers, and a missing one would leave random weights active, so both are
+        treated as errors."""
+        import warnings
+
+        catcher = _LogCatcher()
+        loggers = [logging.getLogger(n) for n in ("diffusers", "peft")]
+        saved = [(lg, lg.level, lg.handlers[:], lg.propagate) for lg in loggers]
+        for logger in loggers:
+            logger.handlers = [catcher]
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # peft's "multiple adapters" notice
+                self.model.pipe.load_lora_weights(path, adapter_name=name)
+        except (RuntimeError, ValueError, OSError, KeyError) as exc:
+            first = str(exc).strip().splitlines()
+            detail = first[0] if first else type(exc).__name__
+            if "size mismatch" in str(exc):
+                detail = ("has layers of a different size than the model (trained for another "
+                          "model family?): " + _first_mismatch(str(exc)))
+            return f"does not fit: {detail}"
+        finally:
+            for logger, level, handlers, propagate in saved:
+                logger.handlers = handlers
+                logger.setLevel(level)
+                logger.propagate = propagate
+        bad = [m for m in catcher.messages if "unexpected keys" in m or "missing keys" in m]
+        if bad:
+            self._drop(name)
+            return "does not match the model: " + bad[0][:300]
+        return None
+
+    def _drop(self, name: str) -> None:
+        try:
+            self.model.pipe.delete_adapters(name)
+        except (ValueError, KeyError, AttributeError):
+            pass
+
+    def activate(self, adapters: tuple[tuple[str, float], ...]) -> None:
+        pipe = self.model.pipe
+        if not self.adapters:
+            return
+        if not adapters:
+            # set_adapters([]) raises in diffusers 0.42; disabling restores the base exactly.
+            pipe.disable_lora()
+            return
+        pipe.enable_lora()
+        pipe.set_adapters([n for n, _ in adapters], [w for _, w in adapters])
+
+    def adapters_for(self, job: PanelJob) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted((self.adapters[(l.character, l.path)], float(l.weight))
+                            for l in job.loras))
+
+    # -- schedulers -----------------------------------------------------------------------
+
+    def use_scheduler(self, name: str, seed: int | None = None) -> str:
+        """Install the scheduler ``name`` (built from the model's own config); return the
+        sampler name as A1111 would print it."""
+        import diffusers
+
+        pipe = self.model.pipe
+        if self.base_scheduler_config is None:
+            self.base_scheduler_config = pipe.scheduler.config
+        config = self.base_scheduler_config
+        recipe = SAMPLERS[name]
+        if recipe.cls is None:
+            cls_name = config["_class_name"]
+            scheduler = getattr(diffusers, cls_name).from_config(config)
+            used = _CLASS_TO_SAMPLER.get(cls_name, cls_name)
+        else:
+            extra = dict(recipe.config)
+            if recipe.cls in _SOLO_SCHEDULERS:
+                extra["noise_sampler_seed"] = seed
+            try:
+                scheduler = getattr(diffusers, recipe.cls).from_config(config, **extra)
+            except ImportError as exc:
+                raise UserError(f"sampler {name!r} needs the {recipe.needs} package: "
+                                f"pip install {recipe.needs}") from exc
+            used = name
+        pipe.scheduler = scheduler
+        return used
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def run_batch(self, batch: Batch, on_event: Event | None = None) -> list[PanelResult]:
+        """Render a batch; on out-of-memory split it in halves and retry."""
+        try:
+            return self._call(batch, on_event)
+        except Exception as exc:  # noqa: BLE001 - only OOM is retried, the rest reported
+            if not _is_oom(exc):
+                message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                return [PanelResult(job, error=message, batch_size=len(batch.jobs))
+                        for job in batch.jobs]
+            _free_memory()
+            if len(batch.jobs) == 1:
+                return [PanelResult(batch.jobs[0], error="out of GPU memory even alone; try "
+                                    "--offload, --vae-tiling or a smaller size", batch_size=1)]
+            if on_event:
+                on_event({"event": "oom_split", "panels": [j.panel for j in batch.jobs]})
+            half = len(batch.jobs) // 2
+            return (self.run_batch(Batch(batch.jobs[:half], batch.adapters), on_event)
+                    + self.run_batch(Batch(batch.jobs[half:], batch.adapters), on_event))
+
+    def _call(self, batch: Batch, on_event: Event | None) -> list[PanelResult]:
+        import torch
+
+        first = batch.jobs[0]
+        sampler = self.use_scheduler(first.scheduler, seed=first.seed)
+        self.activate(batch.adapters)
+        # CPU generators: the same seed gives the same starting noise on any device.
+        generators = [torch.Generator("cpu").manual_seed(job.seed) for job in batch.jobs]
+        kwargs: dict[str, Any] = {}
+        if on_event:
+            def step_end(pipe, step, timestep, callback_kwargs):
+                on_event({"event": "step", "panels": [j.panel for j in batch.jobs],
+                          "step": step + 1, "steps": first.steps})
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = step_end
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.pipe(
+                prompt=[j.prompt for j in batch.jobs],
+                negative_prompt=[j.negative_prompt for j in batch.jobs],
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                width=first.width,
+                height=first.height,
+                generator=generators,
+                **kwargs,
+            )
+        seconds = (time.perf_counter() - t0) / len(batch.jobs)
+        return [PanelResult(job, image=image, status="rendered", seconds=seconds,
+                            sampler=sampler, batch_size=len(batch.jobs))
+                for job, image in zip(batch.jobs, out.images)]
+
+
+def plan_batches(renderer: Renderer, jobs: list[PanelJob], max_batch: int) -> list[Batch]:
+    """Group compatible jobs, keeping story order within and across groups."""
+    groups: dict[tuple, Batch] = {}
+    batches: list[Batch] = []
+    for job in jobs:
+        batch = Batch([job], renderer.adapters_for(job))
+        solo = SAMPLERS[job.scheduler].cls in _SOLO_SCHEDULERS
+        current = None if solo else groups.get(batch.key)
+        if current is not None and len(current.jobs) < max_batch:
+            current.jobs.append(job)
+            continue
+        batches.append(batch)
+        if not solo:
+            groups[batch.key] = batch
+    return batches
+
+
+def default_batch_size(device: str) -> int:
+    return 4 if device.startswith(("cuda", "mps")) else 2
+
+
+def render_jobs(jobs: list[PanelJob], options: RuntimeOptions | None = None, *,
+                batch_size: int | None = None, on_event: Event | None = None,
+                model: LoadedModel | None = None) -> Iterator[PanelResult]:
+    """Render ``jobs``; yields results as batches finish (not necessarily in job order)."""
+    if not jobs:
+        return
+    refs = {job.model for job in jobs}
+    if len(refs) != 1:
+        raise UserError("all jobs in one render must use the same model")
+    emit = on_event or (lambda event: None)
+
+    # 1. The model.
+    t0 = time.perf_counter()
+    if model is None:
+        model = load_model(jobs[0].model, options)
+    emit({"event": "model_loaded", "model": model.ref.ref, "family": model.family,
+          "device": model.device, "dtype": model.dtype,
+          "seconds": round(time.perf_counter() - t0, 3)})
+    renderer = Renderer(model)
+
+    # 2. Adapters, all checked before any denoising.
+    renderer.load_adapters(jobs)
+
+    # 3. Batches.
+    batches = plan_batches(renderer, jobs, batch_size or default_batch_size(model.device))
+
+    # 4. Render.
+    for batch in batches:
+        emit({"event": "batch_start", "panels": [j.panel for j in batch.jobs]})
+        for result in renderer.run_batch(batch, on_event):
+            yield result
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and "out of memory" in text
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _first_mismatch(text: str) -> str:
+    for line in text.splitlines():
+        if "size mismatch" in line:
+            return line.strip()[:300]
+    return text[:300]
+
+
+class _LogCatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
