@@ -21,11 +21,14 @@ from .compile import PanelJob, compile_story
 from .errors import StoryError, UserError
 from .fsutil import atomic_write_text
 from .spec import Story, StorySpec, load_story
+from .tokens import prompt_warnings
 
 
 def _load(path: str) -> tuple[Story, list[PanelJob]]:
     story = load_story(path)
     jobs = compile_story(story)
+    story.warnings = sorted(story.warnings + prompt_warnings(story, jobs),
+                            key=lambda p: (p.line or 0, p.col or 0))
     return story, jobs
 
 

@@ -254,8 +254,7 @@ def _render(source: str, context: dict, loc: Loc, story: Story, diag: Diagnostic
         line = pos.line
         # Block scalars (`|`) start their text on the next line; plain ones on the key's line.
         if exc.line is not None and not builtin:
-            first = story.doc.text.splitlines()[pos.line - 1][pos.col - 1:pos.col]
-            line = pos.line + exc.line - (0 if first in ("|", ">") else 1)
+            line = pos.line + exc.line - (0 if tuple(loc) in story.doc.block_scalars else 1)
         message = exc.message if not where else f"{where}: {exc.message}"
         diag.add(Problem(story.name, line, pos.col if line == pos.line else None, loc,
                          message, exc.hint))

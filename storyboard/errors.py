@@ -16,6 +16,8 @@ import click
 
 Loc = tuple[str | int, ...]
 
+MAX_PROBLEMS = 200  # per file: past this, more messages only add noise (and time)
+
 ERROR = "error"
 WARNING = "warning"
 
@@ -38,6 +40,8 @@ def did_you_mean(word: object, choices: Iterable[str]) -> str | None:
     if not isinstance(word, str):
         return None
     choices = list(choices)
+    if len(choices) > 500:  # hostile sizes; a hint is not worth quadratic time
+        return None
     lowered = {c.lower(): c for c in choices}
     if word.lower() in lowered:
         return f"did you mean {lowered[word.lower()]!r}? (names are case-sensitive)"
@@ -49,6 +53,8 @@ def did_you_mean(word: object, choices: Iterable[str]) -> str | None:
 
 def show_value(value: object, limit: int = 60) -> str:
     """A short, safe rendering of a user's value for messages."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
     text = repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
@@ -88,10 +94,17 @@ class Diagnostics:
     """Collects problems so a file reports all of them at once, in document order."""
 
     problems: list[Problem] = field(default_factory=list)
+    dropped: int = 0
+    _seen: set = field(default_factory=set, repr=False)
 
     def add(self, problem: Problem) -> None:
-        if problem not in self.problems:
-            self.problems.append(problem)
+        if problem in self._seen:
+            return
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.dropped += 1
+            return
+        self._seen.add(problem)
+        self.problems.append(problem)
 
     @property
     def errors(self) -> list[Problem]:
@@ -106,7 +119,12 @@ class Diagnostics:
 
     def raise_if_errors(self) -> None:
         if self.errors:
-            raise StoryError(self.sorted())
+            problems = self.sorted()
+            if self.dropped:
+                last = problems[-1]
+                problems.append(Problem(last.file, None, None, (), f"... and {self.dropped} "
+                                        "more problems not shown"))
+            raise StoryError(problems)
 
 
 class UserError(click.ClickException):

@@ -56,7 +56,7 @@ def _err(kind: str, message: str, hint: str | None = None) -> PydanticCustomErro
 
 
 def _check_id(value: str) -> str:
-    if not ID_RE.match(value) or value.lower() in _WINDOWS_RESERVED:
+    if not ID_RE.fullmatch(value) or value.lower() in _WINDOWS_RESERVED:
         raise _err("storyboard_id",
                    "invalid id {value}: use 1-64 letters, digits, '-' or '_', starting with a "
                    "letter or digit".replace("{value}", show_value(value)),
@@ -112,7 +112,7 @@ class ModelSpec(_Spec):
     @field_validator("repo")
     @classmethod
     def _repo(cls, v: str | None) -> str | None:
-        if v is not None and not REPO_RE.match(v):
+        if v is not None and not REPO_RE.fullmatch(v):
             raise _err("storyboard_repo", f"expected a Hugging Face repo id like 'owner/name', "
                                           f"got {show_value(v)}",
                        "for a local folder or file, start the path with './'")
@@ -297,6 +297,14 @@ class StorySpec(_Spec):
         "$schema": "https://json-schema.org/draft/2020-12/schema", "$id": C.SCHEMA_ID})
 
     version: Literal[1] = Field(description="Story format version.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_an_integer(cls, v: Any) -> Any:
+        if type(v) is not int:  # Literal[1] also accepts True and 1.0, which are not versions
+            raise _err("storyboard_version", f"expected the integer 1, got {show_value(v)}",
+                       "write `version: 1`")
+        return v
     title: str = Field("", max_length=200)
     vars: dict[str, Any] = Field(default_factory=dict,
                                  description="Free values for templates: `{{ vars.name }}`.")
@@ -313,7 +321,7 @@ class StorySpec(_Spec):
     @classmethod
     def _vars(cls, v: dict[str, Any]) -> dict[str, Any]:
         for key in v:
-            if not isinstance(key, str) or not VAR_RE.match(key):
+            if not isinstance(key, str) or not VAR_RE.fullmatch(key):
                 raise _err("storyboard_var", f"variable name {show_value(key)} is not a plain "
                                              "name", "use letters, digits and '_'")
         return v
@@ -544,19 +552,26 @@ def _check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnosti
         check_scheduler(("defaults", "scheduler"), defaults.get("scheduler"))
 
     # Panels: unique ids, known characters.
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # lower-cased: macOS and Windows file names ignore case
     used: set[str] = set()
     for i, panel in enumerate(panels):
         if not isinstance(panel, dict):
             continue
         pid = panel.get("id")
         if isinstance(pid, str):
-            if pid in seen:
-                first = doc.pos(("panels", seen[pid], "id")).line
-                error(("panels", i, "id"), f"duplicate panel id {pid!r} (first used on line "
-                                           f"{first})", "every panel needs its own id")
+            if pid.lower() in seen:
+                j = seen[pid.lower()]
+                first = doc.pos(("panels", j, "id")).line
+                other = panels[j]["id"]
+                if other == pid:
+                    error(("panels", i, "id"), f"duplicate panel id {pid!r} (first used on line "
+                                               f"{first})", "every panel needs its own id")
+                else:
+                    error(("panels", i, "id"), f"panel id {pid!r} differs from {other!r} (line "
+                                               f"{first}) only in case",
+                          "their files would overwrite each other on macOS and Windows")
             else:
-                seen[pid] = i
+                seen[pid.lower()] = i
         check_scheduler(("panels", i, "scheduler"), panel.get("scheduler"))
         present = panel.get("characters")
         present = [present] if isinstance(present, str) else present
@@ -579,7 +594,8 @@ def _check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnosti
                 used.add(cid)
 
     for cid, char in characters.items():
-        if not isinstance(cid, str) or not ID_RE.match(cid) or cid.lower() in _WINDOWS_RESERVED:
+        if not isinstance(cid, str) or not ID_RE.fullmatch(cid) \
+                or cid.lower() in _WINDOWS_RESERVED:
             error(("characters", str(cid)), f"invalid character id {show_value(cid)}: use 1-64 "
                   "letters, digits, '-' or '_', starting with a letter or digit",
                   "ids name LoRA adapters and files, so dots, slashes and spaces are not "

@@ -16,6 +16,7 @@ internals, strict undefined variables):
 from __future__ import annotations
 
 import operator
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -42,10 +43,10 @@ _FORBIDDEN_NODES = {
     nodes.Scope: "scopes",
 }
 _ALLOWED_FILTERS = (
-    "join", "map", "select", "reject", "selectattr", "rejectattr", "first", "last", "length",
+    "map", "select", "reject", "selectattr", "rejectattr", "first", "last", "length",
     "count", "lower", "upper", "title", "capitalize", "trim", "default", "d", "list", "sort",
-    "unique", "reverse", "string", "int", "float", "round", "abs", "min", "max", "sum",
-    "truncate", "wordcount", "striptags",
+    "unique", "reverse", "string", "int", "float", "round", "abs", "min", "max",
+    "wordcount",
 )
 _ALLOWED_METHODS = {
     str: {"lower", "upper", "title", "capitalize", "strip", "lstrip", "rstrip", "startswith",
@@ -63,6 +64,46 @@ class TemplateProblem(Exception):
         self.message = message
         self.line = line
         self.hint = hint
+
+
+def _size(value: Any, depth: int = 0) -> int:
+    """Roughly how many characters ``value`` stands for (what joining it would build)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)) and depth < 4:
+        return len(value) + sum(_size(v, depth + 1) for v in value[:10_000])
+    return 8
+
+
+def _safe_join(value: Any, d: str = "", attribute: Any = None) -> str:
+    items = list(value) if not isinstance(value, str) else list(value)
+    if attribute is not None:
+        items = [_ENV.getitem(item, attribute) for item in items]
+    if sum(_size(v) for v in items) + len(str(d)) * len(items) > C.MAX_TEXT_CHARS:
+        raise SecurityError("join would build text beyond the length limit")
+    return str(d).join(str(v) for v in items)
+
+
+def _safe_sum(value: Any, attribute: Any = None, start: Any = 0) -> Any:
+    items = list(value)
+    if attribute is not None:
+        items = [_ENV.getitem(item, attribute) for item in items]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items) \
+            or not isinstance(start, (int, float)):
+        raise SecurityError("sum() adds numbers only")
+    return sum(items, start)
+
+
+def _safe_truncate(value: Any, length: int = 255, killwords: bool = False, end: str = "...",
+                   leeway: int = 0) -> str:
+    text = str(value)
+    length = max(int(length), len(end))
+    if len(text) <= length:
+        return text
+    cut = text[: length - len(end)]
+    if not killwords and " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut + end
 
 
 def _safe_replace(value: str, old: str, new: str, count: int = -1) -> str:
@@ -83,6 +124,9 @@ class StoryEnvironment(SandboxedEnvironment):
         self.filters = {name: self.filters[name] for name in _ALLOWED_FILTERS}
         self.filters["replace"] = lambda value, old, new, count=-1: _safe_replace(
             str(value), str(old), str(new), count)
+        self.filters["join"] = _safe_join
+        self.filters["sum"] = _safe_sum
+        self.filters["truncate"] = _safe_truncate
         self.globals = {}
         self.tests = dict(self.tests)
 
@@ -90,14 +134,20 @@ class StoryEnvironment(SandboxedEnvironment):
         if operator_name == "%" and isinstance(left, str):
             raise SecurityError("'%' string formatting is not allowed in templates")
         if operator_name == "**":
-            if isinstance(right, (int, float)) and abs(right) > 64:
-                raise SecurityError("exponent too large")
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 \
+                    and right * abs(left).bit_length() > 4096:
+                raise SecurityError("the power is too large")
+            if isinstance(right, (int, float)) and abs(right) > 1024:
+                raise SecurityError("the exponent is too large")
             return operator.pow(left, right)
         if operator_name == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(n, int) \
-                        and len(seq) * n > C.MAX_TEXT_CHARS:
+                        and max(_size(seq), 1) * n > C.MAX_TEXT_CHARS:
                     raise SecurityError("repetition would build text beyond the length limit")
+            if isinstance(left, int) and isinstance(right, int) \
+                    and left.bit_length() + right.bit_length() > 8192:
+                raise SecurityError("the product is too large")
             return operator.mul(left, right)
         return super().call_binop(context, operator_name, left, right)
 
@@ -131,14 +181,23 @@ def compile_template(source: str) -> jinja2.Template:
                               f"{C.MAX_TEMPLATE_CHARS:,}")
     try:
         tree = _ENV.parse(source)
+        for node_type, what in _FORBIDDEN_NODES.items():
+            for node in tree.find_all(node_type):
+                raise TemplateProblem(f"{what} are not allowed in story templates", node.lineno,
+                                      "templates are expressions: use filters such as "
+                                      "`map(attribute='phrase') | join(sep)` instead")
+        return _ENV.from_string(tree)
+    except jinja2.TemplateAssertionError as exc:
+        # Unknown filters and tests: the whitelist is the list of what exists.
+        name = re.search(r"named '([^']+)'", exc.message or "")
+        known = _ENV.filters if "filter" in (exc.message or "") else _ENV.tests
+        hint = did_you_mean(name.group(1), known) if name else None
+        raise TemplateProblem(f"{exc.message}", exc.lineno,
+                              hint or f"available: {', '.join(sorted(known))}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from None
-    for node_type, what in _FORBIDDEN_NODES.items():
-        for node in tree.find_all(node_type):
-            raise TemplateProblem(f"{what} are not allowed in story templates", node.lineno,
-                                  "templates are expressions: use filters such as "
-                                  "`map(attribute='phrase') | join(sep)` instead")
-    return _ENV.from_string(tree)
+    except RecursionError:
+        raise TemplateProblem("template is nested too deeply") from None
 
 
 def is_template(text: str) -> bool:
@@ -172,7 +231,7 @@ def render(source: str, context: dict[str, Any]) -> str:
     except TemplateProblem:
         raise
     except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, RecursionError,
-            AttributeError, KeyError, IndexError) as exc:
+            AttributeError, KeyError, IndexError, AssertionError, MemoryError) as exc:
         raise TemplateProblem(f"template failed: {exc}", _template_line(exc)) from None
     return "".join(out)
 

@@ -508,3 +508,46 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
 
 def test_user_error_type():
     assert issubclass(LoraError, UserError) and issubclass(ModelError, UserError)
+
+
+# --- prompt length warnings (validate/plan, no torch needed) -------------------------------
+
+LONG_EN = ("a girl sits in a concert hall full of people watching singers on a bright stage "
+           "with lights and music and a crowd of happy fans waving glowing sticks in the dark "
+           "while the band plays loud songs late into the night and she dreams of the day she "
+           "will sing there too with her friends, the final words are here")
+
+
+def test_long_prompt_warns_with_the_cut_for_clip(tmp_path):
+    from storyboard import tiny
+
+    tiny.builtin_folder("tiny-sdxl")
+    story = write_story(tmp_path, f"panels:\n  - id: long\n    prompt: {LONG_EN}\n"
+                                  "  - {id: short, prompt: a cat}\n")
+    result = run_cli("validate", str(story))
+    assert result.exit_code == 0
+    warning = next(line for line in result.output.splitlines() if "warning" in line)
+    assert ":9:13: warning: panels[0].prompt: panel 'long'" in warning
+    assert "the sdxl text encoder reads 77, so it ignores:" in warning
+    assert "short" not in result.output.split("ok")[0]
+    assert run_cli("validate", "--strict", str(story)).exit_code == 2
+
+
+def test_long_prompt_warns_for_kolors(tmp_path):
+    from storyboard import tiny
+
+    tiny.builtin_folder("tiny-kolors")
+    rare = "鹦鹉螺号潜艇穿越珊瑚礁" * 12  # characters the tiny tokenizer never saw: ~3 tokens each
+    story = write_story(tmp_path, f"panels:\n  - id: deep\n    prompt: {rare}终\n",
+                        model="tiny-kolors")
+    result = run_cli("plan", str(story))
+    assert "the kolors text encoder reads 256, so it ignores:" in result.output
+    assert "终" in result.output.split("ignores:")[1]
+
+
+def test_no_tokenizer_on_disk_means_no_warning_and_no_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "empty-cache"))
+    story = write_story(tmp_path, f"panels:\n  - id: long\n    prompt: {LONG_EN}\n")
+    result = run_cli("validate", str(story))
+    assert result.exit_code == 0 and "warning" not in result.output
+    assert not (tmp_path / "empty-cache").exists()
