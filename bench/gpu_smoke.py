@@ -1,0 +1,126 @@
+"""GPU smoke test: storyboard renders the course story on full-size random SDXL / Kolors in fp16.
+
+For each architecture: build it with random weights, save it to disk, load it through
+storyboard's own loader (a local diffusers folder), render the course's 8 panels (CFG 4,
+1024x1024) in batches of 4 and one at a time, and report whether every image is finite and
+non-constant and how far a batched panel is from the same panel rendered alone.
+Run on the GPU machine:  python bench/gpu_smoke.py sdxl kolors --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpu_models import BUILDERS  # noqa: E402
+
+from storyboard.compile import compile_story  # noqa: E402
+from storyboard.models import RuntimeOptions, load_model  # noqa: E402
+from storyboard.render import render_jobs  # noqa: E402
+from storyboard.spec import load_story  # noqa: E402
+
+COURSE = Path(__file__).resolve().parent.parent / "examples" / "course-kolors.yaml"
+
+
+def story_for(folder: Path, family: str, steps: int, work: Path) -> Path:
+    """The course story, pointed at ``folder``."""
+    text = COURSE.read_text("utf-8")
+    start = text.index("model:")
+    end = text.index("defaults:")
+    text = (text[:start] + f"model:\n  path: {folder}\n  family: {family}\n  dtype: fp16\n\n"
+            + text[end:]).replace("steps: 50", f"steps: {steps}")
+    path = work / f"story-{family}.yaml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def run(arch: str, steps: int, work: Path) -> dict:
+    out: dict = {"arch": arch, "steps": steps}
+    folder = work / f"random-{arch}"
+    t0 = time.perf_counter()
+    BUILDERS[arch](folder)
+    torch.cuda.empty_cache()
+    out["build_and_save_s"] = round(time.perf_counter() - t0, 1)
+    out["folder_gb"] = round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+                             / 1e9, 2)
+
+    jobs = compile_story(load_story(story_for(folder, arch, steps, work)))
+    t0 = time.perf_counter()
+    model = load_model(jobs[0].model, RuntimeOptions(progress=False))
+    torch.cuda.synchronize()
+    out["load_s"] = round(time.perf_counter() - t0, 1)
+    out["device"], out["dtype"], out["family"] = model.device, model.dtype, model.family
+
+    timings = {}
+    results = {}
+    for batch in (4, 1):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        results[batch] = {r.job.panel: r for r in render_jobs(jobs, batch_size=batch,
+                                                               model=model)}
+        torch.cuda.synchronize()
+        timings[batch] = time.perf_counter() - t0
+    out["seconds_per_panel_batch4"] = round(timings[4] / len(jobs), 3)
+    out["seconds_per_panel_alone"] = round(timings[1] / len(jobs), 3)
+    out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+
+    panels = {}
+    for pid, alone in results[1].items():
+        batched = results[4][pid]
+        a = np.asarray(alone.image).astype(np.int16)
+        b = np.asarray(batched.image).astype(np.int16)
+        panels[pid] = {
+            "status": [alone.status, batched.status],
+            "std": round(float(a.std()), 2),
+            "max_abs_diff_255": int(np.abs(a - b).max()),
+            "mean_abs_diff_255": round(float(np.abs(a - b).mean()), 4),
+            "pixels_differing_pct": round(float((a != b).any(-1).mean() * 100), 3),
+        }
+    out["panels"] = panels
+    out["all_rendered"] = all(p["status"] == ["rendered", "rendered"] for p in panels.values())
+    out["all_non_constant"] = all(p["std"] > 1 for p in panels.values())
+    out["max_abs_diff_255"] = max(p["max_abs_diff_255"] for p in panels.values())
+    out["mean_abs_diff_255"] = round(float(np.mean([p["mean_abs_diff_255"]
+                                                    for p in panels.values()])), 4)
+    del model
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("archs", nargs="+", choices=sorted(BUILDERS))
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    import diffusers
+
+    report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "diffusers": diffusers.__version__, "python": platform.python_version(),
+              "runs": []}
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        for arch in args.archs:
+            result = run(arch, args.steps, Path(tmp))
+            print(json.dumps(result, indent=1), flush=True)
+            report["runs"].append(result)
+            import shutil
+
+            shutil.rmtree(Path(tmp) / f"random-{arch}", ignore_errors=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
