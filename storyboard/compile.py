@@ -31,7 +31,7 @@ from typing import Any
 from . import constants as C
 from .errors import Diagnostics, Loc, Problem
 from .samplers import canonical_sampler
-from .spec import CharacterSpec, PanelSpec, Story
+from .spec import REPO_RE, CharacterSpec, PanelSpec, Story
 from .templating import TemplateProblem, is_template, render
 
 # The built-in templates. A writer overrides them under `templates:`; these are what a story
@@ -61,6 +61,7 @@ class ModelRef:
     family: str | None = None  # None: detected from the model when it is loaded
     dtype: str = "auto"
     fingerprint: str | None = None  # built-in recipe version, or size+mtime of a single file
+    config: str | None = None  # a single file's pipeline configs: repo id or absolute folder
 
     def hash_payload(self) -> dict[str, Any]:
         return asdict(self)
@@ -293,9 +294,41 @@ def _model_ref(story: Story) -> ModelRef:
         family = family or _family_from_index(path)
         return ModelRef("folder", str(path), variant=m.variant, family=family, dtype=m.dtype)
     st = path.stat() if path.exists() else None
+    if family is None and st is not None:
+        family = checkpoint_family(path)
     # Hashing a multi-GB checkpoint on every `plan` would be slow; size+mtime stand in for it.
     fingerprint = f"{st.st_size}-{st.st_mtime_ns}" if st else None
-    return ModelRef("file", str(path), family=family, dtype=m.dtype, fingerprint=fingerprint)
+    config = m.config
+    if config and not REPO_RE.fullmatch(config):
+        config = str(story.resolve(config))
+    return ModelRef("file", str(path), family=family, dtype=m.dtype, fingerprint=fingerprint,
+                    config=config)
+
+
+def checkpoint_keys(path: Path) -> list[str] | None:
+    """Tensor names of a .safetensors file, from its JSON header alone (no tensors read)."""
+    try:
+        with path.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return None
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError):
+        return None
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+
+
+def checkpoint_family(path: Path) -> str | None:
+    """SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`; SD1.5
+    ones a single one under `cond_stage_model`. None when neither (or not safetensors)."""
+    keys = checkpoint_keys(path) if path.suffix.lower() == ".safetensors" else None
+    if not keys:
+        return None
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd15"
+    return None
 
 
 _PIPELINE_FAMILIES = {

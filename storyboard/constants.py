@@ -19,8 +19,8 @@ SCHEMA_ID = "https://storyboard.dev/schemas/story-v1.json"
 # Built-in offline models: name -> (pipeline family, version of the recipe that builds them).
 # The version is part of every job hash, so changing a recipe re-renders its panels.
 BUILTIN_MODELS: dict[str, tuple[str, int]] = {
-    "tiny-sdxl": ("sdxl", 1),
-    "tiny-kolors": ("kolors", 1),
+    "tiny-sdxl": ("sdxl", 2),
+    "tiny-kolors": ("kolors", 2),
 }
 FAMILIES = ("sdxl", "kolors", "sd15")
 DTYPES = ("auto", "fp16", "bf16", "fp32")

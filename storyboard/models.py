@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .compile import ModelRef
+from .compile import ModelRef, checkpoint_family, checkpoint_keys
 from .errors import UserError
 
 # Library chatter (torchvision notices, deprecations, loading bars) is not for storyboard's
@@ -38,6 +38,9 @@ FAMILY_OF_PIPELINE = {v: k for k, v in PIPELINES.items()}
 # Text-encoder token limits, for warnings about prompts that get cut.
 TOKEN_LIMITS = {"sdxl": 77, "sd15": 77, "kolors": 256}
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+# Where a single-file checkpoint's pipeline configs come from when the story names none.
+SINGLE_FILE_CONFIGS = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+                       "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 
 
 class ModelError(UserError):
@@ -125,23 +128,16 @@ def _hub_model_index(ref: ModelRef) -> dict | None:
 
 
 def _family_from_checkpoint(path: Path) -> str:
-    """SDXL checkpoints carry a second text encoder under `conditioner.embedders.1`."""
     if path.suffix.lower() != ".safetensors":
         raise ModelError(f"cannot tell the family of {path.name}; set `model.family` "
                          "(sdxl or sd15)")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            keys = list(fh.keys())
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.") for k in keys):
-        return "sd15"
-    raise ModelError(f"{path.name} is not an SD1.5 or SDXL checkpoint (its keys match neither); "
-                     "Kolors loads only from a diffusers folder or repo")
+    if checkpoint_keys(path) is None:
+        raise ModelError(f"{path}: not a readable safetensors checkpoint")
+    family = checkpoint_family(path)
+    if family is None:
+        raise ModelError(f"{path.name} is not an SD1.5 or SDXL checkpoint (its keys match "
+                         "neither); Kolors loads only from a diffusers folder or repo")
+    return family
 
 
 def _missing_repo(ref: ModelRef, exc: BaseException) -> ModelError:
@@ -153,9 +149,18 @@ def _missing_repo(ref: ModelRef, exc: BaseException) -> ModelError:
                   + (f" --revision {ref.revision}" if ref.revision not in (None, "main") else "")
                   + ", or unset HF_HUB_OFFLINE")
     else:
-        advice = (f"check the repo id and revision, that you are logged in (`hf auth login`) if "
-                  f"it is gated, and your network; or download it and use `model: {{path: ./...}}`")
+        advice = ("check the repo id and revision, that you are logged in (`hf auth login`) if "
+                  "it is gated, and your network; or download it and use `model: {path: ./...}`")
     return ModelError(f"model {ref.ref} could not be loaded ({why}): {advice}")
+
+
+def _missing_configs(ref: ModelRef, config: str, exc: BaseException) -> ModelError:
+    return ModelError(
+        f"cannot load {Path(ref.ref).name}: a single-file checkpoint needs its pipeline's "
+        f"configs (model layout, tokenizers, scheduler) from {config}, and they are not "
+        f"available here ({type(exc).__name__}); on a machine with network run "
+        f"`hf download {config} --include '*.json' '*.txt'`, or set `model.config` to a local "
+        "diffusers folder of the same architecture")
 
 
 def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedModel:
@@ -169,7 +174,8 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     # 1. Where the weights are.
     folder: Path | None = None
     if ref.kind == "builtin":
-        folder = tiny.builtin_folder(ref.ref)
+        with _quiet_loading():
+            folder = tiny.builtin_folder(ref.ref)
     elif ref.kind == "folder":
         folder = Path(ref.ref)
         if not (folder / "model_index.json").is_file():
@@ -191,7 +197,14 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     with _quiet_loading():
         try:
             if ref.kind == "file":
-                pipe = pipeline_cls.from_single_file(ref.ref, **kwargs)
+                # Without `config`, diffusers guesses the model type from key names and fetches
+                # that repo's configs; naming them from the family is both offline-friendly
+                # and right for unusual files.
+                config = ref.config or SINGLE_FILE_CONFIGS[family]
+                try:
+                    pipe = pipeline_cls.from_single_file(ref.ref, config=config, **kwargs)
+                except OSError as exc:
+                    raise _missing_configs(ref, config, exc) from None
             elif ref.kind == "repo":
                 pipe = pipeline_cls.from_pretrained(ref.ref, revision=ref.revision, **kwargs)
             else:

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from . import constants as C
-from .errors import ERROR, WARNING, Diagnostics, Loc, Problem, StoryError, did_you_mean, show_value
+from .errors import ERROR, WARNING, Diagnostics, Loc, Problem, did_you_mean, show_value
 from .samplers import DEFAULT, canonical_sampler, sampler_names
 from .source import SourceDoc, read_source
 
@@ -104,6 +104,11 @@ class ModelSpec(_Spec):
     path: str | None = Field(None, max_length=4096, description=(
         "A local diffusers folder or a single .safetensors/.ckpt checkpoint, relative to the "
         "story file."))
+    config: str | None = Field(None, max_length=4096, description=(
+        "For a single-file checkpoint: where its pipeline configs come from, a Hugging Face repo "
+        "id or a local diffusers folder of the same architecture. Default: the family's base "
+        "model (stabilityai/stable-diffusion-xl-base-1.0 or "
+        "stable-diffusion-v1-5/stable-diffusion-v1-5)."))
     family: Literal["auto", "sdxl", "kolors", "sd15"] = Field(
         "auto", description="Pipeline family; 'auto' reads it from model_index.json.")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
@@ -128,6 +133,10 @@ class ModelSpec(_Spec):
                        "e.g. `model: tiny-sdxl` or `model: {repo: Kwai-Kolors/Kolors-diffusers}`")
         if self.revision is not None and self.repo is None:
             raise _err("storyboard_model", "'revision' only applies to a 'repo'")
+        if self.config is not None and not (self.path or "").lower().endswith(
+                CHECKPOINT_SUFFIXES):
+            raise _err("storyboard_model", "'config' only applies to a single-file checkpoint "
+                                           "(`path: ....safetensors`)")
         return self
 
     @property
@@ -627,6 +636,12 @@ def _check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnosti
     if isinstance(model, dict) and check_files and isinstance(model.get("path"), str):
         loc = ("model", "path") if isinstance(data.get("model"), dict) else ("model",)
         _check_model_path(model["path"], base_dir, loc, error)
+    config = model.get("config") if isinstance(model, dict) else None
+    if isinstance(config, str) and check_files and not REPO_RE.fullmatch(config):
+        if not (base_dir / Path(config).expanduser() / "model_index.json").is_file():
+            error(("model", "config"), f"config folder {config!r} is not a diffusers model "
+                  "folder (no model_index.json)", "give a repo id like 'owner/name', or a "
+                  "folder saved with save_pretrained")
 
     layout = data.get("layout")
     if isinstance(layout, dict) and isinstance(layout.get("font"), str) and check_files:

@@ -156,10 +156,13 @@ def _sentencepiece_model(path: Path) -> Path:
 # --- shared components -----------------------------------------------------------------------
 
 _UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-    use_linear_projection=True, transformer_layers_per_block=(1, 2), norm_num_groups=8,
+    sample_size=16,  # latent pixels: 128-pixel images by default
+    in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+    # Attention only at the lowest resolution keeps 1024-pixel panels fast on a CPU.
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2),
+    use_linear_projection=True, norm_num_groups=8,
     addition_embed_type="text_time", addition_time_embed_dim=8,
 )
 
@@ -169,10 +172,12 @@ def _vae():
     from diffusers import AutoencoderKL
 
     torch.manual_seed(SEED)
+    # Four blocks, like the real VAE: 8 image pixels per latent pixel, so a 1024-pixel story
+    # runs the UNet at the same latent size as SDXL does.
     return AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        sample_size=128, scaling_factor=0.13025,
+        block_out_channels=[16, 16, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=128, scaling_factor=0.13025,
     )
 
 
@@ -193,17 +198,20 @@ def _build_sdxl(folder: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
         tok = _clip_tokenizer(Path(work) / "a")
         tok2 = _clip_tokenizer(Path(work) / "b")
-    config = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, hidden_size=32,
-                  intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                  max_position_embeddings=77, layer_norm_eps=1e-5, hidden_act="gelu",
-                  projection_dim=32)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+               max_position_embeddings=77, layer_norm_eps=1e-5, hidden_act="gelu",
+               num_attention_heads=4, projection_dim=32)
     torch.manual_seed(SEED)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37,
+                                                num_hidden_layers=2, **ids))
+    # The second encoder differs in width (as ViT-bigG does from ViT-L) and has 10 layers:
+    # single-file loaders tell SDXL's two encoders apart by width and recognise SDXL by depth.
     torch.manual_seed(SEED + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=48, intermediate_size=37, num_hidden_layers=10, **ids))
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(**_UNET, cross_attention_dim=64,
+    unet = UNet2DConditionModel(**_UNET, cross_attention_dim=32 + 48,
                                 projection_class_embeddings_input_dim=6 * 8 + 32)
     pipe = StableDiffusionXLPipeline(
         vae=_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok,

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Tests never reach the network. huggingface_hub reads this once, when first imported, so it is
+# set here, before anything imports diffusers.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import pytest
 from click.testing import CliRunner
 

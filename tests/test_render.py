@@ -331,7 +331,9 @@ def test_lora_with_unknown_keys_is_refused(tmp_path):
     make_lora(tmp_path, "bob", 2)
     state = load_file(str(path))
     key = sorted(state)[0]
-    state[key.replace("down_blocks.1", "down_blocks.7")] = state[key].clone()
+    bogus = re.sub(r"(down|up)_blocks\.\d+", r"\1_blocks.7", key)
+    assert bogus != key
+    state[bogus] = state[key].clone()
     save_file(state, str(path))
     with pytest.raises(LoraError, match="alice"):
         list(render_jobs(jobs_of(write_story(tmp_path, LORA_STORY)), QUIET))
@@ -487,7 +489,7 @@ def test_render_json_events(tmp_path):
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.stdout.splitlines()]
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "model_loaded" and kinds[-1] == "done"
+    assert kinds[:2] == ["plan", "model_loaded"] and kinds[-1] == "done"
     assert kinds.count("step") == 3 and kinds.count("panel") == 2
     assert events[-1]["rendered"] == 2 and events[-1]["failed"] == 0
 
