@@ -3,8 +3,8 @@
 In: command-line arguments. Out: text on stdout/stderr and an exit code: 0 success, 2 for a
 story the user must fix (every problem listed, no traceback), 130 when interrupted.
 
-The commands here only validate and compile, so this module (and what it imports) must never
-import torch: `storyboard validate` has to answer instantly.
+Commands that only validate and compile (validate, plan, schema, init) must never import torch,
+so this module imports the rendering machinery inside the commands that render.
 """
 
 from __future__ import annotations
@@ -17,19 +17,15 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .compile import PanelJob, compile_story
+from .build import load_and_compile
+from .compile import PanelJob
 from .errors import StoryError, UserError
 from .fsutil import atomic_write_text
-from .spec import Story, StorySpec, load_story
-from .tokens import prompt_warnings
+from .spec import Story, StorySpec
 
 
 def _load(path: str) -> tuple[Story, list[PanelJob]]:
-    story = load_story(path)
-    jobs = compile_story(story)
-    story.warnings = sorted(story.warnings + prompt_warnings(story, jobs),
-                            key=lambda p: (p.line or 0, p.col or 0))
-    return story, jobs
+    return load_and_compile(Path(path))
 
 
 def _echo_warnings(story: Story, quiet: bool = False) -> None:
@@ -133,26 +129,6 @@ def init(path: str, force: bool) -> None:
                f"next: storyboard plan {path}")
 
 
-def _parse_only(only: str | None, jobs: list[PanelJob]) -> list[PanelJob]:
-    if not only:
-        return jobs
-    wanted = [x.strip() for x in only.split(",") if x.strip()]
-    known = {job.panel for job in jobs}
-    unknown = [w for w in wanted if w not in known]
-    if unknown:
-        from .errors import did_you_mean
-
-        hint = did_you_mean(unknown[0], known)
-        raise UserError(f"no panel named {', '.join(map(repr, unknown))} in this story"
-                        + (f"; {hint}" if hint else f"; panels: {', '.join(sorted(known))}"))
-    return [job for job in jobs if job.panel in wanted]
-
-
-def _default_out(story: str) -> Path:
-    path = Path(story)
-    return path.with_name(path.stem + ".out")
-
-
 def _runtime_options(device: str, dtype: str | None, offload: bool, vae_tiling: bool,
                      quiet: bool, as_json: bool):
     from .models import RuntimeOptions
@@ -164,6 +140,8 @@ def _runtime_options(device: str, dtype: str | None, offload: bool, vae_tiling: 
 def runtime_flags(func):
     """Options shared by every command that renders."""
     for decorator in reversed([
+        click.option("--model", "model", default=None,
+                     help="Render with this model instead of the story's (e.g. tiny-kolors)."),
         click.option("--device", default="auto", show_default=True,
                      help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None,
@@ -183,24 +161,82 @@ def runtime_flags(func):
 class _Progress:
     """Progress for people (a bar over panels), silence for scripts, JSON lines for tools."""
 
-    def __init__(self, total: int, quiet: bool, as_json: bool):
+    def __init__(self, quiet: bool, as_json: bool):
+        self.quiet = quiet
         self.as_json = as_json
         self.bar = None
-        if not quiet and not as_json:
-            from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="panel", desc="rendering", leave=False)
-
-    def event(self, event: dict) -> None:
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
         if self.as_json:
             click.echo(json.dumps(event, ensure_ascii=False))
-        if self.bar is not None and event.get("event") == "panel":
+            return
+        if self.quiet:
+            return
+        if kind == "warning":
+            click.echo(event["message"], err=True)
+        elif kind == "plan" and event["to_render"]:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(event["to_render"]), unit="panel", desc="rendering",
+                            leave=False)
+        elif kind == "panel" and self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(event.get("panel", ""))
+        elif kind == "panel" and event.get("status") == "failed":
+            click.echo(f"panel {event['panel']} failed: {event['error']}", err=True)
+        elif kind == "oom_split":
+            click.echo(f"out of GPU memory; retrying {', '.join(event['panels'])} in smaller "
+                       "batches", err=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+def _only(only: str | None) -> list[str] | None:
+    return [x.strip() for x in only.split(",") if x.strip()] if only else None
+
+
+def _run_build(story: str, out: str | None, only: str | None, force: bool, pages: bool,
+               options, batch_size: int | None, quiet: bool, as_json: bool,
+               model: str | None) -> None:
+    from .build import build
+
+    progress = _Progress(quiet, as_json)
+    try:
+        report = build(story, out, only=_only(only), force=force, options=options,
+                       batch_size=batch_size, pages=pages, on_event=progress, model=model)
+    finally:
+        progress.close()
+    if not quiet and not as_json:
+        for outcome in report.outcomes:
+            if outcome.status == "failed":
+                click.echo(f"panel {outcome.job.panel} failed: {outcome.error}", err=True)
+        click.echo(report.summary(), err=True)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: STORY's name + .out, beside it).")
+@click.option("--only", default=None, help="Comma-separated panel ids to build.")
+@click.option("--force", is_flag=True, help="Render the selected panels even if cached.")
+@runtime_flags
+def build(story: str, out: str | None, only: str | None, force: bool, model: str | None,
+          device: str, dtype: str | None, batch_size: int | None, offload: bool,
+          vae_tiling: bool, quiet: bool, as_json: bool) -> None:
+    """Render what changed in STORY and compose its pages.
+
+    Writes OUT/panels/<id>.png, OUT/page-N.png, OUT/story.pdf and OUT/manifest.json. Panels
+    already rendered (same prompt, seed, settings, model and LoRAs) come from the cache.
+    Exit 0 when every selected panel exists, 1 when one failed, 2 for an invalid story.
+    """
+    _user_paths(story)
+    options = _runtime_options(device, dtype, offload, vae_tiling, quiet, as_json)
+    _run_build(story, out, only, force, True, options, batch_size, quiet, as_json, model)
 
 
 @cli.command()
@@ -213,28 +249,44 @@ class _Progress:
                                  "(written beside it as NAME.rerender.png unless -o is given).")
 @runtime_flags
 def render(story: str | None, out: str | None, only: str | None, from_png: str | None,
-           device: str, dtype: str | None, batch_size: int | None, offload: bool,
-           vae_tiling: bool, quiet: bool, as_json: bool) -> None:
-    """Render STORY's panels to OUT/panels/<id>.png (every panel, or --only some)."""
+           model: str | None, device: str, dtype: str | None, batch_size: int | None,
+           offload: bool, vae_tiling: bool, quiet: bool, as_json: bool) -> None:
+    """Render STORY's panels now (cached or not) into OUT/panels/, without composing pages."""
     options = _runtime_options(device, dtype, offload, vae_tiling, quiet, as_json)
     if from_png:
-        if story or only:
-            raise UserError("--from-png renders the PNG's own job; give no STORY or --only")
-        job, origin = _job_from_png(Path(from_png))
-        target = (Path(out) / "panels" / f"{job.panel}.png" if out
-                  else Path(from_png).with_suffix(".rerender.png"))
-        failed = _render_to([job], target.parent, options, batch_size, quiet, as_json,
-                            story=origin, names={job.panel: target})
-        sys.exit(1 if failed else 0)
+        if story or only or model:
+            raise UserError("--from-png renders the PNG's own job; give no STORY, --only or "
+                            "--model")
+        _render_from_png(Path(from_png), out, options, batch_size, quiet, as_json)
+        return
     if not story:
         raise UserError("give a STORY file, or --from-png PANEL.png")
-    loaded, jobs = _load(story)
-    _echo_warnings(loaded, quiet or as_json)
-    jobs = _parse_only(only, jobs)
-    out_dir = Path(out) if out else _default_out(story)
-    failed = _render_to(jobs, out_dir / "panels", options, batch_size, quiet, as_json,
-                        story=str(Path(story).resolve()))
-    sys.exit(1 if failed else 0)
+    _run_build(story, out, only, True, False, options, batch_size, quiet, as_json, model)
+
+
+def _render_from_png(png: Path, out: str | None, options, batch_size: int | None, quiet: bool,
+                     as_json: bool) -> None:
+    from .build import materialize, render_into_cache
+    from .cache import PanelCache, cache_key
+
+    job, origin = _job_from_png(png)
+    target = Path(out) / "panels" / f"{job.panel}.png" if out else png.with_suffix(
+        ".rerender.png")
+    cache = PanelCache.default()
+    progress = _Progress(quiet, as_json)
+    try:
+        progress({"event": "plan", "to_render": [job.panel]})
+        done = render_into_cache([job], cache, options, batch_size, progress, story=origin,
+                                 dtype_override=options.dtype)
+    finally:
+        progress.close()
+    outcome = done[job.hash]
+    if outcome.status != "rendered":
+        click.echo(f"panel {job.panel} failed: {outcome.error}", err=True)
+        sys.exit(1)
+    materialize(cache.path(cache_key(job.hash, options.dtype)), target, job, origin or "")
+    if not quiet and not as_json:
+        click.echo(f"rendered {job.panel} again -> {target}", err=True)
 
 
 def _job_from_png(path: Path) -> tuple[PanelJob, str | None]:
@@ -259,51 +311,80 @@ def _job_from_png(path: Path) -> tuple[PanelJob, str | None]:
     return job, record.get("story")
 
 
-def _render_to(jobs: list[PanelJob], folder: Path, options, batch_size: int | None,
-               quiet: bool, as_json: bool, story: str | None,
-               names: dict[str, Path] | None = None) -> int:
-    """Render jobs into ``folder``; print a summary; return how many failed."""
-    import time
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False))
+@click.argument("panel")
+@click.option("--seeds", required=True, help="Seeds to try: a range 100-107 or a list 1,5,9.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: STORY's name + .out, beside it).")
+@runtime_flags
+def reroll(story: str, panel: str, seeds: str, out: str | None, model: str | None,
+           device: str, dtype: str | None, batch_size: int | None, offload: bool,
+           vae_tiling: bool, quiet: bool, as_json: bool) -> None:
+    """Render candidates of PANEL with other seeds into OUT/rerolls/PANEL/, plus a numbered
+    contact sheet. The pages are not touched; `storyboard pin` keeps the one you like."""
+    from .build import parse_seeds
+    from .build import reroll as run_reroll
 
-    from .pnginfo import write_panel_png
-    from .render import render_jobs
-
-    progress = _Progress(len(jobs), quiet, as_json)
-    t0 = time.perf_counter()
-    rendered = failed = 0
-    device = dtype = ""
+    _user_paths(story)
+    seed_list = parse_seeds(seeds)
+    options = _runtime_options(device, dtype, offload, vae_tiling, quiet, as_json)
+    progress = _Progress(quiet, as_json)
     try:
-        def on_event(event: dict) -> None:
-            nonlocal device, dtype
-            if event["event"] == "model_loaded":
-                device, dtype = event["device"], event["dtype"]
-            if event["event"] != "step" or as_json:
-                progress.event(event)
-
-        for result in render_jobs(jobs, options, batch_size=batch_size, on_event=on_event):
-            path = (names or {}).get(result.job.panel) or folder / f"{result.job.panel}.png"
-            if result.status == "rendered":
-                write_panel_png(path, result.image, result.job, story=story,
-                                sampler=result.sampler, device=device, dtype=dtype)
-                rendered += 1
-            else:
-                failed += 1
-                click.echo(f"panel {result.job.panel} failed: {result.error}", err=True)
-            progress.event({"event": "panel", "panel": result.job.panel,
-                            "status": result.status, "seconds": round(result.seconds, 3),
-                            "path": str(path) if result.status == "rendered" else None,
-                            "error": result.error})
+        report = run_reroll(story, panel, seed_list, out, options=options,
+                            batch_size=batch_size, on_event=progress, model=model)
     finally:
         progress.close()
-    seconds = time.perf_counter() - t0
-    summary = {"event": "done", "rendered": rendered, "failed": failed,
-               "seconds": round(seconds, 2)}
-    if as_json:
-        click.echo(json.dumps(summary))
-    elif not quiet:
-        click.echo(f"rendered {rendered}, failed {failed} in {seconds:.1f}s -> {folder}",
-                   err=True)
-    return failed
+    if not quiet and not as_json:
+        for n, (seed, outcome) in enumerate(report.candidates, 1):
+            where = outcome.path if outcome.path else f"failed: {outcome.error}"
+            click.echo(f"{n:>3}. seed {seed}: {where}")
+        if report.sheet:
+            click.echo(f"contact sheet: {report.sheet}")
+        click.echo(f"keep one with: storyboard pin {story} {panel} SEED", err=True)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False))
+@click.argument("panel")
+@click.argument("seed", type=int)
+def pin(story: str, panel: str, seed: int) -> None:
+    """Write SEED into PANEL of STORY, changing nothing else in the file."""
+    from .cache import PanelCache
+    from .editing import pin_seed
+
+    _user_paths(story)
+    result = pin_seed(story, panel, seed)
+    was = "derived" if result.previous is None else str(result.previous)
+    click.echo(f"{story}:{result.line}: panel {panel} now uses seed {seed} (was {was})")
+    _, jobs = _load(story)
+    job = next(j for j in jobs if j.panel == panel)
+    if PanelCache.default().get(job.hash):
+        click.echo("that image is already rendered; `storyboard build` will use it")
+
+
+@cli.command()
+@click.argument("stories", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def clean(stories: tuple[str, ...], dry_run: bool) -> None:
+    """Remove cached panels that no story needs any more (and, for the STORIES given, panel
+    files in their output folders whose panels are gone)."""
+    from .build import clean as run_clean
+
+    for story in stories:
+        _user_paths(story)
+    report = run_clean([Path(s) for s in stories], dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in report.stale_files:
+        click.echo(f"{verb} {path}")
+    click.echo(f"{verb} {report.removed} cached panel(s), {report.freed / 1e6:.1f} MB")
+
+
+def _user_paths(*paths: str) -> None:
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such story file")
 
 
 @cli.command()

@@ -74,26 +74,51 @@ def storyboard_record(job: PanelJob, *, story: str | None, sampler: str, device:
     }
 
 
-def write_panel_png(path: Path, image, job: PanelJob, *, story: str | None, sampler: str,
-                    device: str, dtype: str) -> None:
+def panel_png_bytes(image, job: PanelJob, *, story: str | None, sampler: str, device: str,
+                    dtype: str) -> bytes:
+    """The PNG of a panel, its parameters inside."""
+    return _png(image, a1111_parameters(job, sampler),
+                storyboard_record(job, story=story, sampler=sampler, device=device, dtype=dtype))
+
+
+def _png(image, parameters: str, record: dict) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text(PARAMETERS, a1111_parameters(job, sampler))
-    info.add_text(STORYBOARD, json.dumps(
-        storyboard_record(job, story=story, sampler=sampler, device=device, dtype=dtype),
-        ensure_ascii=False, sort_keys=True))
+    info.add_text(PARAMETERS, parameters)
+    info.add_text(STORYBOARD, json.dumps(record, ensure_ascii=False, sort_keys=True))
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_panel_png(path: Path, image, job: PanelJob, *, story: str | None, sampler: str,
+                    device: str, dtype: str) -> None:
+    atomic_write_bytes(path, panel_png_bytes(image, job, story=story, sampler=sampler,
+                                             device=device, dtype=dtype))
+
+
+def relabel(source: Path, job: PanelJob, story: str | None) -> bytes:
+    """A cached panel's PNG, re-labelled for another panel id or story with the same job.
+    Pixels, sampler, device and dtype stay as rendered."""
+    from PIL import Image
+
+    parameters, record = read_panel_png(source)
+    record = dict(record or {})
+    with Image.open(source) as im:
+        im.load()
+        image = im.copy()
+    fresh = storyboard_record(job, story=story, sampler=record.get("sampler_used", ""),
+                              device=record.get("device", ""), dtype=record.get("dtype", ""))
+    return _png(image, a1111_parameters(job, fresh["sampler_used"]) if fresh["sampler_used"]
+                else parameters or "", fresh)
 
 
 def read_panel_png(path: Path) -> tuple[str | None, dict | None]:
     """(A1111 parameters, storyboard record) of a PNG; either may be None."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.load()
+    with Image.open(path) as im:  # text chunks precede the pixels: nothing is decoded
         text = dict(im.info)
     record = text.get(STORYBOARD)
     try:
