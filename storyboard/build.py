@@ -133,6 +133,7 @@ class _Run:
     emit: Event
     story: Story
     jobs: list[PanelJob]
+    options: object
 
 
 def _start(story_path: str | Path, out_dir, options, on_event: Event | None,
@@ -145,7 +146,18 @@ def _start(story_path: str | Path, out_dir, options, on_event: Event | None,
     for warning in story.warnings:
         emit({"event": "warning", "message": warning.format()})
     return _Run(story_path, Path(out_dir) if out_dir else default_out_dir(story_path),
-                cache or PanelCache.default(), getattr(options, "dtype", None), emit, story, jobs)
+                cache or PanelCache.default(), getattr(options, "dtype", None), emit, story, jobs,
+                _with_story_render(options, story))
+
+
+def _with_story_render(options, story: Story):
+    """The story's `render:` settings, under whatever the command line switched off."""
+    from .models import RuntimeOptions
+
+    render = story.spec.render
+    options = options or RuntimeOptions()
+    return replace(options, fuse=options.fuse and render.fuse,
+                   compile=options.compile and render.compile)
 
 
 def build(story_path: str | Path, out_dir: str | Path | None = None, *,
@@ -156,7 +168,8 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
     # 1. Load, validate and compile: every problem is reported before any work starts.
     run = _start(story_path, out_dir, options, on_event, cache, model)
     story_path, out, cache, emit = run.story_path, run.out, run.cache, run.emit
-    story, jobs, dtype_override = run.story, run.jobs, run.dtype_override
+    story, jobs, dtype_override, options = run.story, run.jobs, run.dtype_override, run.options
+    batch_size = batch_size or story.spec.render.batch_size
     report = BuildReport(story=story_path, out_dir=out)
 
     # 2. Select.
@@ -398,7 +411,8 @@ def reroll(story_path: str | Path, panel: str, seeds: list[int], out_dir=None, *
     t0 = time.perf_counter()
     run = _start(story_path, out_dir, options, on_event, cache, model)
     story_path, out, cache, emit = run.story_path, run.out, run.cache, run.emit
-    jobs, dtype_override = run.jobs, run.dtype_override
+    jobs, dtype_override, options = run.jobs, run.dtype_override, run.options
+    batch_size = batch_size or run.story.spec.render.batch_size
     (base,) = select(jobs, [panel])
     candidates = [_with_hash(replace(base, seed=seed, seed_derived=False, hash=""))
                   for seed in seeds]

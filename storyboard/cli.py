@@ -133,12 +133,15 @@ def _runtime_options(device: str, dtype: str | None, offload: bool, vae_tiling: 
                      quiet: bool, as_json: bool):
     from .models import RuntimeOptions
 
+    flags = click.get_current_context().params
     return RuntimeOptions(device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
-                          progress=not (quiet or as_json))
+                          progress=not (quiet or as_json), fuse=not flags.get("no_fuse"),
+                          compile=not flags.get("no_compile"))
 
 
 def runtime_flags(func):
-    """Options shared by every command that renders."""
+    """Options shared by every command that renders (the speed switches, `no_compile` and
+    `no_fuse`, are read by _runtime_options from the click context)."""
     for decorator in reversed([
         click.option("--model", "model", default=None,
                      help="Render with this model instead of the story's (e.g. tiny-kolors)."),
@@ -150,6 +153,9 @@ def runtime_flags(func):
                      help="Most panels per pipeline call (default: 4 on GPU, 2 on CPU)."),
         click.option("--offload", is_flag=True, help="Model CPU offload, for small GPUs."),
         click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles."),
+        click.option("--no-compile", is_flag=True, help="Do not torch.compile the UNet."),
+        click.option("--no-fuse", is_flag=True,
+                     help="No channels_last / fused QKV (and so no compile either)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress output."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print machine-readable events, one JSON object per line."),
@@ -227,7 +233,7 @@ def _run_build(story: str, out: str | None, only: str | None, force: bool, pages
 @runtime_flags
 def build(story: str, out: str | None, only: str | None, force: bool, model: str | None,
           device: str, dtype: str | None, batch_size: int | None, offload: bool,
-          vae_tiling: bool, quiet: bool, as_json: bool) -> None:
+          vae_tiling: bool, quiet: bool, as_json: bool, **speed: bool) -> None:
     """Render what changed in STORY and compose its pages.
 
     Writes OUT/panels/<id>.png, OUT/page-N.png, OUT/story.pdf and OUT/manifest.json. Panels
@@ -250,7 +256,7 @@ def build(story: str, out: str | None, only: str | None, force: bool, model: str
 @runtime_flags
 def render(story: str | None, out: str | None, only: str | None, from_png: str | None,
            model: str | None, device: str, dtype: str | None, batch_size: int | None,
-           offload: bool, vae_tiling: bool, quiet: bool, as_json: bool) -> None:
+           offload: bool, vae_tiling: bool, quiet: bool, as_json: bool, **speed: bool) -> None:
     """Render STORY's panels now (cached or not) into OUT/panels/, without composing pages."""
     options = _runtime_options(device, dtype, offload, vae_tiling, quiet, as_json)
     if from_png:
@@ -320,7 +326,7 @@ def _job_from_png(path: Path) -> tuple[PanelJob, str | None]:
 @runtime_flags
 def reroll(story: str, panel: str, seeds: str, out: str | None, model: str | None,
            device: str, dtype: str | None, batch_size: int | None, offload: bool,
-           vae_tiling: bool, quiet: bool, as_json: bool) -> None:
+           vae_tiling: bool, quiet: bool, as_json: bool, **speed: bool) -> None:
     """Render candidates of PANEL with other seeds into OUT/rerolls/PANEL/, plus a numbered
     contact sheet. The pages are not touched; `storyboard pin` keeps the one you like."""
     from .build import parse_seeds

@@ -28,6 +28,12 @@ from .errors import UserError
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch.compile's caches live with storyboard's, so compiling is paid once per machine, not
+# once per build (and survives /tmp being cleaned).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(os.environ.get(
+    "STORYBOARD_CACHE", Path.home() / ".cache" / "storyboard")).expanduser() / "inductor"))
+os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 
 PIPELINES = {
     "sdxl": "StableDiffusionXLPipeline",
@@ -57,6 +63,9 @@ class RuntimeOptions:
     offload: bool = False  # model CPU offload, for GPUs with little memory
     vae_tiling: bool = False  # decode large images in tiles
     progress: bool = True  # diffusers' step progress bars
+    # Speed-ups on CUDA, used when no LoRA is active (see apply_speedups):
+    fuse: bool = True  # channels_last memory layout + fused QKV projections in the UNet
+    compile: bool = True  # torch.compile of the UNet (paid once per machine and shape)
 
 
 @dataclass
@@ -66,6 +75,7 @@ class LoadedModel:
     device: str
     dtype: str  # fp16 | bf16 | fp32
     ref: ModelRef
+    speedups: list[str] | None = None  # None until apply_speedups has run
 
     @property
     def token_limit(self) -> int:
@@ -223,6 +233,31 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
         pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=not options.progress, leave=False)
     return LoadedModel(pipe=pipe, family=family, device=device, dtype=dtype, ref=ref)
+
+
+def apply_speedups(model: LoadedModel, options: RuntimeOptions) -> list[str]:
+    """Make the UNet faster where that is safe; returns what was applied.
+
+    Measured on an H200 (bench/levers.py): channels_last and fused QKV projections alone do not
+    pay in eager mode, but together with torch.compile they take an SDXL UNet step from 44 to
+    33 ms. Fused projections replace the layers LoRA adapters attach to, so all of this is only
+    applied to a model without adapters; and only on CUDA, where it was measured.
+    """
+    if model.speedups is not None:
+        return model.speedups
+    model.speedups = []
+    if not model.device.startswith("cuda") or not options.fuse:
+        return model.speedups
+    import torch
+
+    unet = model.pipe.unet
+    unet.to(memory_format=torch.channels_last)
+    unet.fuse_qkv_projections()
+    model.speedups += ["channels_last", "fused_qkv"]
+    if options.compile:
+        model.pipe.unet = torch.compile(unet)
+        model.speedups.append("torch.compile")
+    return model.speedups
 
 
 class _quiet_loading:

@@ -299,6 +299,16 @@ class LayoutSpec(_Spec):
     panel_numbers: bool = False
 
 
+class RenderSpec(_Spec):
+    """How fast to render. Nothing here changes what a panel should look like (beyond float
+    rounding), so none of it is part of a job's hash; the command line can override it."""
+
+    batch_size: int | None = Field(None, ge=1, le=64, description=(
+        "Most panels per pipeline call; default: by free GPU memory (8, 4 or 2), 2 on CPU."))
+    fuse: bool = Field(True, description="channels_last + fused QKV projections (CUDA, no LoRA).")
+    compile: bool = Field(True, description="torch.compile the UNet (CUDA, no LoRA).")
+
+
 class StorySpec(_Spec):
     """A storyboard story, format version 1."""
 
@@ -325,6 +335,7 @@ class StorySpec(_Spec):
     panels: list[PanelSpec] = Field(min_length=1, max_length=C.MAX_PANELS)
     templates: TemplatesSpec = TemplatesSpec()
     layout: LayoutSpec = LayoutSpec()
+    render: RenderSpec = RenderSpec()
 
     @field_validator("vars")
     @classmethod

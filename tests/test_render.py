@@ -553,3 +553,41 @@ def test_no_tokenizer_on_disk_means_no_warning_and_no_build(tmp_path, monkeypatc
     result = run_cli("validate", str(story))
     assert result.exit_code == 0 and "warning" not in result.output
     assert not (tmp_path / "empty-cache").exists()
+
+
+def test_batches_are_split_evenly(tmp_path):
+    from storyboard.render import Renderer, plan_batches
+
+    panels = "".join(f"  - {{id: p{i}, prompt: cat {i}, seed: {i}}}\n" for i in range(10))
+    jobs = jobs_of(write_story(tmp_path, "panels:\n" + panels))
+    sizes = [len(b.jobs) for b in plan_batches(Renderer(model=None), jobs, 8)]
+    assert sizes == [5, 5]
+    assert [len(b.jobs) for b in plan_batches(Renderer(model=None), jobs, 4)] == [4, 3, 3]
+
+
+def test_speedups_only_on_cuda_and_never_twice():
+    from storyboard.models import apply_speedups
+
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    assert apply_speedups(model, RuntimeOptions()) == []  # CPU: nothing measured there
+    assert model.speedups == []
+    model.device = "cuda"  # pretend: the check is by name, the calls are CPU-safe
+    assert apply_speedups(model, RuntimeOptions(compile=False)) == []  # already decided
+    fresh = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    fresh.device = "cuda"
+    assert apply_speedups(fresh, RuntimeOptions(compile=False)) == ["channels_last",
+                                                                     "fused_qkv"]
+
+
+def test_story_and_cli_switches(tmp_path):
+    from storyboard.build import _with_story_render
+    from storyboard.spec import load_story
+
+    story = load_story(write_story(tmp_path, "render: {compile: false, batch_size: 3}\n"
+                                             "panels:\n  - {id: a, prompt: x}\n"))
+    options = _with_story_render(RuntimeOptions(), story)
+    assert (options.compile, options.fuse) == (False, True)
+    options = _with_story_render(RuntimeOptions(fuse=False), story)
+    assert (options.compile, options.fuse) == (False, False)
+    result = run_cli("build", "--no-compile", "--no-fuse", "-q", str(tmp_path / "story.yaml"))
+    assert result.exit_code == 0, result.output
