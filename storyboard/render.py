@@ -82,7 +82,7 @@ class Renderer:
                     continue
                 name = lora.character if not any(k[0] == lora.character for k in self.adapters) \
                     else f"{lora.character}-{len(self.adapters)}"
-                error = self._load_one(lora.path, name)
+                error = self._load_one(lora.path, name, lora.sha256)
                 if error:
                     problems.append(f"character {lora.character!r}: LoRA {lora.path} {error}")
                 else:
@@ -92,7 +92,21 @@ class Renderer:
                             f"({self.model.family}, {self.model.ref.ref}):\n  "
                             + "\n  ".join(problems))
 
-    def _load_one(self, path: str, name: str) -> str | None:
+    def _prepared(self, path: str, sha256: str) -> str:
+        """The LoRA as a diffusers-format file that loads cleanly into this model: converted
+        once per source file and model family (DiffSynth checkpoints, kohya, PEFT, pickles all
+        end up the same way), cached by the source's sha256."""
+        from .loras import convert_lora
+        from .tiny import cache_root
+
+        target = cache_root() / "loras" / f"{sha256}-{self.model.family}.safetensors"
+        if not target.is_file():
+            unet = getattr(self.model.pipe.unet, "_orig_mod", self.model.pipe.unet)
+            convert_lora(path, target, to="diffusers", family=self.model.family,
+                         unet_config=unet.config)
+        return str(target)
+
+    def _load_one(self, path: str, name: str, sha256: str) -> str | None:
         """Load a LoRA; a message when it does not fit. Unexpected or missing keys are only
         logged by diffusers, and a missing one would leave random weights active, so both are
         treated as errors."""
@@ -105,10 +119,15 @@ class Renderer:
             logger.handlers = [catcher]
             logger.setLevel(logging.WARNING)
             logger.propagate = False
+        from .loras import LoraFormatError
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # peft's "multiple adapters" notice
-                self.model.pipe.load_lora_weights(path, adapter_name=name)
+                self.model.pipe.load_lora_weights(self._prepared(path, sha256),
+                                                  adapter_name=name)
+        except LoraFormatError as exc:
+            return f"cannot be used: {exc.problem}"
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
             first = str(exc).strip().splitlines()
             detail = first[0] if first else type(exc).__name__

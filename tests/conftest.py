@@ -54,6 +54,20 @@ def check_golden(path: Path, actual: str) -> None:
                                "STORYBOARD_UPDATE_GOLDENS=1 to accept"
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    """One storyboard cache (built-in models, converted LoRAs, panels) for the whole run, so
+    tests never touch the user's ~/.cache; and 2 CPU threads, since bitwise results depend on
+    the thread count."""
+    import torch
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STORYBOARD_CACHE", str(tmp_path_factory.mktemp("cache")))
+    torch.set_num_threads(2)
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def story_file(tmp_path):
     """Write a story (text or bytes) to tmp_path/story.yaml and return its path."""

@@ -30,15 +30,7 @@ BATCH_TOLERANCE = 2
 QUIET = RuntimeOptions(progress=False)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache(tmp_path_factory):
-    """One model cache for the whole run; tests never touch the user's ~/.cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STORYBOARD_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(2)  # bitwise results depend on the thread count
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def write_story(folder: Path, body: str, model: str = "tiny-sdxl") -> Path:

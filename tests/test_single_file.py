@@ -30,19 +30,8 @@ HUB_REPO = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache(tmp_path_factory):
-    """One model cache for the whole run; tests never touch the user's ~/.cache or the hub."""
-    import huggingface_hub.constants
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STORYBOARD_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import, which may predate this fixture.
-    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    torch.set_num_threads(2)  # bitwise results depend on the thread count
-    yield
-    mp.undo()
+# The hub is off for every test (conftest.py sets HF_HUB_OFFLINE before any import).
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def _pipeline_class(family):
