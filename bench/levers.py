@@ -48,18 +48,22 @@ def inputs(panels: int, dtype=torch.float16):
 
 
 @torch.inference_mode()
-def time_unet(unet, panels: int, reps: int = 10) -> float:
-    x = inputs(panels)
+def time_call(fn, kw: dict, reps: int = 10) -> float:
+    """Seconds per call of ``fn(**kw)`` on the GPU (CUDA events, after two warm-up calls)."""
     for _ in range(2):
-        unet(**x)
+        fn(**kw)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(True), torch.cuda.Event(True)
     start.record()
     for _ in range(reps):
-        unet(**x)
+        fn(**kw)
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / reps / 1e3
+
+
+def time_unet(unet, panels: int, reps: int = 10) -> float:
+    return time_call(unet, inputs(panels), reps)
 
 
 @torch.inference_mode()

@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from gpu_models import BUILDERS  # noqa: E402
-from levers import matmul_peak  # noqa: E402
+from levers import matmul_peak, time_call  # noqa: E402
 from naive_loop import SEED_STORY, naive_render  # noqa: E402
 
 from storyboard.compile import compile_story  # noqa: E402
@@ -121,20 +121,6 @@ def unet_inputs(pipe, family: str, batch: int = 2) -> dict:
                                                           batch, device="cuda",
                                                           dtype=torch.float16)})
     return kw
-
-
-@torch.inference_mode()
-def time_call(fn, kw, reps: int = 10) -> float:
-    for _ in range(2):
-        fn(**kw)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-    start.record()
-    for _ in range(reps):
-        fn(**kw)
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps / 1e3
 
 
 def main() -> None:
