@@ -583,3 +583,12 @@ def test_story_and_cli_switches(tmp_path):
     assert (options.compile, options.fuse) == (False, False)
     result = run_cli("build", "--no-compile", "--no-fuse", "-q", str(tmp_path / "story.yaml"))
     assert result.exit_code == 0, result.output
+
+
+def test_vae_tiling_option_reaches_the_vae_and_still_renders(tmp_path):
+    options = RuntimeOptions(progress=False, vae_tiling=True)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), options)
+    assert model.pipe.vae.use_tiling
+    jobs = jobs_of(write_story(tmp_path, PANELS4))[:1]
+    (result,) = list(render_jobs(jobs, options, model=model))
+    assert result.status == "rendered" and pixels(result).std() > 1
