@@ -488,13 +488,12 @@ def clean(stories: list[Path], *, dry_run: bool = False,
         for png in (out / PANELS_DIR).glob("*.png") if (out / PANELS_DIR).is_dir() else []:
             if png.stem not in ids:
                 report.stale_files.append(png)
-        cache.set_roots(story_path, {job.hash for job in jobs} | reroll_keys(out))
+    # What is live is what each story's last build or reroll recorded (with whatever --model it
+    # used); clean only reads that.
     live, stale_roots = cache.live_keys()
     for key in sorted(cache.keys() - live):
         report.removed += 1
-        report.freed += cache.path(key).stat().st_size
-        if not dry_run:
-            cache.remove(key)
+        report.freed += cache.path(key).stat().st_size if dry_run else cache.remove(key)
     if not dry_run:
         for path in report.stale_files:
             path.unlink(missing_ok=True)

@@ -150,7 +150,8 @@ def runtime_flags(func):
         click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None,
                      help="Override the story's dtype (default: fp16 on GPU, fp32 on CPU)."),
         click.option("--batch-size", type=click.IntRange(1, 64), default=None,
-                     help="Most panels per pipeline call (default: 4 on GPU, 2 on CPU)."),
+                     help="Most panels per pipeline call (default: 8, 4 or 2 by free GPU "
+                          "memory; 2 on CPU)."),
         click.option("--offload", is_flag=True, help="Model CPU offload, for small GPUs."),
         click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles."),
         click.option("--no-compile", is_flag=True, help="Do not torch.compile the UNet."),
@@ -187,10 +188,9 @@ class _Progress:
             self.bar = tqdm(total=len(event["to_render"]), unit="panel", desc="rendering",
                             leave=False)
         elif kind == "panel" and self.bar is not None:
+            # Failures are listed with the summary, after the bar is gone.
             self.bar.update(1)
             self.bar.set_postfix_str(event.get("panel", ""))
-        elif kind == "panel" and event.get("status") == "failed":
-            click.echo(f"panel {event['panel']} failed: {event['error']}", err=True)
         elif kind == "oom_split":
             click.echo(f"out of GPU memory; retrying {', '.join(event['panels'])} in smaller "
                        "batches", err=True)

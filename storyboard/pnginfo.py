@@ -1,7 +1,7 @@
 """Panel PNGs that carry their own recipe.
 
-In: a rendered image, its ``PanelJob`` and what rendered it. Out: a PNG (written atomically)
-with two text chunks:
+In: a rendered image, its ``PanelJob`` and what rendered it. Out: the bytes of a PNG (which the
+cache and the build write atomically) with two text chunks:
 - ``parameters``: the exact AUTOMATIC1111 format, so WebUI's PNG Info, ComfyUI and image
   browsers read prompt, negative prompt, steps, sampler, CFG, seed, size, model and LoRA hashes;
 - ``storyboard``: the job as JSON (story file, panel id, hash, every resolved setting), which
@@ -17,7 +17,6 @@ from typing import Any
 
 from . import __version__
 from .compile import LoraRef, ModelRef, PanelJob
-from .fsutil import atomic_write_bytes
 
 PARAMETERS = "parameters"
 STORYBOARD = "storyboard"
@@ -90,12 +89,6 @@ def _png(image, parameters: str, record: dict) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
-
-
-def write_panel_png(path: Path, image, job: PanelJob, *, story: str | None, sampler: str,
-                    device: str, dtype: str) -> None:
-    atomic_write_bytes(path, panel_png_bytes(image, job, story=story, sampler=sampler,
-                                             device=device, dtype=dtype))
 
 
 def relabel(source: Path, job: PanelJob, story: str | None) -> bytes:

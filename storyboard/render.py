@@ -254,25 +254,24 @@ class Renderer:
 def plan_batches(renderer: Renderer, jobs: list[PanelJob], max_batch: int) -> list[Batch]:
     """Group compatible jobs (story order kept) into batches of at most ``max_batch``, split
     evenly (10 panels in batches of 8 become 5 + 5), so a compiled UNet meets few shapes."""
-    groups: dict[tuple, list[PanelJob]] = {}
-    adapters: dict[tuple, tuple] = {}
-    order: list[tuple] = []
+    groups: dict[tuple, Batch] = {}  # in first-seen order
     for job in jobs:
-        key = Batch([job], renderer.adapters_for(job)).key
+        single = Batch([job], renderer.adapters_for(job))
+        key = single.key
         if SAMPLERS[job.scheduler].cls in _SOLO_SCHEDULERS:
             key = (*key, job.hash)  # a batch of its own
-        if key not in groups:
-            groups[key], adapters[key] = [], renderer.adapters_for(job)
-            order.append(key)
-        groups[key].append(job)
+        if key in groups:
+            groups[key].jobs.append(job)
+        else:
+            groups[key] = single
     batches = []
-    for key in order:
-        members = groups[key]
+    for group in groups.values():
+        members = group.jobs
         count = -(-len(members) // max_batch)
         start = 0
         for i in range(count):
             size = len(members) // count + (i < len(members) % count)
-            batches.append(Batch(members[start:start + size], adapters[key]))
+            batches.append(Batch(members[start:start + size], group.adapters))
             start += size
     return batches
 

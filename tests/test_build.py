@@ -469,3 +469,17 @@ def test_build_shows_story_warnings(story):
     assert "warning: characters.ghost: character 'ghost' is defined but appears in no panel" \
         in result.output
     assert run_cli("build", "-q", str(story)).output == ""
+
+
+def test_clean_keeps_what_a_model_override_build_made(story, cache_dir):
+    """A story built with --model records those panels; cleaning the story keeps them, and a
+    dry run changes nothing at all."""
+    build(story, options=QUIET, model="tiny-kolors")
+    cache = PanelCache(cache_dir)
+    before = cache.keys()
+    roots = sorted((cache_dir / "roots").glob("*.json"))
+    stamp = [p.read_bytes() for p in roots]
+    assert clean([story], dry_run=True).removed == 0
+    assert [p.read_bytes() for p in roots] == stamp
+    assert clean([story]).removed == 0 and cache.keys() == before
+    assert set(statuses(build(story, options=QUIET, model="tiny-kolors")).values()) == {"cached"}

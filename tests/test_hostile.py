@@ -13,7 +13,6 @@ watchdog and an address-space limit, so the suite itself stays fast and safe.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
