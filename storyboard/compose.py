@@ -44,7 +44,14 @@ class Cell:
 @lru_cache(maxsize=16)
 def load_font(path: str | None, size: int, weight: str = "Regular") -> ImageFont.FreeTypeFont:
     if path:
-        return ImageFont.truetype(path, size)
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError as exc:
+            from .errors import UserError
+
+            raise UserError(f"layout.font: cannot read {path} as a font ({exc}); give a "
+                            ".ttf, .otf or .ttc file, or leave `font` out for the built-in "
+                            "Noto Sans CJK") from None
     font_file = resources.files("manimgx_fonts_cjk") / "NotoSansCJK-VF.otf.ttc"
     font = ImageFont.truetype(str(font_file), size, index=_CJK_FACE)
     font.set_variation_by_name(weight)

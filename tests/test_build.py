@@ -483,3 +483,12 @@ def test_clean_keeps_what_a_model_override_build_made(story, cache_dir):
     assert [p.read_bytes() for p in roots] == stamp
     assert clean([story]).removed == 0 and cache.keys() == before
     assert set(statuses(build(story, options=QUIET, model="tiny-kolors")).values()) == {"cached"}
+
+
+def test_a_font_file_that_is_not_a_font_is_a_user_error(story):
+    (story.parent / "broken.ttf").write_bytes(b"not a font")
+    story.write_text(STORY.replace("  font_size: 12\n", "  font_size: 12\n  font: broken.ttf\n"),
+                     encoding="utf-8")
+    result = run_cli("build", "-q", str(story))
+    assert result.exit_code == 2 and "cannot read" in result.output and "broken.ttf" in result.output
+    assert "Traceback" not in result.output
