@@ -154,9 +154,11 @@ def runtime_flags(func):
                           "memory; 2 on CPU)."),
         click.option("--offload", is_flag=True, help="Model CPU offload, for small GPUs."),
         click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles."),
-        click.option("--no-compile", is_flag=True, help="Do not torch.compile the UNet."),
+        click.option("--no-compile", is_flag=True,
+                     help="Do not torch.compile the UNet and VAE decoder."),
         click.option("--no-fuse", is_flag=True,
-                     help="No channels_last / fused QKV (and so no compile either)."),
+                     help="LoRAs as live adapters, no channels_last / fused QKV (and so no "
+                          "compile either)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress output."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print machine-readable events, one JSON object per line."),

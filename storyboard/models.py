@@ -63,9 +63,11 @@ class RuntimeOptions:
     offload: bool = False  # model CPU offload, for GPUs with little memory
     vae_tiling: bool = False  # decode large images in tiles
     progress: bool = True  # diffusers' step progress bars
-    # Speed-ups on CUDA, used when no LoRA is active (see apply_speedups):
-    fuse: bool = True  # channels_last memory layout + fused QKV projections in the UNet
-    compile: bool = True  # torch.compile of the UNet (paid once per machine and shape)
+    # Speed-ups (see speedups_for). fuse: LoRAs merged into the weights for each batch, and on
+    # CUDA channels_last + fused QKV projections in the UNet; compile: torch.compile of the UNet
+    # and VAE decoder on CUDA (paid once per machine and shape, cached on disk).
+    fuse: bool = True
+    compile: bool = True
 
 
 @dataclass
@@ -76,6 +78,7 @@ class LoadedModel:
     dtype: str  # fp16 | bf16 | fp32
     ref: ModelRef
     speedups: list[str] | None = None  # None until apply_speedups has run
+    renderer: Any = None  # render.Renderer: adapters loaded and merged into this model
 
     @property
     def token_limit(self) -> int:
@@ -238,33 +241,59 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     return LoadedModel(pipe=pipe, family=family, device=device, dtype=dtype, ref=ref)
 
 
-def apply_speedups(model: LoadedModel, options: RuntimeOptions) -> list[str]:
-    """Make the UNet faster where that is safe; returns what was applied.
+def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool) -> list[str]:
+    """Which speed-ups suit this model on this device (see ``apply_speedups``).
 
-    Measured on an H200 (bench/levers.py): channels_last and fused QKV projections alone do not
-    pay in eager mode, but together with torch.compile they take an SDXL UNet step from 44 to
-    33 ms (29 ms per panel in batches of 8). Fused projections replace the layers LoRA adapters attach to, so all of this is only
-    applied to a model without adapters; and only on CUDA, where it was measured.
+    Measured on an H200 (bench/levers.py, bench/levers3.py): channels_last and fused QKV
+    projections alone do not pay in eager mode, but with torch.compile they take an SDXL UNet
+    step from 44 to 29 ms per panel in batches of 8; a UNet with a LoRA merged into its weights
+    compiles to the same speed (29.2 ms, against 39.8 ms with the adapter live and eager). Fused
+    projections replace the layers LoRA adapters attach to, so they are left out when a story
+    has LoRAs. Only on CUDA, where they were measured; ``--no-fuse`` / ``--no-compile`` and the
+    story's ``render:`` section turn them off.
     """
+    if not model.device.startswith("cuda") or not options.fuse:
+        return []
+    names = ["channels_last"] + ([] if adapters else ["fused_qkv"])
+    # Offloading moves weights in and out of the GPU around every call: not measured with
+    # torch.compile, and live adapters there must stay reachable for set_adapters.
+    if options.compile and not options.offload:
+        names += ["torch.compile", "vae.compile"]
+    return names
+
+
+def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "inductor") -> list[str]:
+    """Apply the speed-ups ``names`` (from ``speedups_for``) once per loaded model; returns what
+    is in effect. ``backend`` is torch.compile's: tests use "aot_eager" on CPU, which traces the
+    same graphs without generating kernels."""
     if model.speedups is not None:
         return model.speedups
     model.speedups = []
-    if not model.device.startswith("cuda") or not options.fuse:
+    if not names:
         return model.speedups
     import torch
 
     unet = model.pipe.unet
-    unet.to(memory_format=torch.channels_last)
-    unet.fuse_qkv_projections()
-    model.speedups += ["channels_last", "fused_qkv"]
-    if options.compile:
-        model.pipe.unet = torch.compile(unet)
+    if "channels_last" in names:
+        unet.to(memory_format=torch.channels_last)
+    if "fused_qkv" in names:
+        unet.fuse_qkv_projections()
+    if "torch.compile" in names:
+        model.pipe.unet = torch.compile(unet, backend=backend)
+    if "vae.compile" in names:
         # The VAE decodes every panel once: a few percent of a panel, compiled the same way.
         vae = model.pipe.vae
         vae.to(memory_format=torch.channels_last)
-        vae.decode = torch.compile(vae.decode)
-        model.speedups += ["torch.compile", "vae.compile"]
+        vae.decode = torch.compile(vae.decode, backend=backend)
+    model.speedups = list(names)
     return model.speedups
+
+
+def unfuse_qkv(model: LoadedModel) -> None:
+    """Undo fused QKV projections (before a LoRA is loaded: adapters attach to to_q/to_k/to_v)."""
+    if model.speedups and "fused_qkv" in model.speedups:
+        getattr(model.pipe.unet, "_orig_mod", model.pipe.unet).unfuse_qkv_projections()
+        model.speedups.remove("fused_qkv")
 
 
 class _quiet_loading:

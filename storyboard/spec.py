@@ -305,8 +305,9 @@ class RenderSpec(_Spec):
 
     batch_size: int | None = Field(None, ge=1, le=64, description=(
         "Most panels per pipeline call; default: by free GPU memory (8, 4 or 2), 2 on CPU."))
-    fuse: bool = Field(True, description="channels_last + fused QKV projections (CUDA, no LoRA).")
-    compile: bool = Field(True, description="torch.compile the UNet (CUDA, no LoRA).")
+    fuse: bool = Field(True, description="Merge each batch's LoRAs into the weights; on CUDA also "
+                       "channels_last and fused QKV projections (the latter without LoRAs).")
+    compile: bool = Field(True, description="torch.compile the UNet and VAE decoder (CUDA).")
 
 
 class StorySpec(_Spec):

@@ -300,6 +300,95 @@ def test_lora_weight_is_applied(tmp_path):
     assert np.abs(pixels(r08) - pixels(r10["with-alice"])).max() > 2
 
 
+def test_merged_loras_match_live_adapters_and_leave_no_trace(tmp_path):
+    """The default merges each batch's LoRAs into the weights; --no-fuse keeps them as live
+    adapters. Same panels either way (float rounding), and the base weights come back exactly,
+    whatever order the batches ran in."""
+    make_lora(tmp_path, "alice", 1)
+    make_lora(tmp_path, "bob", 2)
+    jobs = jobs_of(write_story(tmp_path, LORA_STORY))
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    base = {k: v.clone() for k, v in model.pipe.unet.state_dict().items()}
+    merged = {r.job.panel: r for r in render_jobs(jobs, QUIET, model=model, batch_size=1)}
+    assert model.renderer.merge and model.renderer.merged is not None
+    live = render_all(jobs, batch_size=1)
+    for pid in merged:
+        assert np.abs(pixels(merged[pid]) - pixels(live[pid])).max() <= BATCH_TOLERANCE, pid
+
+    # Another order on the same model: the same pixels, to the bit.
+    again = {r.job.panel: r for r in render_jobs(jobs[::-1], QUIET, model=model, batch_size=1)}
+    for pid in merged:
+        assert np.array_equal(pixels(again[pid]), pixels(merged[pid])), pid
+    model.renderer.activate(())
+    after = {k.replace(".base_layer", ""): v for k, v in model.pipe.unet.state_dict().items()
+             if "lora_" not in k}
+    assert after.keys() == base.keys()
+    assert all(torch.equal(after[k], v) for k, v in base.items())
+
+
+def test_live_adapters_with_no_fuse(tmp_path):
+    make_lora(tmp_path, "alice", 1)
+    make_lora(tmp_path, "bob", 2)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    options = RuntimeOptions(progress=False, fuse=False)
+    r = {x.job.panel: x for x in render_jobs(jobs_of(write_story(tmp_path, LORA_STORY)),
+                                              options, model=model)}
+    assert not model.renderer.merge and model.renderer.merged is None
+    assert np.abs(pixels(r["with-alice"]) - pixels(r["none"])).max() > 10
+
+
+@pytest.mark.parametrize("with_lora", [False, True], ids=["plain", "lora"])
+def test_compiled_speedups_trace_and_match_eager(tmp_path, with_lora):
+    """The CUDA speed-ups (channels_last, fused QKV, torch.compile of UNet and VAE decoder) on
+    CPU through dynamo and AOTAutograd ("aot_eager": the same graph capture, no kernel
+    generation): no graph breaks that fail, and the panels match eager rendering."""
+    from storyboard.models import apply_speedups, speedups_for
+
+    torch._dynamo.reset()
+    body = PANELS4
+    if with_lora:
+        make_lora(tmp_path, "alice", 1)
+        make_lora(tmp_path, "bob", 2)
+        body = LORA_STORY
+    jobs = jobs_of(write_story(tmp_path, body))
+    eager = render_all(jobs, batch_size=2)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    model.device = "cuda"  # so speedups_for picks what it picks on a GPU
+    wanted = speedups_for(model, QUIET, adapters=with_lora)
+    model.device = "cpu"
+    if with_lora:
+        from storyboard.render import Renderer
+
+        model.renderer = Renderer(model)
+        model.renderer.load_adapters(jobs)
+        assert "fused_qkv" not in wanted
+    assert apply_speedups(model, wanted, backend="aot_eager") == wanted
+    assert hasattr(model.pipe.unet, "_orig_mod")  # really the compiled module
+    fast = {r.job.panel: r for r in render_jobs(jobs, QUIET, model=model, batch_size=2)}
+    for pid in eager:
+        assert fast[pid].status == "rendered"
+        assert np.abs(pixels(fast[pid]) - pixels(eager[pid])).max() <= BATCH_TOLERANCE, pid
+    torch._dynamo.reset()
+
+
+def test_lora_loaded_after_fused_qkv_unfuses_first(tmp_path):
+    """A model sped up without LoRAs, then given a LoRA story: the fused projections go (the
+    adapters attach to to_q/to_k/to_v) and the LoRA really acts."""
+    from storyboard.models import apply_speedups
+
+    make_lora(tmp_path, "alice", 1)
+    make_lora(tmp_path, "bob", 2)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    apply_speedups(model, ["channels_last", "fused_qkv"])
+    r = {x.job.panel: x for x in render_jobs(jobs_of(write_story(tmp_path, LORA_STORY)),
+                                              QUIET, model=model)}
+    assert model.speedups == ["channels_last"]
+    assert np.abs(pixels(r["with-alice"]) - pixels(r["none"])).max() > 10
+    reference = render_all(jobs_of(write_story(tmp_path, LORA_STORY)))
+    assert np.abs(pixels(r["with-alice"]) - pixels(reference["with-alice"])).max() \
+        <= BATCH_TOLERANCE
+
+
 def test_wrong_lora_is_named_before_rendering(tmp_path):
     make_lora(tmp_path, "alice", 1, cross_dim=48)  # another model's shapes
     make_lora(tmp_path, "bob", 2)
@@ -558,17 +647,20 @@ def test_batches_are_split_evenly(tmp_path):
 
 
 def test_speedups_only_on_cuda_and_never_twice():
-    from storyboard.models import apply_speedups
+    from storyboard.models import apply_speedups, speedups_for
 
     model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
-    assert apply_speedups(model, RuntimeOptions()) == []  # CPU: nothing measured there
-    assert model.speedups == []
-    model.device = "cuda"  # pretend: the check is by name, the calls are CPU-safe
-    assert apply_speedups(model, RuntimeOptions(compile=False)) == []  # already decided
-    fresh = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
-    fresh.device = "cuda"
-    assert apply_speedups(fresh, RuntimeOptions(compile=False)) == ["channels_last",
+    assert speedups_for(model, RuntimeOptions(), adapters=False) == []  # CPU: not measured
+    model.device = "cuda"  # pretend: the choice is by device name
+    assert speedups_for(model, RuntimeOptions(), adapters=False) == [
+        "channels_last", "fused_qkv", "torch.compile", "vae.compile"]
+    # Fused projections replace the layers LoRA adapters attach to.
+    assert speedups_for(model, RuntimeOptions(compile=False), adapters=True) == ["channels_last"]
+    assert speedups_for(model, RuntimeOptions(fuse=False), adapters=False) == []
+    assert speedups_for(model, RuntimeOptions(offload=True), adapters=True) == ["channels_last"]
+    assert apply_speedups(model, ["channels_last", "fused_qkv"]) == ["channels_last",
                                                                      "fused_qkv"]
+    assert apply_speedups(model, []) == ["channels_last", "fused_qkv"]  # already decided
 
 
 def test_story_and_cli_switches(tmp_path):
