@@ -111,4 +111,23 @@ def build_kolors(folder: Path, device: str = "cuda", dtype=torch.float16) -> Pat
     return folder
 
 
+def random_lora(unet, path: Path, rank: int = 16, seed: int = 1) -> Path:
+    """A diffusers-format LoRA with random weights on every attention projection of ``unet``
+    (to_q, to_k, to_v, to_out.0), the layers a character LoRA trains: the same shapes, files
+    and arithmetic as a real one. B is small, so the random delta keeps fp16 activations in
+    range."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator("cpu").manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0"):
+            state[f"unet.{name}.lora_A.weight"] = (
+                torch.randn(rank, module.in_features, generator=g) / module.in_features ** 0.5)
+            state[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank,
+                                                              generator=g) * 1e-2
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
 BUILDERS = {"sdxl": build_sdxl, "kolors": build_kolors}

@@ -10,7 +10,11 @@ For one architecture (sdxl or kolors), full size with random weights:
    panel), then storyboard's `render_jobs` (warm-up run, then a timed steady-state run);
 4. the optimised UNet step against the unoptimised one on identical inputs (relative error),
    the UNet's FLOPs per step, its achieved TFLOP/s and the fraction of the bf16 matmul peak
-   measured here, and the peak GPU memory.
+   measured here, and the peak GPU memory;
+5. the course story as the course really renders it, with its character LoRA (random, rank 16
+   on the attention projections, weight 0.125 as in the course): the reference loop with the
+   LoRA loaded as a diffusers adapter, and storyboard (LoRA merged into the weights, compiled),
+   on a freshly loaded model; plus the merged, compiled UNet step against the live adapter's.
 Writes bench/results/<gpu>-<date>-<arch>.json (or --out). Run on the GPU machine:
     python bench/speed.py sdxl --out results.json
 """
@@ -42,7 +46,7 @@ for candidate in (ROOT.parent / "shared" / "bench", ROOT / ".shared" / "bench"):
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from gpu_models import BUILDERS  # noqa: E402
+from gpu_models import BUILDERS, random_lora  # noqa: E402
 from levers import matmul_peak, time_call  # noqa: E402
 from naive_loop import SEED_STORY, naive_render  # noqa: E402
 
@@ -54,12 +58,17 @@ from storyboard.spec import load_story  # noqa: E402
 COURSE = ROOT / "examples" / "course-kolors.yaml"
 
 
-def story_for(folder: Path, family: str, work: Path) -> Path:
+def story_for(folder: Path, family: str, work: Path, lora: Path | None = None) -> Path:
     text = COURSE.read_text("utf-8")
     start, end = text.index("model:"), text.index("defaults:")
     text = text[:start] + f"model:\n  path: {folder}\n  family: {family}\n  dtype: fp16\n\n" \
         + text[end:]
-    path = work / f"story-{family}.yaml"
+    if lora:
+        # The course's commented-out LoRA lines, switched on and pointed at ``lora``.
+        start = text.index("    # loras:")
+        end = text.index("\n\n", start)
+        text = text[:start] + f"    loras:\n      - file: {lora}\n        weight: 0.125" + text[end:]
+    path = work / f"story-{family}{'-lora' if lora else ''}.yaml"
     path.write_text(text, "utf-8")
     return path
 
@@ -123,11 +132,81 @@ def unet_inputs(pipe, family: str, batch: int = 2) -> dict:
     return kw
 
 
+def race(pipe, story: Path, report: dict, prefix: str = ""):
+    """The reference loop, then storyboard on a freshly loaded model (a warm-up run, then a
+    timed steady-state run), on the same panels; records both under ``prefix``."""
+    log(f"{prefix}naive loop")
+    _, naive_s = naive_render(pipe, SEED_STORY)
+    report[f"{prefix}naive_s_per_panel"] = round(naive_s / len(SEED_STORY), 3)
+    jobs = compile_story(load_story(story))
+    options = RuntimeOptions(progress=False)
+    model = load_model(jobs[0].model, options)
+    log(f"{prefix}storyboard warm-up")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    warm = list(render_jobs(jobs, options, model=model, on_event=log_event))
+    torch.cuda.synchronize()
+    report[f"{prefix}storyboard_warmup_s"] = round(time.perf_counter() - t0, 1)
+    report[f"{prefix}speedups"] = model.speedups
+    report[f"{prefix}batch_sizes"] = sorted({r.batch_size for r in warm})
+    log(f"{prefix}storyboard steady state")
+    t0 = time.perf_counter()
+    steady = list(render_jobs(jobs, options, model=model))
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    assert all(r.status == "rendered" for r in steady), [r.error for r in steady]
+    report[f"{prefix}storyboard_s_per_panel"] = round(seconds / len(jobs), 3)
+    report[f"{prefix}speedup_vs_naive"] = round(naive_s / seconds, 2)
+    return model
+
+
+def lora_section(pipe, folder: Path, work: Path, arch: str, kw: dict, report: dict) -> None:
+    """Section 5: the course story with its character LoRA, naive loop against storyboard."""
+    log("lora: building a random LoRA")
+    lora = random_lora(pipe.unet, work / "xiaozi.safetensors")
+    lora_story = story_for(folder, arch, work, lora)
+    pipe.load_lora_weights(str(lora), adapter_name="xiaozi")
+    pipe.set_adapters(["xiaozi"], [0.125])
+    model = race(pipe, lora_story, report, "lora_")
+    with torch.inference_mode():
+        live = unet_step(pipe.unet, kw).float()
+        merged = unet_step(model.pipe.unet, kw).float()
+        pipe.disable_lora()
+        base = unet_step(pipe.unet, kw).float()
+    report["lora_unet_step_relative_error_vs_live_adapter"] = float(
+        (merged - live).norm() / live.norm())
+    report["lora_unet_step_relative_change_from_base"] = float(
+        (live - base).norm() / base.norm())  # the LoRA really acts
+    report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+
+
+_T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f} s] {message}", flush=True)
+
+
+def log_event(event: dict) -> None:
+    if event["event"] != "step" or event["step"] in (1, 2, event["steps"]):
+        log(json.dumps(event)[:200])
+
+
+def unet_step(unet, kw: dict):
+    """One UNet call shaped as the pipeline makes it (sample and timestep positional), so a
+    compiled UNet meets the graph it compiled for instead of compiling another."""
+    rest = {k: v for k, v in kw.items() if k not in ("sample", "timestep")}
+    return unet(kw["sample"], kw["timestep"], **rest, return_dict=False)[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("arch", choices=sorted(BUILDERS))
     ap.add_argument("--out", type=Path)
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--skip-lora", action="store_true")
+    ap.add_argument("--only-lora", action="store_true",
+                    help="skip the cold starts and sections 3-4: the LoRA section alone")
     args = ap.parse_args()
     import diffusers
     from torch.utils.flop_counter import FlopCounterMode
@@ -138,6 +217,12 @@ def main() -> None:
                     "date": datetime.date.today().isoformat(),
                     "settings": "course story: 8 panels, 1024x1024, 50 steps, CFG 4, fp16"}
     report["bf16_matmul_peak_tflops"] = round(matmul_peak(), 1)
+    out = args.out or HERE / "results" / \
+        f"{gpu.replace(' ', '-').lower()}-{report['date']}-{args.arch}.json"
+
+    def save() -> None:  # after every section, so a run cut short keeps what it measured
+        out.write_text(json.dumps(report, indent=2))
+
     work = Path(tempfile.mkdtemp(dir="/tmp"))
     import shutil
 
@@ -151,10 +236,11 @@ def main() -> None:
     story = story_for(folder, args.arch, work)
 
     # 2. Cold starts: a new process with an empty compile cache, then one with a warm cache.
-    if not args.skip_cold:
+    if not (args.skip_cold or args.only_lora):
         report["cold_start_empty_compile_cache"] = cold_start(story, work, "first")
         report["cold_start_warm_compile_cache"] = cold_start(story, work, "second")
         print(json.dumps(report, indent=1), flush=True)
+        save()
 
     # 3. Same weights, same panels: the reference loop, then storyboard.
     pipeline_cls = getattr(diffusers, {"sdxl": "StableDiffusionXLPipeline",
@@ -162,33 +248,20 @@ def main() -> None:
     pipe = pipeline_cls.from_pretrained(str(folder), dtype=torch.float16).to("cuda")
     pipe.set_progress_bar_config(disable=True)
     naive_render(pipe, SEED_STORY[:1])  # CUDA and cuBLAS warm-up, not timed
-    _, naive_s = naive_render(pipe, SEED_STORY)
-    report["naive_s_per_panel"] = round(naive_s / len(SEED_STORY), 3)
-
-    jobs = compile_story(load_story(story))
-    options = RuntimeOptions(progress=False)
-    model = load_model(jobs[0].model, options)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    warm = list(render_jobs(jobs, options, model=model))
-    torch.cuda.synchronize()
-    report["storyboard_warmup_s"] = round(time.perf_counter() - t0, 1)
-    report["speedups"] = model.speedups
-    report["batch_sizes"] = sorted({r.batch_size for r in warm})
-    t0 = time.perf_counter()
-    steady = list(render_jobs(jobs, options, model=model))
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    assert all(r.status == "rendered" for r in steady), [r.error for r in steady]
-    report["storyboard_s_per_panel"] = round(seconds / len(jobs), 3)
-    report["speedup_vs_naive"] = round(naive_s / seconds, 2)
+    kw = unet_inputs(pipe, args.arch)
+    if args.only_lora:
+        lora_section(pipe, folder, work, args.arch, kw, report)
+        save()
+        print(json.dumps(report, indent=1), flush=True)
+        return
+    model = race(pipe, story, report)
     report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+    save()
 
     # 4. One UNet step: optimised against unoptimised, and how close to the hardware it runs.
-    kw = unet_inputs(pipe, args.arch)
     with torch.inference_mode():
-        reference = pipe.unet(**kw, return_dict=False)[0].float()
-        optimised = model.pipe.unet(**kw, return_dict=False)[0].float()
+        reference = unet_step(pipe.unet, kw).float()
+        optimised = unet_step(model.pipe.unet, kw).float()
         counter = FlopCounterMode(display=False)
         with counter:
             pipe.unet(**kw)
@@ -201,17 +274,24 @@ def main() -> None:
     big = unet_inputs(pipe, args.arch, 2 * batch)
     for name, unet in (("naive", pipe.unet), ("storyboard", model.pipe.unet)):
         b = 2 if name == "naive" else 2 * batch
-        step = time_call(unet, kw if name == "naive" else big)
+        inputs = kw if name == "naive" else big
+        step = time_call(lambda: unet_step(unet, inputs), {})
         tflops = flops * (b // 2) / step / 1e12
         report[f"unet_{name}_ms_per_panel_step"] = round(step * 1e3 / (b // 2), 2)
         report[f"unet_{name}_tflops"] = round(tflops, 1)
         report[f"unet_{name}_fraction_of_peak"] = round(
             tflops / report["bf16_matmul_peak_tflops"], 3)
 
+    save()
+
+    # 5. With the course's character LoRA.
+    if not args.skip_lora:
+        if not args.only_lora:
+            del model
+            torch.cuda.empty_cache()
+        lora_section(pipe, folder, work, args.arch, kw, report)
+    save()
     print(json.dumps(report, indent=1), flush=True)
-    out = args.out or HERE / "results" / \
-        f"{gpu.replace(' ', '-').lower()}-{report['date']}-{args.arch}.json"
-    out.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
