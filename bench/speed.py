@@ -14,7 +14,9 @@ For one architecture (sdxl or kolors), full size with random weights:
 5. the course story as the course really renders it, with its character LoRA (random, rank 16
    on the attention projections, weight 0.125 as in the course): the reference loop with the
    LoRA loaded as a diffusers adapter, and storyboard (LoRA merged into the weights, compiled),
-   on a freshly loaded model; plus the merged, compiled UNet step against the live adapter's.
+   on a freshly loaded model; plus the merged, compiled UNet step against the live adapter's;
+6. with --only-fp8 instead: the opt-in FP8 path (model dtype fp8) against the reference loop,
+   and its UNet step against the plain fp16 one.
 Writes bench/results/<gpu>-<date>-<arch>.json (or --out). Run on the GPU machine:
     python bench/speed.py sdxl --out results.json
 """
@@ -58,17 +60,18 @@ from storyboard.spec import load_story  # noqa: E402
 COURSE = ROOT / "examples" / "course-kolors.yaml"
 
 
-def story_for(folder: Path, family: str, work: Path, lora: Path | None = None) -> Path:
+def story_for(folder: Path, family: str, work: Path, lora: Path | None = None,
+              dtype: str = "fp16") -> Path:
     text = COURSE.read_text("utf-8")
     start, end = text.index("model:"), text.index("defaults:")
-    text = text[:start] + f"model:\n  path: {folder}\n  family: {family}\n  dtype: fp16\n\n" \
+    text = text[:start] + f"model:\n  path: {folder}\n  family: {family}\n  dtype: {dtype}\n\n" \
         + text[end:]
     if lora:
         # The course's commented-out LoRA lines, switched on and pointed at ``lora``.
         start = text.index("    # loras:")
         end = text.index("\n\n", start)
         text = text[:start] + f"    loras:\n      - file: {lora}\n        weight: 0.125" + text[end:]
-    path = work / f"story-{family}{'-lora' if lora else ''}.yaml"
+    path = work / f"story-{family}-{dtype}{'-lora' if lora else ''}.yaml"
     path.write_text(text, "utf-8")
     return path
 
@@ -180,6 +183,26 @@ def lora_section(pipe, folder: Path, work: Path, arch: str, kw: dict, report: di
     report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
 
 
+def fp8_section(pipe, folder: Path, work: Path, arch: str, report: dict) -> None:
+    """The opt-in FP8 path (model dtype fp8): the course story against the reference loop, and
+    the FP8 UNet step against the plain fp16 one on the same inputs (the batch it compiled for,
+    so no second compilation)."""
+    model = race(pipe, story_for(folder, arch, work, dtype="fp8"), report, "fp8_")
+    batch = max(report["fp8_batch_sizes"])
+    big = unet_inputs(pipe, arch, 2 * batch)
+    bf16 = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and k != "timestep" else v)
+            for k, v in big.items()}
+    bf16["added_cond_kwargs"] = {k: v.to(torch.bfloat16)
+                                 for k, v in big["added_cond_kwargs"].items()}
+    with torch.inference_mode():
+        reference = unet_step(pipe.unet, big).float()
+        fp8 = unet_step(model.pipe.unet, bf16).float()
+    report["fp8_unet_step_relative_error"] = float((fp8 - reference).norm() / reference.norm())
+    step = time_call(lambda: unet_step(model.pipe.unet, bf16), {})
+    report["fp8_unet_ms_per_panel_step"] = round(step * 1e3 / batch, 2)
+    report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+
+
 _T0 = time.perf_counter()
 
 
@@ -207,6 +230,8 @@ def main() -> None:
     ap.add_argument("--skip-lora", action="store_true")
     ap.add_argument("--only-lora", action="store_true",
                     help="skip the cold starts and sections 3-4: the LoRA section alone")
+    ap.add_argument("--only-fp8", action="store_true",
+                    help="the opt-in FP8 path alone (model dtype fp8; needs torchao)")
     args = ap.parse_args()
     import diffusers
     from torch.utils.flop_counter import FlopCounterMode
@@ -236,7 +261,7 @@ def main() -> None:
     story = story_for(folder, args.arch, work)
 
     # 2. Cold starts: a new process with an empty compile cache, then one with a warm cache.
-    if not (args.skip_cold or args.only_lora):
+    if not (args.skip_cold or args.only_lora or args.only_fp8):
         report["cold_start_empty_compile_cache"] = cold_start(story, work, "first")
         report["cold_start_warm_compile_cache"] = cold_start(story, work, "second")
         print(json.dumps(report, indent=1), flush=True)
@@ -249,8 +274,11 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     naive_render(pipe, SEED_STORY[:1])  # CUDA and cuBLAS warm-up, not timed
     kw = unet_inputs(pipe, args.arch)
-    if args.only_lora:
-        lora_section(pipe, folder, work, args.arch, kw, report)
+    if args.only_lora or args.only_fp8:
+        if args.only_lora:
+            lora_section(pipe, folder, work, args.arch, kw, report)
+        else:
+            fp8_section(pipe, folder, work, args.arch, report)
         save()
         print(json.dumps(report, indent=1), flush=True)
         return

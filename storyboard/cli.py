@@ -147,8 +147,9 @@ def runtime_flags(func):
                      help="Render with this model instead of the story's (e.g. tiny-kolors)."),
         click.option("--device", default="auto", show_default=True,
                      help="auto, cpu, cuda, cuda:N or mps."),
-        click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None,
-                     help="Override the story's dtype (default: fp16 on GPU, fp32 on CPU)."),
+        click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32", "fp8"]), default=None,
+                     help="Override the story's dtype (default: fp16 on GPU, fp32 on CPU; fp8: "
+                          "opt-in FP8 UNet on Ada/Hopper GPUs, needs torchao)."),
         click.option("--batch-size", type=click.IntRange(1, 64), default=None,
                      help="Most panels per pipeline call (default: 8, 4 or 2 by free GPU "
                           "memory; 2 on CPU)."),

@@ -23,7 +23,7 @@ BUILTIN_MODELS: dict[str, tuple[str, int]] = {
     "tiny-kolors": ("kolors", 2),
 }
 FAMILIES = ("sdxl", "kolors", "sd15")
-DTYPES = ("auto", "fp16", "bf16", "fp32")
+DTYPES = ("auto", "fp16", "bf16", "fp32", "fp8")
 
 # Prompt categories the course teaches, in the order a mapping prompt is joined.
 PROMPT_CATEGORIES = (

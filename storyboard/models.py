@@ -13,6 +13,7 @@ validate/plan path.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -43,7 +44,8 @@ PIPELINES = {
 FAMILY_OF_PIPELINE = {v: k for k, v in PIPELINES.items()}
 # Text-encoder token limits, for warnings about prompts that get cut.
 TOKEN_LIMITS = {"sdxl": 77, "sd15": 77, "kolors": 256}
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+# fp8 loads in bf16; the UNet's linear layers are then quantized (see apply_speedups).
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp8": "bfloat16"}
 # Where a single-file checkpoint's pipeline configs come from when the story names none.
 SINGLE_FILE_CONFIGS = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
                        "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
@@ -202,6 +204,10 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     device = resolve_device(options.device)
     dtype = resolve_dtype(ref.dtype, options.dtype, device)
     torch_dtype = getattr(torch, DTYPES[dtype])
+    if dtype == "fp8":
+        problem = fp8_problem(device, options)
+        if problem:
+            raise ModelError(f"dtype fp8 {problem}; use fp16 or bf16 instead")
 
     # 3. Load through diffusers' own loaders.
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -241,6 +247,39 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     return LoadedModel(pipe=pipe, family=family, device=device, dtype=dtype, ref=ref)
 
 
+def fp8_problem(device: str, options: RuntimeOptions) -> str | None:
+    """Why the opt-in FP8 path cannot run here, or None."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return (f"needs an NVIDIA GPU with FP8 matrix units (compute capability 8.9+: Ada, "
+                f"Hopper or newer); this run is on {device}")
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if (major, minor) < (8, 9):
+        return (f"needs compute capability 8.9+ (Ada, Hopper or newer); "
+                f"{torch.cuda.get_device_name(torch.device(device))} has {major}.{minor}")
+    if options.offload:
+        return "does not combine with --offload"
+    with _quiet_loading():
+        try:
+            importlib.import_module("torchao.quantization")
+        except ImportError:
+            return "needs torchao: pip install 'storyboard[fp8]' (or pip install torchao)"
+    return None
+
+
+def _fp8_layer(module: Any, fqn: str) -> bool:
+    import torch
+
+    # torch._scaled_mm needs both dimensions to be multiples of 16. The time and added-condition
+    # embeddings see one row per image: nothing to gain, and cuBLAS refuses some of their FP8
+    # shapes (Kolors' 5632-wide add_embedding, on an H200). LoRA factors (merged into the base
+    # weights by then, and disabled) stay as they are.
+    return (isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0
+            and module.out_features % 16 == 0 and "lora_" not in fqn
+            and not fqn.startswith(("time_embedding", "add_embedding")))
+
+
 def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool) -> list[str]:
     """Which speed-ups suit this model on this device (see ``apply_speedups``).
 
@@ -252,12 +291,15 @@ def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool)
     has LoRAs. Only on CUDA, where they were measured; ``--no-fuse`` / ``--no-compile`` and the
     story's ``render:`` section turn them off.
     """
-    if not model.device.startswith("cuda") or not options.fuse:
-        return []
-    names = ["channels_last"] + ([] if adapters else ["fused_qkv"])
+    fast = model.device.startswith("cuda") and options.fuse
+    names = []
+    if fast:
+        names += ["channels_last"] + ([] if adapters else ["fused_qkv"])
+    if model.dtype == "fp8":  # a precision the story chose, not a speed switch
+        names.append("fp8")
     # Offloading moves weights in and out of the GPU around every call: not measured with
     # torch.compile, and live adapters there must stay reachable for set_adapters.
-    if options.compile and not options.offload:
+    if fast and options.compile and not options.offload:
         names += ["torch.compile", "vae.compile"]
     return names
 
@@ -278,6 +320,14 @@ def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "indu
         unet.to(memory_format=torch.channels_last)
     if "fused_qkv" in names:
         unet.fuse_qkv_projections()
+    if "fp8" in names:
+        # After fusing (fusion concatenates plain weights) and before compiling. torchao's own
+        # inductor settings are left off: they made the SDXL UNet compile for over 5 minutes.
+        with _quiet_loading():
+            from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, PerRow,
+                                              quantize_)
+        quantize_(unet, Float8DynamicActivationFloat8WeightConfig(
+            granularity=PerRow(), set_inductor_config=False), filter_fn=_fp8_layer)
     if "torch.compile" in names:
         model.pipe.unet = torch.compile(unet, backend=backend)
     if "vae.compile" in names:

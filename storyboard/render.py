@@ -6,11 +6,11 @@ per job, in job order: the image, or the reason it failed.
 ``render_jobs`` reads top to bottom:
 1. load the model (``models.load_model``);
 2. load every character LoRA the jobs use as a named adapter, and refuse the whole run, before
-   any denoising, if one does not fit the model; then the speed-ups that suit the device
-   (``models.speedups_for``);
+   any denoising, if one does not fit the model;
 3. group jobs that can share a pipeline call (same size, steps, guidance, sampler and active
    adapters at the same weights) into batches;
-4. render each batch, its LoRAs merged into the weights (``Renderer.activate``), with one
+4. apply the speed-ups that suit the device and dtype (``models.speedups_for``);
+5. render each batch, its LoRAs merged into the weights (``Renderer.activate``), with one
    ``torch.Generator`` per panel, seeded with the panel's seed, so a
    panel does not depend on its batch beyond float rounding (see tests/test_render.py for the
    measured bound); a batch that runs out of memory is split in halves and retried, and a panel
@@ -87,6 +87,9 @@ class Renderer:
                 key = (lora.character, lora.path)
                 if key in self.adapters:
                     continue
+                if self.fp8:
+                    raise LoraError("this model's UNet is already in FP8 (dtype fp8): load it "
+                                    "again to render panels with other LoRAs")
                 unfuse_qkv(self.model)
                 name = lora.character if not any(k[0] == lora.character for k in self.adapters) \
                     else f"{lora.character}-{len(self.adapters)}"
@@ -191,6 +194,9 @@ class Renderer:
         """
         if adapters == self.merged:
             return
+        if self.fp8:
+            raise LoraError("this model's UNet is already in FP8 (dtype fp8) with other LoRAs "
+                            "merged in: load it again to render panels with other LoRAs")
         import torch
 
         layers = self._lora_layers()
@@ -217,6 +223,10 @@ class Renderer:
                     new += layer.get_delta_weight(name).float()
                 base.copy_(new)
         self.merged = adapters
+
+    @property
+    def fp8(self) -> bool:
+        return "fp8" in (self.model.speedups or [])
 
     def _lora_layers(self) -> list[Any]:
         import torch
@@ -372,17 +382,29 @@ def render_jobs(jobs: list[PanelJob], options: RuntimeOptions | None = None, *,
         model.renderer = Renderer(model, merge=options.fuse and not options.offload)
     renderer = model.renderer
 
-    # 2. Adapters, all checked before any denoising; then the speed-ups.
+    # 2. Adapters, all checked before any denoising.
     renderer.load_adapters(jobs)
-    applied = apply_speedups(model, speedups_for(model, options,
-                                                 adapters=bool(renderer.adapters)))
-    if applied:
-        emit({"event": "speedups", "applied": applied})
 
     # 3. Batches.
     batches = plan_batches(renderer, jobs, batch_size or default_batch_size(model.device))
 
-    # 4. Render.
+    # 4. Speed-ups. FP8 weights cannot take a LoRA merge, so its one LoRA set goes in first.
+    wanted = speedups_for(model, options, adapters=bool(renderer.adapters))
+    if "fp8" in wanted and renderer.adapters and model.speedups is None:
+        sets = sorted({b.adapters for b in batches})
+        if len(sets) > 1:
+            raise UserError(
+                "dtype fp8 merges the LoRAs into the weights before quantizing them, so all "
+                "panels of one render must use the same LoRAs at the same weights; these use "
+                f"{len(sets)} different sets ("
+                + "; ".join(", ".join(f"{n} {w:g}" for n, w in s) or "none" for s in sets)
+                + "). Render them separately (--only) or use fp16/bf16")
+        renderer.activate(sets[0])
+    applied = apply_speedups(model, wanted)
+    if applied:
+        emit({"event": "speedups", "applied": applied})
+
+    # 5. Render.
     for batch in batches:
         emit({"event": "batch_start", "panels": [j.panel for j in batch.jobs]})
         for result in renderer.run_batch(batch, on_event):

@@ -663,6 +663,50 @@ def test_speedups_only_on_cuda_and_never_twice():
     assert apply_speedups(model, []) == ["channels_last", "fused_qkv"]  # already decided
 
 
+# --- FP8 (opt-in; runs on Ada/Hopper GPUs only, so here: where it is refused and why) --------
+
+
+FP8 = "{builtin: tiny-sdxl, dtype: fp8}"
+
+
+def test_fp8_is_refused_where_it_cannot_run(tmp_path):
+    story = write_story(tmp_path, PANELS4, model=FP8)
+    result = run_cli("build", "-q", str(story))
+    assert result.exit_code == 2, result.output
+    assert "dtype fp8 needs an NVIDIA GPU" in result.output and "Traceback" not in result.output
+    plain = write_story(tmp_path, PANELS4)
+    result = run_cli("build", "-q", "--dtype", "fp8", str(plain))
+    assert result.exit_code == 2 and "dtype fp8" in result.output
+
+
+def test_fp8_is_part_of_the_panel_hash_and_placed_before_compile(tmp_path):
+    from storyboard.models import speedups_for
+
+    fp8 = jobs_of(write_story(tmp_path, PANELS4, model=FP8))
+    fp16 = jobs_of(write_story(tmp_path, PANELS4, model="{builtin: tiny-sdxl, dtype: fp16}"))
+    assert {j.hash for j in fp8}.isdisjoint(j.hash for j in fp16)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    model.device, model.dtype = "cuda", "fp8"
+    assert speedups_for(model, RuntimeOptions(), adapters=False) == [
+        "channels_last", "fused_qkv", "fp8", "torch.compile", "vae.compile"]
+    # A precision the story chose, not a speed switch: --no-fuse keeps it.
+    assert speedups_for(model, RuntimeOptions(fuse=False), adapters=True) == ["fp8"]
+
+
+def test_fp8_with_several_lora_sets_is_refused_before_rendering(tmp_path):
+    make_lora(tmp_path, "alice", 1)
+    make_lora(tmp_path, "bob", 2)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    model.dtype = "fp8"  # as if loaded on a GPU that has FP8
+    events = []
+    with pytest.raises(UserError, match="4 different sets") as info:
+        list(render_jobs(jobs_of(write_story(tmp_path, LORA_STORY)), QUIET, model=model,
+                         on_event=events.append))
+    assert "alice 0.8" in info.value.message and "none" in info.value.message
+    assert not any(e["event"] in ("batch_start", "step") for e in events)
+    assert model.speedups is None  # nothing was quantized
+
+
 def test_story_and_cli_switches(tmp_path):
     from storyboard.build import _with_story_render
     from storyboard.spec import load_story
