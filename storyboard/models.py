@@ -262,9 +262,15 @@ def fp8_problem(device: str, options: RuntimeOptions) -> str | None:
         return "does not combine with --offload"
     with _quiet_loading():
         try:
-            importlib.import_module("torchao.quantization")
+            quantization = importlib.import_module("torchao.quantization")
+            for name in ("Float8DynamicActivationFloat8WeightConfig", "PerRow", "quantize_"):
+                getattr(quantization, name)
         except ImportError:
             return "needs torchao: pip install 'storyboard[fp8]' (or pip install torchao)"
+        except Exception as exc:  # noqa: BLE001 - a torchao built for another torch, too old...
+            return (f"needs a torchao that works with this torch ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); pip install -U "
+                    "torchao")
     return None
 
 
@@ -310,7 +316,7 @@ def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "indu
     same graphs without generating kernels."""
     if model.speedups is not None:
         return model.speedups
-    model.speedups = []
+    model.speedups = []  # filled as each one takes effect, so a failure leaves it truthful
     if not names:
         return model.speedups
     import torch
@@ -318,8 +324,10 @@ def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "indu
     unet = model.pipe.unet
     if "channels_last" in names:
         unet.to(memory_format=torch.channels_last)
+        model.speedups.append("channels_last")
     if "fused_qkv" in names:
         unet.fuse_qkv_projections()
+        model.speedups.append("fused_qkv")
     if "fp8" in names:
         # After fusing (fusion concatenates plain weights) and before compiling. torchao's own
         # inductor settings are left off: they made the SDXL UNet compile for over 5 minutes.
@@ -328,14 +336,16 @@ def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "indu
                                               quantize_)
         quantize_(unet, Float8DynamicActivationFloat8WeightConfig(
             granularity=PerRow(), set_inductor_config=False), filter_fn=_fp8_layer)
+        model.speedups.append("fp8")
     if "torch.compile" in names:
         model.pipe.unet = torch.compile(unet, backend=backend)
+        model.speedups.append("torch.compile")
     if "vae.compile" in names:
         # The VAE decodes every panel once: a few percent of a panel, compiled the same way.
         vae = model.pipe.vae
         vae.to(memory_format=torch.channels_last)
         vae.decode = torch.compile(vae.decode, backend=backend)
-    model.speedups = list(names)
+        model.speedups.append("vae.compile")
     return model.speedups
 
 

@@ -33,6 +33,8 @@ from .samplers import SAMPLERS
 
 Event = Callable[[dict[str, Any]], None]
 
+# What Renderer.merged holds while a merge is under way: equal to no real set of adapters.
+_PARTIAL = (("", float("nan")),)
 # Per-sample noise in these comes from a shared Brownian tree, not the per-panel generators, so
 # their panels are rendered one at a time with the panel's seed as the tree's seed.
 _SOLO_SCHEDULERS = {"DPMSolverSDEScheduler"}
@@ -102,12 +104,6 @@ class Renderer:
             raise LoraError("cannot use these LoRAs with the model "
                             f"({self.model.family}, {self.model.ref.ref}):\n  "
                             + "\n  ".join(problems))
-        # DoRA and LoRA-with-bias deltas are not a plain weight sum: those stay live adapters.
-        if self.merge and any(any(layer.use_dora.values()) or
-                              any(getattr(layer, "lora_bias", {}).values())
-                              for layer in self._lora_layers()):
-            self.merge = False
-
     def _prepared(self, path: str, sha256: str) -> str:
         """The LoRA as a diffusers-format file that loads cleanly into this model: converted
         once per source file and model family (DiffSynth checkpoints, kohya, PEFT, pickles all
@@ -160,6 +156,12 @@ class Renderer:
         if bad:
             self._drop(name)
             return "does not match the model: " + bad[0][:300]
+        if self.merge and any(layer.use_dora.get(name) or getattr(layer, "lora_bias", {}).get(name)
+                              for layer in self._lora_layers()):
+            # Their deltas are not a plain weight sum, so they cannot be merged.
+            self._drop(name)
+            return "has DoRA or bias terms, which cannot be merged into the weights; render " \
+                   "with --no-fuse to use it as a live adapter"
         return None
 
     def _drop(self, name: str) -> None:
@@ -192,6 +194,11 @@ class Renderer:
         that builds up batch after batch; so each touched layer is rebuilt from a saved copy of
         its base weight, and a panel never depends on which batches came before it.
         """
+        layers = self._lora_layers()
+        # Forward = base layer only, every time: a LoRA loaded since the last batch arrives
+        # switched on. Layer by layer: the pipeline's disable_lora() skips a compiled UNet.
+        for layer in layers:
+            layer.enable_adapters(False)
         if adapters == self.merged:
             return
         if self.fp8:
@@ -199,12 +206,7 @@ class Renderer:
                             "merged in: load it again to render panels with other LoRAs")
         import torch
 
-        layers = self._lora_layers()
-        if self.merged is None:
-            # Forward = base layer only, from here on. Layer by layer: the pipeline's
-            # disable_lora() skips a UNet that torch.compile has wrapped.
-            for layer in layers:
-                layer.enable_adapters(False)
+        self.merged = _PARTIAL  # until every layer is written (an OOM may stop it half-way)
         weights = dict(adapters)
         with torch.no_grad():
             for layer in layers:
@@ -390,17 +392,23 @@ def render_jobs(jobs: list[PanelJob], options: RuntimeOptions | None = None, *,
 
     # 4. Speed-ups. FP8 weights cannot take a LoRA merge, so its one LoRA set goes in first.
     wanted = speedups_for(model, options, adapters=bool(renderer.adapters))
-    if "fp8" in wanted and renderer.adapters and model.speedups is None:
+    if "fp8" in wanted and renderer.adapters and renderer.merge:
         sets = sorted({b.adapters for b in batches})
-        if len(sets) > 1:
-            raise UserError(
+        fixed = renderer.merged if renderer.fp8 else None  # already quantized with these
+        if len(sets) > 1 or (fixed is not None and sets != [fixed]):
+            def show(s: tuple) -> str:
+                return ", ".join(f"{n} {w:g}" for n, w in s) or "none"
+
+            before = f" as the render before on this model ({show(fixed)})" if fixed else ""
+            raise LoraError(
                 "dtype fp8 merges the LoRAs into the weights before quantizing them, so all "
-                "panels of one render must use the same LoRAs at the same weights; these use "
-                f"{len(sets)} different sets ("
-                + "; ".join(", ".join(f"{n} {w:g}" for n, w in s) or "none" for s in sets)
-                + "). Render them separately (--only) or use fp16/bf16")
+                f"panels of one render must use the same LoRAs at the same weights{before}; "
+                f"these use {len(sets)} sets: {'; '.join(map(show, sets))}. Render them "
+                "separately (--only) or use fp16/bf16")
         renderer.activate(sets[0])
     applied = apply_speedups(model, wanted)
+    if "fp8" in applied:
+        renderer._base.clear()  # no merge can follow once the weights are FP8
     if applied:
         emit({"event": "speedups", "applied": applied})
 

@@ -7,6 +7,7 @@ matrix products; measured 1 on CPU fp32).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -234,7 +235,8 @@ def test_samplers_differ(tmp_path):
 # --- LoRA ----------------------------------------------------------------------------------
 
 
-def make_lora(folder: Path, name: str, seed: int, cross_dim: int | None = None) -> Path:
+def make_lora(folder: Path, name: str, seed: int, cross_dim: int | None = None,
+              targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")) -> Path:
     """A real diffusers-format LoRA for the tiny SDXL UNet (or, with ``cross_dim``, for a UNet
     of another shape, as an SD1.5 LoRA is to SDXL)."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
@@ -253,7 +255,7 @@ def make_lora(folder: Path, name: str, seed: int, cross_dim: int | None = None) 
     torch.manual_seed(seed)
     # init_lora_weights=False: B starts random too, so the LoRA really changes the output.
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+                                target_modules=list(targets)))
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     out = folder / name
     StableDiffusionXLPipeline.save_lora_weights(str(out), unet_lora_layers=state)
@@ -699,12 +701,63 @@ def test_fp8_with_several_lora_sets_is_refused_before_rendering(tmp_path):
     model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
     model.dtype = "fp8"  # as if loaded on a GPU that has FP8
     events = []
-    with pytest.raises(UserError, match="4 different sets") as info:
+    with pytest.raises(LoraError, match="these use 4 sets") as info:
         list(render_jobs(jobs_of(write_story(tmp_path, LORA_STORY)), QUIET, model=model,
                          on_event=events.append))
     assert "alice 0.8" in info.value.message and "none" in info.value.message
     assert not any(e["event"] in ("batch_start", "step") for e in events)
     assert model.speedups is None  # nothing was quantized
+
+
+def test_fp8_model_reused_with_other_loras_is_refused_up_front(tmp_path, monkeypatch):
+    import storyboard.render as render_module
+
+    make_lora(tmp_path, "alice", 1)
+    make_lora(tmp_path, "bob", 2)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    model.dtype = "fp8"
+
+    def quantized(model, names):  # what apply_speedups records; torchao needs a GPU
+        model.speedups = list(names)
+        return model.speedups
+
+    monkeypatch.setattr(render_module, "apply_speedups", quantized)
+    jobs = jobs_of(write_story(tmp_path, LORA_STORY))
+    alice = [j for j in jobs if j.panel == "with-alice"]
+    assert [r.status for r in render_jobs(alice, QUIET, model=model)] == ["rendered"]
+    assert model.renderer.fp8 and model.renderer.merged == (("alice", 0.8),)
+    events = []
+    with pytest.raises(LoraError, match=r"render before on this model \(alice 0.8\)"):
+        list(render_jobs([j for j in jobs if j.panel == "none"], QUIET, model=model,
+                         on_event=events.append))
+    assert not any(e["event"] == "batch_start" for e in events)
+
+
+def test_failed_speedup_leaves_a_truthful_record():
+    from storyboard.models import apply_speedups
+
+    if importlib.util.find_spec("torchao") is not None:
+        pytest.skip("torchao is installed here; this checks the failure path without it")
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    with pytest.raises(ImportError):
+        apply_speedups(model, ["channels_last", "fused_qkv", "fp8", "torch.compile"])
+    assert model.speedups == ["channels_last", "fused_qkv"]  # so a later LoRA unfuses first
+
+
+def test_lora_loaded_by_a_later_render_on_the_same_model(tmp_path):
+    """The renderer stays with the model: a LoRA that arrives with a later render must not act
+    twice (live and merged) nor leak into panels without it."""
+    make_lora(tmp_path, "alice", 1, targets=("to_q",))
+    make_lora(tmp_path, "bob", 2, targets=("to_k", "to_v"))  # layers alice left unwrapped
+    jobs = jobs_of(write_story(tmp_path, LORA_STORY))
+    pick = {j.panel: j for j in jobs}
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    list(render_jobs([pick["with-alice"]], QUIET, model=model))
+    later = {r.job.panel: r for r in render_jobs([pick["none"], pick["with-bob"]], QUIET,
+                                                 model=model, batch_size=1)}
+    fresh = render_all([pick["none"], pick["with-bob"]], batch_size=1)
+    for pid in ("none", "with-bob"):
+        assert np.abs(pixels(later[pid]) - pixels(fresh[pid])).max() <= BATCH_TOLERANCE, pid
 
 
 def test_story_and_cli_switches(tmp_path):
