@@ -58,6 +58,7 @@ class BuildReport:
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     model_loaded: bool = False
+    speedups: list[str] = field(default_factory=list)  # what the renderer applied, if it ran
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -183,7 +184,12 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
           "to_render": [job.panel for job in todo]})
 
     # 4. Render what is missing; the model is loaded only when something is.
-    rendered = render_into_cache(todo, cache, options, batch_size, emit,
+    def watch(event: dict) -> None:
+        if event["event"] == "speedups":
+            report.speedups = list(event["applied"])
+        emit(event)
+
+    rendered = render_into_cache(todo, cache, options, batch_size, watch,
                                  story=str(story_path.resolve()), dtype_override=dtype_override)
     report.model_loaded = bool(todo)
 
@@ -335,7 +341,7 @@ def write_manifest(story: Story, report: BuildReport, options,
             "kind": model.kind, "ref": model.ref, "revision": model.revision,
             "variant": model.variant, "family": model.family, "dtype": model.dtype},
         "runtime": {"device": getattr(options, "device", "auto"),
-                    "dtype": getattr(options, "dtype", None)},
+                    "dtype": getattr(options, "dtype", None), "speedups": report.speedups},
         "summary": {s: report.count(s) for s in ("rendered", "cached", "failed", "missing")}
         | {"seconds": round(report.seconds, 3), "model_loaded": report.model_loaded},
         "panels": [{

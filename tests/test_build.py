@@ -116,6 +116,16 @@ def test_first_build_renders_all_and_writes_everything(story):
     assert not list(out.rglob("*.tmp")), "no temporary files left behind"
 
 
+def test_manifest_says_which_speedups_ran(story, monkeypatch):
+    import storyboard.render as render_module
+
+    # channels_last is CPU-safe; on a GPU the list comes from models.speedups_for.
+    monkeypatch.setattr(render_module, "speedups_for", lambda *a, **k: ["channels_last"])
+    run_build(story)
+    manifest = json.loads((story.with_name("story.out") / "manifest.json").read_text("utf-8"))
+    assert manifest["runtime"]["speedups"] == ["channels_last"]
+
+
 def test_second_build_renders_nothing_and_loads_no_model(story, monkeypatch):
     run_build(story)
     import storyboard.render as render
