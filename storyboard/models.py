@@ -77,7 +77,7 @@ class LoadedModel:
     pipe: Any
     family: str
     device: str
-    dtype: str  # fp16 | bf16 | fp32
+    dtype: str  # fp16 | bf16 | fp32 | fp8
     ref: ModelRef
     speedups: list[str] | None = None  # None until apply_speedups has run
     renderer: Any = None  # render.Renderer: adapters loaded and merged into this model

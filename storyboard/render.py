@@ -104,6 +104,7 @@ class Renderer:
             raise LoraError("cannot use these LoRAs with the model "
                             f"({self.model.family}, {self.model.ref.ref}):\n  "
                             + "\n  ".join(problems))
+
     def _prepared(self, path: str, sha256: str) -> str:
         """The LoRA as a diffusers-format file that loads cleanly into this model: converted
         once per source file and model family (DiffSynth checkpoints, kohya, PEFT, pickles all
