@@ -180,8 +180,7 @@ def fp8(kw, row, report, save, how=("regional", "full")) -> None:
                 + str(exc).splitlines()[0][:300]
             print(report["unet"][f"fp8 {mode}"], flush=True)
             save()
-        fn = out = None
-        del fn, unet, out
+        fn = out = unet = None  # release the GPU memory before the next variant
         free()
 
 
