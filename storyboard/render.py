@@ -318,12 +318,14 @@ class Renderer:
                 width=first.width,
                 height=first.height,
                 generator=generators,
+                output_type="pt",
                 **kwargs,
             )
+            images = _to_pil(out.images)
         seconds = (time.perf_counter() - t0) / len(batch.jobs)
         return [PanelResult(job, image=image, status="rendered", seconds=seconds,
                             sampler=sampler, batch_size=len(batch.jobs))
-                for job, image in zip(batch.jobs, out.images)]
+                for job, image in zip(batch.jobs, images)]
 
 
 def plan_batches(renderer: Renderer, jobs: list[PanelJob], max_batch: int) -> list[Batch]:
@@ -418,6 +420,19 @@ def render_jobs(jobs: list[PanelJob], options: RuntimeOptions | None = None, *,
         emit({"event": "batch_start", "panels": [j.panel for j in batch.jobs]})
         for result in renderer.run_batch(batch, on_event):
             yield result
+
+
+def _to_pil(images) -> list:
+    """A pipeline's ``output_type="pt"`` images ([0, 1], N x 3 x H x W, on the device) as 8-bit
+    PIL images. The same pixels as diffusers' ``output_type="pil"`` (float32 x 255, rounded half
+    to even), but quantised where the images are: only 8-bit pixels cross to the CPU, instead of
+    float32 ones that the CPU then scales and rounds (about 30 ms per 1024x1024 panel, with the
+    GPU idle)."""
+    import torch
+    from PIL import Image
+
+    pixels = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
 
 
 def _is_oom(exc: BaseException) -> bool:

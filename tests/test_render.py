@@ -181,6 +181,35 @@ def test_batch_versus_alone_within_stated_bound(tmp_path):
         assert np.abs(pixels(reordered[pid]) - pixels(alone[pid])).max() <= BATCH_TOLERANCE
 
 
+def test_pixels_quantised_on_the_device_match_diffusers_own_pil_output(tmp_path):
+    """The renderer asks the pipeline for tensors and makes the 8-bit pixels itself; they must
+    be exactly the pixels diffusers' output_type="pil" gives for the same call."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from storyboard.render import _to_pil
+
+    # Values that land on and around every level boundary, in both precisions the GPU uses.
+    levels = (torch.arange(256 * 8, dtype=torch.float64) / (255 * 8)).clamp(0, 1)
+    grid = torch.cat([levels, torch.rand(3 * 64 * 64 * 4 - levels.numel(), dtype=torch.float64)])
+    for dtype in (torch.float16, torch.float32, torch.bfloat16):
+        images = grid.to(dtype).reshape(4, 3, 64, 64)
+        ours = [np.asarray(i) for i in _to_pil(images)]
+        theirs = [np.asarray(i) for i in VaeImageProcessor(do_normalize=False).postprocess(
+            images, output_type="pil")]
+        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)), dtype
+
+    # End to end: one panel through the renderer, then the same call asking for PIL images.
+    jobs = jobs_of(write_story(tmp_path, PANELS4))[:1]
+    model = load_model(jobs[0].model, QUIET)
+    (ours,) = render_all(jobs, model=model).values()
+    job = jobs[0]
+    theirs = model.pipe(prompt=[job.prompt], negative_prompt=[job.negative_prompt],
+                        num_inference_steps=job.steps, guidance_scale=job.guidance,
+                        width=job.width, height=job.height,
+                        generator=[torch.Generator("cpu").manual_seed(job.seed)]).images[0]
+    assert np.array_equal(np.asarray(ours.image), np.asarray(theirs))
+
+
 def test_global_rng_does_not_leak_into_panels(tmp_path):
     jobs = jobs_of(write_story(tmp_path, PANELS4))[:1]
     torch.manual_seed(123)
