@@ -278,6 +278,66 @@ def test_interrupted_build_resumes_to_the_same_outputs(story, tmp_path):
     assert np.array_equal(a, b)
 
 
+def slow_png_writes(monkeypatch, seconds: float, log: list):
+    """Make every panel's PNG encoding take ``seconds`` longer, logging when each one ends."""
+    import time
+
+    import storyboard.pnginfo as pnginfo
+
+    real = pnginfo.panel_png_bytes
+
+    def slow(image, job, **kw):
+        time.sleep(seconds)
+        data = real(image, job, **kw)
+        log.append(("written", job.panel, time.perf_counter()))
+        return data
+
+    monkeypatch.setattr(pnginfo, "panel_png_bytes", slow)
+    return real
+
+
+def test_png_writes_overlap_the_next_batch_and_events_keep_story_order(story, monkeypatch):
+    import time
+
+    log: list = []
+    slow_png_writes(monkeypatch, 0.5, log)
+
+    def watch(event):
+        if event["event"] in ("step", "panel"):
+            log.append((event["event"], event.get("panel") or event["panels"][0],
+                        time.perf_counter()))
+
+    report = build(story, options=QUIET, batch_size=1, on_event=watch)
+    assert statuses(report) == {"one": "rendered", "two": "rendered", "three": "rendered"}
+    at = {(kind, panel): t for kind, panel, t in reversed(log)}  # first time of each
+    # Panel "two" was being rendered while panel "one" was still being written.
+    assert at["step", "two"] < at["written", "one"]
+    # Each panel is announced once its file is in the cache, in story order.
+    announced = [(panel, t) for kind, panel, t in log if kind == "panel"]
+    assert [panel for panel, _ in announced] == ["one", "two", "three"]
+    assert all(t >= at["written", panel] for panel, t in announced)
+
+
+def test_interrupting_a_build_keeps_the_panels_being_written(story, monkeypatch):
+    """Ctrl-C while panel "one" is still being encoded: the write finishes before the build
+    stops, and the next build finds the panel in the cache."""
+    import storyboard.pnginfo as pnginfo
+
+    log: list = []
+    real = slow_png_writes(monkeypatch, 0.5, log)
+
+    def interrupt(event):
+        if event["event"] == "step" and event["panels"] == ["two"]:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(story, options=QUIET, batch_size=1, on_event=interrupt)
+    assert [entry[:2] for entry in log] == [("written", "one")]
+    monkeypatch.setattr(pnginfo, "panel_png_bytes", real)
+    assert statuses(run_build(story)) == {"one": "cached", "two": "rendered",
+                                          "three": "rendered"}
+
+
 # --- reroll, pin, clean --------------------------------------------------------------------
 
 
