@@ -22,6 +22,7 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -184,6 +185,22 @@ def fp8(kw, row, report, save, how=("regional", "full")) -> None:
         free()
 
 
+def start_report(out: Path | None, **extra) -> tuple[dict, Callable[[], None]]:
+    """The report's header (GPU, versions, the bf16 matmul peak measured now) and a ``save()``
+    that writes it to ``out`` with the peak GPU memory so far, for saving after every section."""
+    report: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                    "cudnn": torch.backends.cudnn.version(), "panels": PANELS, **extra}
+    report["bf16_matmul_peak_tflops"] = round(matmul_peak(), 1)
+    print(json.dumps(report), flush=True)
+
+    def save() -> None:
+        report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+        if out:
+            out.write_text(json.dumps(report, indent=2))
+
+    return report, save
+
+
 def main() -> None:
     from torch.nn.attention import sdpa_kernel
 
@@ -193,16 +210,7 @@ def main() -> None:
     ap.add_argument("--only-fp8", action="store_true",
                     help="eager fp16 reference, then the FP8 variants only")
     args = ap.parse_args()
-    report: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                    "cudnn": torch.backends.cudnn.version(), "panels": PANELS}
-    report["bf16_matmul_peak_tflops"] = round(matmul_peak(), 1)
-    print(json.dumps(report), flush=True)
-
-    def save():
-        report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
-        if args.out:
-            args.out.write_text(json.dumps(report, indent=2))
-
+    report, save = start_report(args.out)
     if not args.only_fp8:
         report["attention"], best = attention_table()
         save()
