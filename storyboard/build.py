@@ -39,6 +39,7 @@ MANIFEST_SCHEMA_VERSION = 1
 PANELS_DIR = "panels"
 REROLLS_DIR = "rerolls"
 MAX_REROLLS = 64
+MAX_PENDING_WRITES = 16  # rendered panels waiting for the PNG writer (about 3 MB each at 1024²)
 
 Event = Callable[[dict[str, Any]], None]
 
@@ -238,49 +239,76 @@ def render_into_cache(jobs: list[PanelJob], cache: PanelCache, options, batch_si
     PNG encoding and the cache write happen on a writer thread while the next batch renders
     (Pillow's encoder releases the GIL): a 1024x1024 panel takes 0.03-0.15 s to encode, time
     the GPU would otherwise sit idle for. Panel events still come in render order, each once its
-    file is safely written; an interrupted build waits for the writes already queued, so every
-    rendered panel is kept."""
+    file is safely written (checked at every step of the batch rendering meanwhile); a failed
+    write stops the build before the next batch starts; at most MAX_PENDING_WRITES images wait
+    for the writer; an interrupted build finishes and announces the writes already queued."""
     if not jobs:
         return {}
     from .render import render_jobs
 
     runtime = {"device": "", "dtype": ""}
-
-    def on_event(event: dict) -> None:
-        if event["event"] == "model_loaded":
-            runtime.update(device=event["device"], dtype=event["dtype"])
-        emit(event)
+    twins: dict[str, list[PanelJob]] = {}
+    for job in jobs:
+        twins.setdefault(job.hash, []).append(job)
+    outcomes: dict[str, PanelOutcome] = {}
+    pending: deque[tuple[Future | None, Any]] = deque()  # (write, result), in render order
 
     def store(result) -> None:
+        # Looked up at call time, not import time, so tests can slow the encoder down.
         from .pnginfo import panel_png_bytes
 
         job = result.job
         cache.put(cache_key(job.hash, dtype_override), panel_png_bytes(
             result.image, job, story=story, sampler=result.sampler, **runtime))
 
-    outcomes: dict[str, PanelOutcome] = {}
-    pending: deque[tuple[Future | None, Any]] = deque()  # in render order
-
-    def settle(wait: bool) -> None:
-        while pending and (wait or pending[0][0] is None or pending[0][0].done()):
-            write, result = pending.popleft()
+    def settle(wait: bool, errors: str = "raise") -> None:
+        """Announce the panels at the head of the queue whose writes are done (all of them
+        with ``wait``). A failed write is raised ("raise"), left at the head for the main
+        loop to raise ("hold": from inside a pipeline call, where an exception would only
+        fail the batch), or passed over ("skip": another exception is already on its way)."""
+        while pending:
+            write, result = pending[0]
             if write is not None:
-                write.result()  # a failed write (disk full, say) fails the build, as before
+                if not (wait or write.done()):
+                    return
+                if write.exception() is not None:
+                    if errors == "hold":
+                        return
+                    pending.popleft()
+                    if errors == "raise":
+                        raise write.exception()
+                    continue
+            pending.popleft()
             job = result.job
             outcomes[job.hash] = PanelOutcome(job, result.status, result.seconds, result.error)
-            for twin in (j for j in jobs if j.hash == job.hash):
+            for twin in twins[job.hash]:
                 emit({"event": "panel", "panel": twin.panel, "seed": twin.seed,
                       "status": result.status, "seconds": round(result.seconds, 3),
                       "error": result.error})
 
-    unique = list({job.hash: job for job in jobs}.values())
-    # Leaving the with-block, also on Ctrl-C, waits for the queued writes.
+    def on_event(event: dict) -> None:
+        if event["event"] == "model_loaded":
+            runtime.update(device=event["device"], dtype=event["dtype"])
+        # batch_start comes between pipeline calls: a failed write may stop the build there.
+        settle(wait=False, errors="raise" if event["event"] == "batch_start" else "hold")
+        emit(event)
+
+    unique = [group[0] for group in twins.values()]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-png") as writer:
-        for result in render_jobs(unique, options, batch_size=batch_size, on_event=on_event,
-                                  model=model):
-            rendered = result.status == "rendered"
-            pending.append((writer.submit(store, result) if rendered else None, result))
-            settle(wait=False)
+        try:
+            for result in render_jobs(unique, options, batch_size=batch_size,
+                                      on_event=on_event, model=model):
+                rendered = result.status == "rendered"
+                pending.append((writer.submit(store, result) if rendered else None, result))
+                settle(wait=False)
+                while len(pending) > MAX_PENDING_WRITES:  # the disk is slower than the GPU
+                    oldest = pending[0][0]
+                    if oldest is not None:
+                        oldest.exception()  # blocks until that write is done
+                    settle(wait=False)
+        except BaseException:
+            settle(wait=True, errors="skip")
+            raise
         settle(wait=True)
     return outcomes
 

@@ -326,16 +326,73 @@ def test_interrupting_a_build_keeps_the_panels_being_written(story, monkeypatch)
     log: list = []
     real = slow_png_writes(monkeypatch, 0.5, log)
 
+    announced = []
+
     def interrupt(event):
+        if event["event"] == "panel":
+            announced.append(event["panel"])
         if event["event"] == "step" and event["panels"] == ["two"]:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         build(story, options=QUIET, batch_size=1, on_event=interrupt)
     assert [entry[:2] for entry in log] == [("written", "one")]
+    assert announced == ["one"]  # its file exists, so the user is told
     monkeypatch.setattr(pnginfo, "panel_png_bytes", real)
     assert statuses(run_build(story)) == {"one": "cached", "two": "rendered",
                                           "three": "rendered"}
+
+
+def test_a_panel_is_announced_while_the_next_batch_renders(story, monkeypatch):
+    """Not held back until the next batch is done: with a slow batch after it, panel "one" is
+    announced between that batch's steps, as soon as its file is written."""
+    import time
+
+    log: list = []
+    slow_png_writes(monkeypatch, 0.2, log)
+
+    def watch(event):
+        if event["event"] == "panel":
+            log.append(("panel", event["panel"], time.perf_counter()))
+        if event["event"] == "step":
+            log.append(("step", event["panels"][0], time.perf_counter()))
+            if event["panels"] == ["two"]:
+                time.sleep(0.4)  # a slow step
+
+    build(story, options=QUIET, batch_size=1, on_event=watch)
+    steps_of_two = [t for kind, panel, t in log if (kind, panel) == ("step", "two")]
+    (announced,) = [t for kind, panel, t in log if (kind, panel) == ("panel", "one")]
+    assert steps_of_two[0] < announced < steps_of_two[-1]
+
+
+def test_rendering_waits_when_the_writer_falls_behind(story, monkeypatch):
+    import time
+
+    import storyboard.build as build_module
+
+    monkeypatch.setattr(build_module, "MAX_PENDING_WRITES", 1)
+    log: list = []
+    slow_png_writes(monkeypatch, 0.4, log)
+
+    def watch(event):
+        if event["event"] == "step":
+            log.append(("step", event["panels"][0], time.perf_counter()))
+
+    build(story, options=QUIET, batch_size=1, on_event=watch)
+    at = {(kind, panel): t for kind, panel, t in reversed(log)}
+    assert at["step", "three"] > at["written", "one"]
+
+
+def test_a_failed_write_stops_the_build_before_the_next_batch(story, monkeypatch):
+    def full(self, key, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PanelCache, "put", full)
+    started = []
+    with pytest.raises(OSError, match="No space left"):
+        build(story, options=QUIET, batch_size=1,
+              on_event=lambda e: started.append(e["panels"][0]) if e["event"] == "step" else None)
+    assert "three" not in started
 
 
 # --- reroll, pin, clean --------------------------------------------------------------------
