@@ -19,7 +19,7 @@ changes one thing:
 For each: first call (compile) seconds into an empty cache for that setting, the same again after
 `torch._dynamo.reset()` with the cache warm (what a second `storyboard build` process pays, short
 of the process start), ms per panel-step, the fraction of the bf16 matmul peak, the summed kernel
-time of one step (the gap to the measured time is launch overhead), and the relative error
+time of one step (the gap to the measured time is GPU idle time), and the relative error
 against eager fp16.
 Run on the GPU:  python bench/levers4.py --out levers4.json [--variants base cudnn_benchmark ...]
 """
