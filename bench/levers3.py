@@ -102,10 +102,12 @@ def profile_step(fn, kw) -> dict:
             fn(**kw)
             torch.cuda.synchronize()
     kernels: dict[str, float] = {}
+    launches = 0
     for evt in prof.key_averages():
         us = getattr(evt, "self_device_time_total", 0) or 0
         if us > 0:
             kernels[evt.key] = kernels.get(evt.key, 0) + us
+            launches += evt.count
     total = sum(kernels.values())
 
     def kind(name: str) -> str:
@@ -124,7 +126,7 @@ def profile_step(fn, kw) -> dict:
     for name, us in kernels.items():
         split[kind(name)] = split.get(kind(name), 0) + us
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
-    return {"total_ms": round(total / 1e3, 2),
+    return {"total_ms": round(total / 1e3, 2), "launches": launches,
             "split_ms": {k: round(v / 1e3, 2) for k, v in sorted(split.items())},
             "top": [[name[:110], round(us / 1e3, 2), kind(name)] for name, us in top]}
 

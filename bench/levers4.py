@@ -15,7 +15,10 @@ changes one thing:
   matmul shape and may fuse the following pointwise work into a template's epilogue;
 - split_geglu: each GEGLU's projection (one Linear to 2x the width, then chunk, GELU and multiply)
   as two Linears, hidden and gate, so that with max_autotune_gemm the GELU and the multiply can
-  become the gate matmul's epilogue instead of a separate pass over the doubled activation.
+  become the gate matmul's epilogue instead of a separate pass over the doubled activation;
+- max_autotune_pointwise: inductor benchmarks a few block sizes for each Triton kernel;
+- cdt_backport: coordinate descent again, with storyboard/tuning.py's backport of the upstream
+  fix applied first, to see whether a warm cache then keeps the tuning.
 For each: first call (compile) seconds into an empty cache for that setting, the same again after
 `torch._dynamo.reset()` with the cache warm (what a second `storyboard build` process pays, short
 of the process start), ms per panel-step, the fraction of the bf16 matmul peak, the summed kernel
@@ -40,6 +43,7 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="levers4-inducto
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from levers import inputs, time_call, unet_flops  # noqa: E402
 from levers3 import PANELS, fresh_unet, profile_step, rel_err, start_report  # noqa: E402
 
@@ -58,6 +62,12 @@ VARIANTS: dict[str, tuple[dict, bool]] = {
     "max_autotune_gemm": (MAG, False),
     "split_geglu": ({}, False),
     "split_geglu+max_autotune_gemm": (MAG, False),
+    # Inductor benchmarks a few block sizes for each normalisation/activation kernel (a
+    # multi-config autotune, whose result a warm cache finds).
+    "max_autotune_pointwise": ({"max_autotune_pointwise": True}, False),
+    # Coordinate descent with storyboard/tuning.py's backport (pytorch#173391 for torch 2.11)
+    # applied first: does a warm cache then load as fast as without tuning? List it last.
+    "cdt_backport": ({"coordinate_descent_tuning": True}, False),
 }
 
 
@@ -123,6 +133,10 @@ def main() -> None:
 
     for name in args.variants:
         options, bench_cudnn = VARIANTS[name]
+        if "backport" in name:
+            from storyboard.tuning import warm_cache_keeps_tuning
+
+            report["backport_applied"] = warm_cache_keeps_tuning()
         if "split_geglu" in name and "split_geglu_modules" not in report:
             report["split_geglu_modules"] = split_geglu(unet)
         torch.backends.cudnn.benchmark = bench_cudnn
@@ -140,7 +154,11 @@ def main() -> None:
             row["measured_ms_per_step"] = round(seconds * 1e3, 2)
             row["split_ms"] = prof["split_ms"]
             torch._dynamo.reset()
+            from torch._dynamo.utils import counters
+            before = counters["inductor"]["coordesc_tuning_bench"]
             compiled, _, row["first_call_warm_cache_s"] = first_call(unet, kw, options)
+            row["coordesc_benchmarks_on_warm_cache"] = \
+                counters["inductor"]["coordesc_tuning_bench"] - before
         except Exception as exc:  # noqa: BLE001 - a lever that fails is a result too
             row["failed"] = f"{type(exc).__name__}: " + str(exc).splitlines()[0][:300]
         compiled = out = None

@@ -64,6 +64,9 @@ from storyboard.spec import load_story  # noqa: E402
 COURSE = ROOT / "examples" / "course-kolors.yaml"
 
 
+TUNE = False  # --tune: storyboard's opt-in coordinate-descent tuning, in every section
+
+
 def story_for(folder: Path, family: str, work: Path, lora: Path | None = None,
               dtype: str = "fp16") -> Path:
     text = COURSE.read_text("utf-8")
@@ -87,6 +90,7 @@ def cold_start(story: Path, work: Path, name: str) -> dict:
     stderr = work / f"stderr-{name}.txt"
     with stderr.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "storyboard.cli", "build", "--json",
+                                 *(["--tune"] if TUNE else []),
                                  "-o", str(work / f"out-{name}"), str(story)],
                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
         first = None
@@ -149,7 +153,7 @@ def race(pipe, story: Path, report: dict, prefix: str = "", repeats: int = 1):
     _, naive_s = naive_render(pipe, SEED_STORY)
     report[f"{prefix}naive_s_per_panel"] = round(naive_s / len(SEED_STORY), 3)
     jobs = compile_story(load_story(story))
-    options = RuntimeOptions(progress=False)
+    options = RuntimeOptions(progress=False, tune=TUNE)
     model = load_model(jobs[0].model, options)
     log(f"{prefix}storyboard warm-up")
     torch.cuda.synchronize()
@@ -239,7 +243,7 @@ def writes_section(model, story: Path, report: dict) -> None:
     jobs = compile_story(load_story(story))
     jobs += [_with_hash(dataclasses.replace(j, panel=f"{j.panel}-again", seed=j.seed + 1000))
              for j in jobs]
-    options = RuntimeOptions(progress=False)
+    options = RuntimeOptions(progress=False, tune=TUNE)
     log(f"writes: render only, {len(jobs)} panels")
     t0 = time.perf_counter()
     results = list(render_jobs(jobs, options, model=model))
@@ -292,6 +296,8 @@ def main() -> None:
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-lora", action="store_true")
     ap.add_argument("--skip-writes", action="store_true")
+    ap.add_argument("--tune", action="store_true",
+                    help="storyboard with --tune (coordinate-descent tuning) everywhere")
     ap.add_argument("--repeats", type=int, default=3,
                     help="reference loop / storyboard pairs in section 3 (median reported)")
     ap.add_argument("--only-lora", action="store_true",
@@ -299,6 +305,8 @@ def main() -> None:
     ap.add_argument("--only-fp8", action="store_true",
                     help="the opt-in FP8 path alone (model dtype fp8; needs torchao)")
     args = ap.parse_args()
+    global TUNE
+    TUNE = args.tune
     import diffusers
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -306,7 +314,8 @@ def main() -> None:
     report: dict = {"gpu": gpu, "arch": args.arch, "torch": torch.__version__,
                     "diffusers": diffusers.__version__,
                     "date": datetime.date.today().isoformat(),
-                    "settings": "course story: 8 panels, 1024x1024, 50 steps, CFG 4, fp16"}
+                    "settings": "course story: 8 panels, 1024x1024, 50 steps, CFG 4, fp16",
+                    "storyboard_options": "--tune" if TUNE else "defaults"}
     report["bf16_matmul_peak_tflops"] = round(matmul_peak(), 1)
     out = args.out or HERE / "results" / \
         f"{gpu.replace(' ', '-').lower()}-{report['date']}-{args.arch}.json"

@@ -161,7 +161,8 @@ def _with_story_render(options, story: Story):
     render = story.spec.render
     options = options or RuntimeOptions()
     return replace(options, fuse=options.fuse and render.fuse,
-                   compile=options.compile and render.compile)
+                   compile=options.compile and render.compile,
+                   tune=options.tune or render.tune)
 
 
 def build(story_path: str | Path, out_dir: str | Path | None = None, *,

@@ -70,6 +70,7 @@ class RuntimeOptions:
     # and VAE decoder on CUDA (paid once per machine and shape, cached on disk).
     fuse: bool = True
     compile: bool = True
+    tune: bool = False  # coordinate-descent tuning of the compiled UNet (see tuning.py)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class LoadedModel:
     dtype: str  # fp16 | bf16 | fp32 | fp8
     ref: ModelRef
     speedups: list[str] | None = None  # None until apply_speedups has run
+    cross_kv: Any = None  # crosskv.CrossKV once "cross_kv_once" is applied
     renderer: Any = None  # render.Renderer: adapters loaded and merged into this model
 
     @property
@@ -294,8 +296,10 @@ def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool)
     step from 44 to 29 ms per panel in batches of 8; a UNet with a LoRA merged into its weights
     compiles to the same speed (29.2 ms, against 39.8 ms with the adapter live and eager). Fused
     projections replace the layers LoRA adapters attach to, so they are left out when a story
-    has LoRAs. Only on CUDA, where they were measured; ``--no-fuse`` / ``--no-compile`` and the
-    story's ``render:`` section turn them off.
+    has LoRAs. Cross-attention K/V once per batch (crosskv.py) saves 0.8% (SDXL) to 1.9%
+    (Kolors) of a compiled step, and more eager (bench/levers5.py). Coordinate-descent tuning
+    (tuning.py) only on request: ``tune``. Only on CUDA, where they were measured; ``--no-fuse``
+    / ``--no-compile`` and the story's ``render:`` section turn them off.
     """
     fast = model.device.startswith("cuda") and options.fuse
     names = []
@@ -306,7 +310,11 @@ def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool)
     # Offloading moves weights in and out of the GPU around every call: not measured with
     # torch.compile, and live adapters there must stay reachable for set_adapters.
     if fast and options.compile and not options.offload:
-        names += ["torch.compile", "vae.compile"]
+        names += ["tuned_kernels"] * options.tune + ["torch.compile", "vae.compile"]
+    # Its cache is filled by calling the UNet's layers directly, which offloading's hooks on
+    # the UNet as a whole would not see.
+    if fast and not options.offload:
+        names.append("cross_kv_once")
     return names
 
 
@@ -337,8 +345,16 @@ def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "indu
         quantize_(unet, Float8DynamicActivationFloat8WeightConfig(
             granularity=PerRow(), set_inductor_config=False), filter_fn=_fp8_layer)
         model.speedups.append("fp8")
+    compile_options = None
+    if "tuned_kernels" in names and "torch.compile" in names and backend == "inductor":
+        from .tuning import COMPILE_OPTIONS, warm_cache_keeps_tuning
+
+        # Only where a warm cache keeps the tuning: otherwise every build would tune again.
+        if warm_cache_keeps_tuning():
+            compile_options = COMPILE_OPTIONS
+            model.speedups.append("tuned_kernels")
     if "torch.compile" in names:
-        model.pipe.unet = torch.compile(unet, backend=backend)
+        model.pipe.unet = torch.compile(unet, backend=backend, options=compile_options)
         model.speedups.append("torch.compile")
     if "vae.compile" in names:
         # The VAE decodes every panel once: a few percent of a panel, compiled the same way.
@@ -346,6 +362,12 @@ def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "indu
         vae.to(memory_format=torch.channels_last)
         vae.decode = torch.compile(vae.decode, backend=backend)
         model.speedups.append("vae.compile")
+    if "cross_kv_once" in names:
+        # Last: its hook goes on the module the pipeline calls, compiled or not.
+        from .crosskv import install
+
+        model.cross_kv = install(getattr(unet, "_orig_mod", unet), model.pipe.unet)
+        model.speedups.append("cross_kv_once")
     return model.speedups
 
 
@@ -354,6 +376,8 @@ def unfuse_qkv(model: LoadedModel) -> None:
     if model.speedups and "fused_qkv" in model.speedups:
         getattr(model.pipe.unet, "_orig_mod", model.pipe.unet).unfuse_qkv_projections()
         model.speedups.remove("fused_qkv")
+        if model.cross_kv is not None:  # unfusing put the old processors back
+            model.cross_kv.wrap()
 
 
 class _quiet_loading:

@@ -308,20 +308,27 @@ class Renderer:
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = step_end
+        cross_kv = self.model.cross_kv
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.pipe(
-                prompt=[j.prompt for j in batch.jobs],
-                negative_prompt=[j.negative_prompt for j in batch.jobs],
-                num_inference_steps=first.steps,
-                guidance_scale=first.guidance,
-                width=first.width,
-                height=first.height,
-                generator=generators,
-                output_type="pt",
-                **kwargs,
-            )
-            images = _to_pil(out.images)
+        try:
+            with torch.inference_mode():
+                if cross_kv:  # K/V of this call's text, from the weights as they are now
+                    cross_kv.reset()
+                out = self.model.pipe(
+                    prompt=[j.prompt for j in batch.jobs],
+                    negative_prompt=[j.negative_prompt for j in batch.jobs],
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    width=first.width,
+                    height=first.height,
+                    generator=generators,
+                    output_type="pt",
+                    **kwargs,
+                )
+                images = _to_pil(out.images)
+        finally:
+            if cross_kv:  # its memory is free for the next batch
+                cross_kv.reset()
         seconds = (time.perf_counter() - t0) / len(batch.jobs)
         return [PanelResult(job, image=image, status="rendered", seconds=seconds,
                             sampler=sampler, batch_size=len(batch.jobs))

@@ -684,10 +684,12 @@ def test_speedups_only_on_cuda_and_never_twice():
     assert speedups_for(model, RuntimeOptions(), adapters=False) == []  # CPU: not measured
     model.device = "cuda"  # pretend: the choice is by device name
     assert speedups_for(model, RuntimeOptions(), adapters=False) == [
-        "channels_last", "fused_qkv", "torch.compile", "vae.compile"]
+        "channels_last", "fused_qkv", "torch.compile", "vae.compile", "cross_kv_once"]
     # Fused projections replace the layers LoRA adapters attach to.
-    assert speedups_for(model, RuntimeOptions(compile=False), adapters=True) == ["channels_last"]
+    assert speedups_for(model, RuntimeOptions(compile=False), adapters=True) == [
+        "channels_last", "cross_kv_once"]
     assert speedups_for(model, RuntimeOptions(fuse=False), adapters=False) == []
+    # Offloading's hooks move the UNet as a whole, which the K/V cache's direct calls bypass.
     assert speedups_for(model, RuntimeOptions(offload=True), adapters=True) == ["channels_last"]
     assert apply_speedups(model, ["channels_last", "fused_qkv"]) == ["channels_last",
                                                                      "fused_qkv"]
@@ -719,7 +721,7 @@ def test_fp8_is_part_of_the_panel_hash_and_placed_before_compile(tmp_path):
     model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
     model.device, model.dtype = "cuda", "fp8"
     assert speedups_for(model, RuntimeOptions(), adapters=False) == [
-        "channels_last", "fused_qkv", "fp8", "torch.compile", "vae.compile"]
+        "channels_last", "fused_qkv", "fp8", "torch.compile", "vae.compile", "cross_kv_once"]
     # A precision the story chose, not a speed switch: --no-fuse keeps it.
     assert speedups_for(model, RuntimeOptions(fuse=False), adapters=True) == ["fp8"]
 
@@ -789,7 +791,7 @@ def test_lora_loaded_by_a_later_render_on_the_same_model(tmp_path):
         assert np.abs(pixels(later[pid]) - pixels(fresh[pid])).max() <= BATCH_TOLERANCE, pid
 
 
-def test_story_and_cli_switches(tmp_path):
+def test_story_and_cli_switches(tmp_path, monkeypatch):
     from storyboard.build import _with_story_render
     from storyboard.spec import load_story
 
@@ -799,8 +801,19 @@ def test_story_and_cli_switches(tmp_path):
     assert (options.compile, options.fuse) == (False, True)
     options = _with_story_render(RuntimeOptions(fuse=False), story)
     assert (options.compile, options.fuse) == (False, False)
+    assert options.tune is False
     result = run_cli("build", "--no-compile", "--no-fuse", "-q", str(tmp_path / "story.yaml"))
     assert result.exit_code == 0, result.output
+    # Tuning is opt-in, from either side.
+    tuned = load_story(write_story(tmp_path, "render: {tune: true}\n"
+                                             "panels:\n  - {id: a, prompt: x}\n"))
+    assert _with_story_render(RuntimeOptions(), tuned).tune is True
+    assert _with_story_render(RuntimeOptions(tune=True), story).tune is True
+    seen = {}
+    monkeypatch.setattr("storyboard.cli._run_build",
+                        lambda *a, **k: seen.setdefault("options", k.get("options", a[5])))
+    assert run_cli("build", "--tune", "-q", str(tmp_path / "story.yaml")).exit_code == 0
+    assert seen["options"].tune is True
 
 
 def test_vae_tiling_option_reaches_the_vae_and_still_renders(tmp_path):

@@ -1,0 +1,116 @@
+"""Cross-attention K/V computed once per pipeline call (storyboard/crosskv.py), on CPU with the
+built-in tiny models: the same pixels as without it, really used, refreshed for every call, and
+out of the way wherever it does not apply."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from storyboard.compile import ModelRef  # noqa: E402
+from storyboard.crosskv import KWARG, CrossKV, CrossKVProcessor  # noqa: E402
+from storyboard.models import apply_speedups, load_model  # noqa: E402
+from storyboard.render import render_jobs  # noqa: E402
+from test_render import (LORA_STORY, PANELS4, QUIET, jobs_of, make_lora, pixels,  # noqa: E402
+                         render_all, write_story)
+
+pytestmark = pytest.mark.usefixtures("session_cache")
+
+
+def generate(pipe, prompts=("a cat", "a dog"), **kw):
+    generators = [torch.Generator("cpu").manual_seed(s) for s in range(len(prompts))]
+    with torch.inference_mode():
+        return pipe(prompt=list(prompts), negative_prompt=[""] * len(prompts),
+                    num_inference_steps=3, width=64, height=64, generator=generators,
+                    output_type="np", **kw).images
+
+
+def cross_layers(unet) -> list[str]:
+    return [n for n, _ in unet.named_modules() if n.endswith("attn2")]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused_qkv"])
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-kolors"])
+def test_same_pixels_with_kv_computed_once_per_call(name, fused):
+    model = load_model(ModelRef("builtin", name), QUIET)
+    before = generate(model.pipe)
+    assert apply_speedups(model, ["fused_qkv"] * fused + ["cross_kv_once"]) == \
+        ["fused_qkv"] * fused + ["cross_kv_once"]
+    cross_kv = model.cross_kv
+    assert sorted(cross_kv.slots) == sorted(cross_layers(model.pipe.unet))
+    after = generate(model.pipe)
+    # The same projections of the same text, only not repeated: not one bit differs (eager).
+    assert np.array_equal(before, after)
+    assert cross_kv.calls == 1  # one computation for the call's 3 steps (x CFG batch)
+    generate(model.pipe)
+    assert cross_kv.calls == 2  # a new call, new embeddings: computed again
+
+
+def test_the_cached_keys_and_values_are_what_the_layers_use(monkeypatch):
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    apply_speedups(model, ["cross_kv_once"])
+    good = generate(model.pipe)
+    real = CrossKV._keys_values
+    monkeypatch.setattr(CrossKV, "_keys_values",
+                        lambda self, text: {k: (kk, torch.zeros_like(v))
+                                            for k, (kk, v) in real(self, text).items()})
+    spoiled = generate(model.pipe)
+    assert np.abs(spoiled - good).max() > 0.05
+
+
+def test_renderer_refreshes_the_cache_for_every_batch_and_frees_it(tmp_path):
+    """Four panels in two batches of two, different prompts: each batch attends to its own
+    text (a stale cache would give batch 2 the K/V of batch 1), and no K/V outlive a call."""
+    jobs = jobs_of(write_story(tmp_path, PANELS4))
+    reference = render_all(jobs, batch_size=2)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    apply_speedups(model, ["cross_kv_once"])
+    fast = {r.job.panel: r for r in render_jobs(jobs, QUIET, model=model, batch_size=2)}
+    assert model.cross_kv.calls == 2
+    assert model.cross_kv.kv is None and model.cross_kv.embeddings is None
+    for pid, result in reference.items():
+        assert np.array_equal(pixels(fast[pid]), pixels(result)), pid
+
+
+def test_lora_stories_after_unfusing_keep_the_cache(tmp_path):
+    """Fused QKV, then a LoRA story: unfusing puts diffusers' old processors back; the cache
+    wraps them again, and the K/V come from the weights each batch's LoRAs were merged into."""
+    make_lora(tmp_path, "alice", 1)
+    make_lora(tmp_path, "bob", 2)
+    jobs = jobs_of(write_story(tmp_path, LORA_STORY))
+    reference = render_all(jobs)
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    apply_speedups(model, ["fused_qkv", "cross_kv_once"])
+    fast = {r.job.panel: r for r in render_jobs(jobs, QUIET, model=model)}
+    assert model.speedups == ["cross_kv_once"]  # fused_qkv went for the adapters
+    assert all(isinstance(a.processor, CrossKVProcessor)
+               for a in model.cross_kv.layers.values())
+    assert model.cross_kv.calls >= 3  # the batches with different LoRA sets
+    for pid, result in reference.items():
+        assert np.array_equal(pixels(fast[pid]), pixels(result)), pid
+
+
+def test_out_of_the_way_where_it_does_not_apply(caplog):
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    apply_speedups(model, ["fused_qkv", "cross_kv_once"])
+    cross_kv, unet = model.cross_kv, model.pipe.unet
+    # A LoRA scale is applied inside the UNet's forward, after the hook: not cached.
+    generate(model.pipe, cross_attention_kwargs={"scale": 0.5})
+    assert cross_kv.calls == 0
+    # Processors replaced behind its back: diffusers' own run, with no warning at every call
+    # about an unexpected keyword.
+    unet.unfuse_qkv_projections()
+    with caplog.at_level(logging.WARNING):
+        plain = generate(model.pipe)
+    assert cross_kv.calls == 0
+    assert not [r for r in caplog.records if KWARG in r.getMessage()]
+    cross_kv.wrap()
+    assert np.array_equal(generate(model.pipe), plain) and cross_kv.calls == 1
+    # Removed: the original processors and no hook.
+    cross_kv.remove()
+    assert not any(isinstance(p, CrossKVProcessor) for p in unet.attn_processors.values())
+    assert np.array_equal(generate(model.pipe), plain) and cross_kv.calls == 1
