@@ -45,8 +45,10 @@ class CrossKVProcessor:
         kv = storyboard_kv.get(self.slot) if storyboard_kv and self.slot else None
         if kv is None or encoder_hidden_states is None or attention_mask is not None \
                 or hidden_states.ndim != 3:
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-                              **kwargs)
+            if temb is not None:  # as diffusers passes it: only to processors that take it
+                kwargs["temb"] = temb
+            return self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                              attention_mask=attention_mask, **kwargs)
         import torch.nn.functional as F
 
         key, value = kv

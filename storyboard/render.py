@@ -282,15 +282,17 @@ class Renderer:
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
                 return [PanelResult(job, error=message, batch_size=len(batch.jobs))
                         for job in batch.jobs]
-            _free_memory()
-            if len(batch.jobs) == 1:
-                return [PanelResult(batch.jobs[0], error="out of GPU memory even alone; try "
-                                    "--offload, --vae-tiling or a smaller size", batch_size=1)]
-            if on_event:
-                on_event({"event": "oom_split", "panels": [j.panel for j in batch.jobs]})
-            half = len(batch.jobs) // 2
-            return (self.run_batch(Batch(batch.jobs[:half], batch.adapters), on_event)
-                    + self.run_batch(Batch(batch.jobs[half:], batch.adapters), on_event))
+        # Out of memory: retried only now, outside the except block, whose traceback holds the
+        # failed call's frames (its activations, its cached K/V) until the block is left.
+        _free_memory()
+        if len(batch.jobs) == 1:
+            return [PanelResult(batch.jobs[0], error="out of GPU memory even alone; try "
+                                "--offload, --vae-tiling or a smaller size", batch_size=1)]
+        if on_event:
+            on_event({"event": "oom_split", "panels": [j.panel for j in batch.jobs]})
+        half = len(batch.jobs) // 2
+        return (self.run_batch(Batch(batch.jobs[:half], batch.adapters), on_event)
+                + self.run_batch(Batch(batch.jobs[half:], batch.adapters), on_event))
 
     def _call(self, batch: Batch, on_event: Event | None) -> list[PanelResult]:
         import torch

@@ -4,7 +4,9 @@ out of the way wherever it does not apply."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 
 import numpy as np
 import pytest
@@ -50,9 +52,11 @@ def test_same_pixels_with_kv_computed_once_per_call(name, fused):
     assert cross_kv.calls == 2  # a new call, new embeddings: computed again
 
 
-def test_the_cached_keys_and_values_are_what_the_layers_use(monkeypatch):
-    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
-    apply_speedups(model, ["cross_kv_once"])
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused_qkv"])
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-kolors"])
+def test_the_cached_keys_and_values_are_what_the_layers_use(monkeypatch, name, fused):
+    model = load_model(ModelRef("builtin", name), QUIET)
+    apply_speedups(model, ["fused_qkv"] * fused + ["cross_kv_once"])
     good = generate(model.pipe)
     real = CrossKV._keys_values
     monkeypatch.setattr(CrossKV, "_keys_values",
@@ -74,6 +78,39 @@ def test_renderer_refreshes_the_cache_for_every_batch_and_frees_it(tmp_path):
     assert model.cross_kv.kv is None and model.cross_kv.embeddings is None
     for pid, result in reference.items():
         assert np.array_equal(pixels(fast[pid]), pixels(result)), pid
+
+
+def test_a_batch_split_after_out_of_memory_frees_the_failed_calls_cache(tmp_path, monkeypatch):
+    """The halves are retried only once the failed call's frames, which hold its K/V, are
+    gone (inside the except block its traceback keeps them alive)."""
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    apply_speedups(model, ["cross_kv_once"])
+    made: list = []
+    real_kv, real_call = CrossKV._keys_values, CrossKVProcessor.__call__
+
+    def keys_values(self, text):
+        kv = real_kv(self, text)
+        made.append([weakref.ref(t) for pair in kv.values() for t in pair])
+        return kv
+
+    alive_at_retry = []
+
+    def call(self, attn, hidden_states, *args, storyboard_kv=None, **kwargs):
+        if storyboard_kv and len(made) == 1:  # the first call, 2 panels: out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        if storyboard_kv and len(made) == 2 and not alive_at_retry:
+            gc.collect()
+            alive_at_retry.append(sum(r() is not None for r in made[0]))
+        return real_call(self, attn, hidden_states, *args, storyboard_kv=storyboard_kv,
+                         **kwargs)
+
+    monkeypatch.setattr(CrossKV, "_keys_values", keys_values)
+    monkeypatch.setattr(CrossKVProcessor, "__call__", call)
+    jobs = jobs_of(write_story(tmp_path, PANELS4))[:2]
+    results = list(render_jobs(jobs, QUIET, model=model, batch_size=2))
+    assert [r.status for r in results] == ["rendered", "rendered"]
+    assert [r.batch_size for r in results] == [1, 1]
+    assert alive_at_retry == [0]
 
 
 def test_lora_stories_after_unfusing_keep_the_cache(tmp_path):
