@@ -314,7 +314,7 @@ class Renderer:
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
-                if cross_kv:  # K/V of this call's text, from the weights as they are now
+                if cross_kv is not None:  # K/V of this call's text, from the weights as they are now
                     cross_kv.reset()
                 out = self.model.pipe(
                     prompt=[j.prompt for j in batch.jobs],
@@ -329,7 +329,7 @@ class Renderer:
                 )
                 images = _to_pil(out.images)
         finally:
-            if cross_kv:  # its memory is free for the next batch
+            if cross_kv is not None:  # its memory is free for the next batch
                 cross_kv.reset()
         seconds = (time.perf_counter() - t0) / len(batch.jobs)
         return [PanelResult(job, image=image, status="rendered", seconds=seconds,
