@@ -314,7 +314,7 @@ class Renderer:
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
-                if cross_kv is not None:  # K/V of this call's text, from the weights as they are now
+                if cross_kv is not None:  # K/V from this call's text and weights
                     cross_kv.reset()
                 out = self.model.pipe(
                     prompt=[j.prompt for j in batch.jobs],
