@@ -26,6 +26,9 @@ SDXL_UNET = dict(
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     use_linear_projection=True,
 )
+# Kolors' UNet: SDXL's, attending to ChatGLM's 4096-wide text through a projection to 2048.
+KOLORS_UNET = {**SDXL_UNET, "encoder_hid_dim": 4096, "encoder_hid_dim_type": "text_proj",
+               "projection_class_embeddings_input_dim": 5632}
 SDXL_VAE = dict(
     block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
     up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2,
@@ -99,9 +102,7 @@ def build_kolors(folder: Path, device: str = "cuda", dtype=torch.float16) -> Pat
                 for name, param in text_encoder.named_parameters():
                     if param.dim() == 2 and "embedding" not in name:
                         param.mul_(0.1)
-            unet = UNet2DConditionModel(**{**SDXL_UNET, "encoder_hid_dim": 4096,
-                                           "encoder_hid_dim_type": "text_proj",
-                                           "projection_class_embeddings_input_dim": 5632})
+            unet = UNet2DConditionModel(**KOLORS_UNET)
             vae = AutoencoderKL(**SDXL_VAE)
         pipe = KolorsPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=_scheduler(), image_encoder=None, feature_extractor=None,
