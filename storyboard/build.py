@@ -155,14 +155,16 @@ def _start(story_path: str | Path, out_dir, options, on_event: Event | None,
 
 
 def _with_story_render(options, story: Story):
-    """The story's `render:` settings, under whatever the command line switched off."""
+    """The story's `render:` settings, under the command line's: `--no-fuse` switches fusing
+    off; `--compile` / `--no-compile` and `--tune` / `--no-tune`, where given, replace the
+    story's value."""
     from .models import RuntimeOptions
 
     render = story.spec.render
     options = options or RuntimeOptions()
     return replace(options, fuse=options.fuse and render.fuse,
-                   compile=options.compile and render.compile,
-                   tune=options.tune or render.tune)
+                   compile=render.compile if options.compile == "auto" else options.compile,
+                   tune=render.tune if options.tune is None else options.tune)
 
 
 def build(story_path: str | Path, out_dir: str | Path | None = None, *,

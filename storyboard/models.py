@@ -66,11 +66,14 @@ class RuntimeOptions:
     vae_tiling: bool = False  # decode large images in tiles
     progress: bool = True  # diffusers' step progress bars
     # Speed-ups (see speedups_for). fuse: LoRAs merged into the weights for each batch, and on
-    # CUDA channels_last + fused QKV projections in the UNet; compile: torch.compile of the UNet
-    # and VAE decoder on CUDA (paid once per machine and shape, cached on disk).
+    # CUDA the cross-attention K/V cache; compile: torch.compile of the UNet and VAE decoder on
+    # CUDA, with channels_last and fused QKV projections (paid once per machine and shape, cached
+    # on disk, then about 12 s per new process): True, False, or "auto" (when the render is
+    # large enough to pay that back, see compile_pays); tune: coordinate-descent tuning of the
+    # compiled UNet (see tuning.py), None: the story's `render.tune` (default on).
     fuse: bool = True
-    compile: bool = True
-    tune: bool = False  # coordinate-descent tuning of the compiled UNet (see tuning.py)
+    compile: bool | str = "auto"
+    tune: bool | None = None
 
 
 @dataclass
@@ -288,29 +291,52 @@ def _fp8_layer(module: Any, fqn: str) -> bool:
             and not fqn.startswith(("time_embedding", "add_embedding")))
 
 
-def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool) -> list[str]:
+# A new `storyboard build` process with a warm compile cache reached steady speed 12.1-12.4 s
+# later than one that does not compile, and a compiled step then saves about 6 ms per panel (28.5-
+# 28.8 ms tuned, 8 panels per call, against about 35 ms eager): compiling pays back from about
+# 2000 panel-steps per batch shape, 40 panels of 50 steps (bench/results/nvidia-h200-2026-11-21-
+# {sdxl,kolors}.json, cold_start_*). Each shape is its own compiled graph.
+COMPILE_PAYS_FROM = 2000  # panel-steps per distinct batch shape
+
+
+def compile_pays(work: dict[tuple, int]) -> bool:
+    """Whether compiling pays back in one render: ``work`` maps each batch shape the UNet will
+    see to the panel-steps rendered in it."""
+    return bool(work) and sum(work.values()) >= COMPILE_PAYS_FROM * len(work)
+
+
+def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool,
+                 work: dict[tuple, int] | None = None) -> list[str]:
     """Which speed-ups suit this model on this device (see ``apply_speedups``).
 
     Measured on an H200 (bench/levers.py, bench/levers3.py): channels_last and fused QKV
-    projections alone do not pay in eager mode, but with torch.compile they take an SDXL UNet
+    projections alone do not pay in eager mode (so they come only with torch.compile), but with
+    torch.compile they take an SDXL UNet
     step from 44 to 29 ms per panel in batches of 8; a UNet with a LoRA merged into its weights
     compiles to the same speed (29.2 ms, against 39.8 ms with the adapter live and eager). Fused
     projections replace the layers LoRA adapters attach to, so they are left out when a story
     has LoRAs. Cross-attention K/V once per batch (crosskv.py) saves 0.8% (SDXL) to 1.9%
     (Kolors) of a compiled step, and more eager (bench/levers5.py). Coordinate-descent tuning
-    (tuning.py) only on request: ``tune``. Only on CUDA, where they were measured; ``--no-fuse``
-    / ``--no-compile`` and the story's ``render:`` section turn them off.
+    (tuning.py) takes a compiled step 2% lower, for about 100 s more on a shape's first compile
+    on a machine. Only on CUDA, where they were measured; ``--no-fuse`` / ``--no-compile`` /
+    ``--no-tune`` and the story's ``render:`` section turn them off. ``compile="auto"``
+    compiles only a render whose ``work`` (see ``compile_pays``) pays the compile back.
     """
     fast = model.device.startswith("cuda") and options.fuse
+    # Offloading moves weights in and out of the GPU around every call: not measured with
+    # torch.compile, and live adapters there must stay reachable for set_adapters.
+    wanted = compile_pays(work or {}) if options.compile == "auto" else bool(options.compile)
+    compiled = fast and wanted and not options.offload
     names = []
-    if fast:
+    if compiled:
+        # Eager, channels_last made a step 7% slower (36.3 to 38.8 ms per panel at 8 panels)
+        # and fused projections gained nothing: both pay only through the compiler.
         names += ["channels_last"] + ([] if adapters else ["fused_qkv"])
     if model.dtype == "fp8":  # a precision the story chose, not a speed switch
         names.append("fp8")
-    # Offloading moves weights in and out of the GPU around every call: not measured with
-    # torch.compile, and live adapters there must stay reachable for set_adapters.
-    if fast and options.compile and not options.offload:
-        names += ["tuned_kernels"] * options.tune + ["torch.compile", "vae.compile"]
+    if compiled:
+        names += ["tuned_kernels"] * (options.tune is not False) + ["torch.compile",
+                                                                   "vae.compile"]
     # Its cache is filled by calling the UNet's layers directly, which offloading's hooks on
     # the UNet as a whole would not see.
     if fast and not options.offload:
@@ -354,13 +380,17 @@ def apply_speedups(model: LoadedModel, names: list[str], *, backend: str = "indu
             compile_options = COMPILE_OPTIONS
             model.speedups.append("tuned_kernels")
     if "torch.compile" in names:
-        model.pipe.unet = torch.compile(unet, backend=backend, options=compile_options)
+        # Static shapes: each batch shape gets its own graph, cached on disk like the first;
+        # dynamic ones would be slower, and recorded shape profiles would make the next
+        # process compile a dynamic graph from scratch.
+        model.pipe.unet = torch.compile(unet, backend=backend, options=compile_options,
+                                        dynamic=False)
         model.speedups.append("torch.compile")
     if "vae.compile" in names:
         # The VAE decodes every panel once: a few percent of a panel, compiled the same way.
         vae = model.pipe.vae
         vae.to(memory_format=torch.channels_last)
-        vae.decode = torch.compile(vae.decode, backend=backend)
+        vae.decode = torch.compile(vae.decode, backend=backend, dynamic=False)
         model.speedups.append("vae.compile")
     if "cross_kv_once" in names:
         # Last: its hook goes on the module the pipeline calls, compiled or not.

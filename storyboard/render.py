@@ -9,7 +9,8 @@ per job, in job order: the image, or the reason it failed.
    any denoising, if one does not fit the model;
 3. group jobs that can share a pipeline call (same size, steps, guidance, sampler and active
    adapters at the same weights) into batches;
-4. apply the speed-ups that suit the device and dtype (``models.speedups_for``);
+4. apply the speed-ups that suit the device, the dtype and the amount of work: torch.compile
+   only where the batches have enough panel-steps to pay it back (``models.speedups_for``);
 5. render each batch, its LoRAs merged into the weights (``Renderer.activate``), with one
    ``torch.Generator`` per panel, seeded with the panel's seed, so a
    panel does not depend on its batch beyond float rounding (see tests/test_render.py for the
@@ -362,6 +363,17 @@ def plan_batches(renderer: Renderer, jobs: list[PanelJob], max_batch: int) -> li
     return batches
 
 
+def unet_work(batches: list[Batch]) -> dict[tuple, int]:
+    """Panel-steps per batch shape the UNet will see (panels, size, and whether CFG doubles the
+    batch): what decides whether compiling pays (``models.compile_pays``)."""
+    work: dict[tuple, int] = {}
+    for batch in batches:
+        j = batch.jobs[0]
+        shape = (len(batch.jobs), j.width, j.height, j.guidance > 1)
+        work[shape] = work.get(shape, 0) + len(batch.jobs) * j.steps
+    return work
+
+
 def default_batch_size(device: str) -> int:
     """Panels per pipeline call: more where memory allows (the UNet sees twice as many with
     CFG); an out-of-memory batch is split and retried anyway."""
@@ -403,7 +415,8 @@ def render_jobs(jobs: list[PanelJob], options: RuntimeOptions | None = None, *,
     batches = plan_batches(renderer, jobs, batch_size or default_batch_size(model.device))
 
     # 4. Speed-ups. FP8 weights cannot take a LoRA merge, so its one LoRA set goes in first.
-    wanted = speedups_for(model, options, adapters=bool(renderer.adapters))
+    wanted = speedups_for(model, options, adapters=bool(renderer.adapters),
+                          work=unet_work(batches))
     if "fp8" in wanted and renderer.adapters and renderer.merge:
         sets = sorted({b.adapters for b in batches})
         fixed = renderer.merged if renderer.fp8 else None  # already quantized with these

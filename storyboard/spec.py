@@ -310,8 +310,20 @@ class RenderSpec(_Spec):
     fuse: bool = Field(True, description="Merge each batch's LoRAs into the weights; on CUDA also "
                        "channels_last, fused QKV projections (the latter without LoRAs) and "
                        "cross-attention keys/values computed once per batch.")
-    compile: bool = Field(True, description="torch.compile the UNet and VAE decoder (CUDA).")
-    tune: bool = Field(False, description="Coordinate-descent tuning of the compiled UNet's "
+    compile: Union[bool, Literal["auto"]] = Field("auto", description=(
+        "torch.compile the UNet and VAE decoder (CUDA): true, false, or auto, which compiles "
+        "when a render has enough panels to pay the compile back (about 40 of 50 steps per "
+        "batch shape), and otherwise renders without compiling."))
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_is_a_switch_or_auto(cls, v: Any) -> Any:
+        if v is not True and v is not False and v != "auto":  # one message, not one per type
+            raise _err("storyboard_compile",
+                       f"expected true, false or auto, got {show_value(v)}",
+                       "auto compiles only renders with enough panels to pay the compile back")
+        return v
+
+    tune: bool = Field(True, description="Coordinate-descent tuning of the compiled UNet's "
                        "kernels: about 2% faster steps, about 100 s more for the first compile "
                        "of each shape on a machine (cached after).")
 

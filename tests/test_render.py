@@ -385,8 +385,11 @@ def test_compiled_speedups_trace_and_match_eager(tmp_path, with_lora):
     eager = render_all(jobs, batch_size=2)
     model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
     model.device = "cuda"  # so speedups_for picks what it picks on a GPU
-    wanted = speedups_for(model, QUIET, adapters=with_lora)
+    wanted = speedups_for(model, RuntimeOptions(progress=False, compile=True), adapters=with_lora)
     model.device = "cpu"
+    # Kernel tuning is inductor's: with another backend it is left out, and the list says so.
+    assert "tuned_kernels" in wanted
+    wanted.remove("tuned_kernels")
     if with_lora:
         from storyboard.render import Renderer
 
@@ -399,6 +402,30 @@ def test_compiled_speedups_trace_and_match_eager(tmp_path, with_lora):
     for pid in eager:
         assert fast[pid].status == "rendered"
         assert np.abs(pixels(fast[pid]) - pixels(eager[pid])).max() <= BATCH_TOLERANCE, pid
+    torch._dynamo.reset()
+
+
+def test_each_batch_shape_compiles_to_a_static_graph(tmp_path):
+    """A second batch size gets a graph of its own with fixed shapes (cached on disk like the
+    first), not dynamo's automatic dynamic-shape graph, which is compiled from scratch."""
+    from storyboard.models import apply_speedups
+
+    torch._dynamo.reset()
+    symbolic = []
+
+    def backend(gm, example_inputs):  # records whether dynamo made any size symbolic
+        values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        symbolic.append(any(isinstance(v, torch.SymInt) or (isinstance(v, torch.Tensor) and any(
+            isinstance(size, torch.SymInt) for size in v.shape)) for v in values))
+        return gm.forward
+
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    apply_speedups(model, ["torch.compile"], backend=backend)
+    jobs = jobs_of(write_story(tmp_path, PANELS4))
+    assert len(list(render_jobs(jobs[:2], QUIET, model=model, batch_size=2))) == 2
+    first = len(symbolic)
+    assert len(list(render_jobs(jobs[2:3], QUIET, model=model, batch_size=1))) == 1
+    assert first and len(symbolic) > first and not any(symbolic)
     torch._dynamo.reset()
 
 
@@ -683,14 +710,21 @@ def test_speedups_only_on_cuda_and_never_twice():
     model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
     assert speedups_for(model, RuntimeOptions(), adapters=False) == []  # CPU: not measured
     model.device = "cuda"  # pretend: the choice is by device name
-    assert speedups_for(model, RuntimeOptions(), adapters=False) == [
+    forced = RuntimeOptions(compile=True)
+    assert speedups_for(model, forced, adapters=False) == [
+        "channels_last", "fused_qkv", "tuned_kernels", "torch.compile", "vae.compile",
+        "cross_kv_once"]
+    assert speedups_for(model, RuntimeOptions(compile=True, tune=False), adapters=False) == [
         "channels_last", "fused_qkv", "torch.compile", "vae.compile", "cross_kv_once"]
     # Fused projections replace the layers LoRA adapters attach to.
-    assert speedups_for(model, RuntimeOptions(compile=False), adapters=True) == [
-        "channels_last", "cross_kv_once"]
+    assert speedups_for(model, forced, adapters=True) == [
+        "channels_last", "tuned_kernels", "torch.compile", "vae.compile", "cross_kv_once"]
+    # Eager, channels_last and fused projections were slower or no faster: only the K/V cache.
+    assert speedups_for(model, RuntimeOptions(compile=False), adapters=False) == [
+        "cross_kv_once"]
     assert speedups_for(model, RuntimeOptions(fuse=False), adapters=False) == []
     # Offloading's hooks move the UNet as a whole, which the K/V cache's direct calls bypass.
-    assert speedups_for(model, RuntimeOptions(offload=True), adapters=True) == ["channels_last"]
+    assert speedups_for(model, RuntimeOptions(offload=True), adapters=True) == []
     assert apply_speedups(model, ["channels_last", "fused_qkv"]) == ["channels_last",
                                                                      "fused_qkv"]
     assert apply_speedups(model, []) == ["channels_last", "fused_qkv"]  # already decided
@@ -720,8 +754,11 @@ def test_fp8_is_part_of_the_panel_hash_and_placed_before_compile(tmp_path):
     assert {j.hash for j in fp8}.isdisjoint(j.hash for j in fp16)
     model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
     model.device, model.dtype = "cuda", "fp8"
-    assert speedups_for(model, RuntimeOptions(), adapters=False) == [
+    assert speedups_for(model, RuntimeOptions(compile=True, tune=False), adapters=False) == [
         "channels_last", "fused_qkv", "fp8", "torch.compile", "vae.compile", "cross_kv_once"]
+    # Too little work to compile: FP8 alone (plus the K/V cache).
+    assert speedups_for(model, RuntimeOptions(), adapters=False, work={(8, 1024, 1024, 1): 400}
+                        ) == ["fp8", "cross_kv_once"]
     # A precision the story chose, not a speed switch: --no-fuse keeps it.
     assert speedups_for(model, RuntimeOptions(fuse=False), adapters=True) == ["fp8"]
 
@@ -801,19 +838,70 @@ def test_story_and_cli_switches(tmp_path, monkeypatch):
     assert (options.compile, options.fuse) == (False, True)
     options = _with_story_render(RuntimeOptions(fuse=False), story)
     assert (options.compile, options.fuse) == (False, False)
-    assert options.tune is False
+    assert options.tune is True  # the default
+    # The command line, where given, replaces the story's compile and tune.
+    assert _with_story_render(RuntimeOptions(compile=True), story).compile is True
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    plain = load_story(write_story(tmp_path / "b", "panels:\n  - {id: a, prompt: x}\n"))
+    assert _with_story_render(RuntimeOptions(), plain).compile == "auto"
+    untuned = load_story(write_story(tmp_path / "c", "render: {tune: false, compile: auto}\n"
+                                                      "panels:\n  - {id: a, prompt: x}\n"))
+    assert _with_story_render(RuntimeOptions(), untuned).tune is False
+    assert _with_story_render(RuntimeOptions(tune=True), untuned).tune is True
+    assert _with_story_render(RuntimeOptions(tune=False), story).tune is False
     result = run_cli("build", "--no-compile", "--no-fuse", "-q", str(tmp_path / "story.yaml"))
     assert result.exit_code == 0, result.output
-    # Tuning is opt-in, from either side.
-    tuned = load_story(write_story(tmp_path, "render: {tune: true}\n"
-                                             "panels:\n  - {id: a, prompt: x}\n"))
-    assert _with_story_render(RuntimeOptions(), tuned).tune is True
-    assert _with_story_render(RuntimeOptions(tune=True), story).tune is True
-    seen = {}
+    seen = []
     monkeypatch.setattr("storyboard.cli._run_build",
-                        lambda *a, **k: seen.setdefault("options", k.get("options", a[5])))
-    assert run_cli("build", "--tune", "-q", str(tmp_path / "story.yaml")).exit_code == 0
-    assert seen["options"].tune is True
+                        lambda *a, **k: seen.append(k.get("options", a[5])))
+    for flags in ([], ["--tune", "--compile"], ["--no-tune", "--no-compile"]):
+        assert run_cli("build", *flags, "-q", str(tmp_path / "story.yaml")).exit_code == 0
+    assert [(o.compile, o.tune) for o in seen] == [("auto", None), (True, True), (False, False)]
+
+
+def test_compile_only_where_it_pays(tmp_path, monkeypatch):
+    """"auto" compiles a render whose batches give each batch shape enough panel-steps to pay
+    the compile back (measured: models.COMPILE_PAYS_FROM); smaller ones render eagerly."""
+    import storyboard.render as render_module
+    from storyboard.models import COMPILE_PAYS_FROM, compile_pays, speedups_for
+    from storyboard.render import Renderer, plan_batches, unet_work
+
+    def story(count: int, steps: int, extra: str = "") -> list:
+        panels = "".join(f"  - {{id: p{i}, prompt: cat {i}, seed: {i}, steps: {steps}}}\n"
+                         for i in range(count))
+        return jobs_of(write_story(tmp_path, f"panels:\n{panels}{extra}"))
+
+    def work(jobs: list, batch: int = 8) -> dict:
+        return unet_work(plan_batches(Renderer(model=None), jobs, batch))
+
+    # The course story, 8 panels of 50 steps: one batch shape, 400 panel-steps.
+    course = work(story(8, 50))
+    assert course == {(8, 64, 64, True): 400} and not compile_pays(course)
+    big = work(story(40, 50))
+    assert big == {(8, 64, 64, True): COMPILE_PAYS_FROM} and compile_pays(big)
+    # Each batch shape is a graph of its own to compile: 41 panels make batches of 7 and 6.
+    assert work(story(41, 50)) == {(7, 64, 64, True): 1750, (6, 64, 64, True): 300}
+    assert not compile_pays(work(story(41, 50)))
+    wide = "  - {id: wide, prompt: a wide cat, width: 128, guidance: 1}\n"
+    assert work(story(1, 50, wide), 8) == {(1, 64, 64, True): 50, (1, 128, 64, False): 3}
+    assert not compile_pays({})
+
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    model.device = "cuda"  # pretend: the choice is by device name
+    assert speedups_for(model, QUIET, adapters=False, work=course) == ["cross_kv_once"]
+    assert "torch.compile" in speedups_for(model, QUIET, adapters=False, work=big)
+    never = RuntimeOptions(progress=False, compile=False)
+    assert speedups_for(model, never, adapters=False, work=big) == ["cross_kv_once"]
+    always = RuntimeOptions(progress=False, compile=True)
+    assert "torch.compile" in speedups_for(model, always, adapters=False, work=course)
+
+    # render_jobs decides on the batches it really renders.
+    seen = []
+    monkeypatch.setattr(render_module, "speedups_for",
+                        lambda *a, **k: seen.append(k["work"]) or [])
+    list(render_jobs(story(3, 2), QUIET, batch_size=2))
+    assert seen == [{(2, 64, 64, True): 4, (1, 64, 64, True): 2}]
 
 
 def test_vae_tiling_option_reaches_the_vae_and_still_renders(tmp_path):

@@ -108,11 +108,15 @@ def test_the_sources_it_knows_are_torch_2_11s():
     assert tuning._METHODS["_dynamic_scale_rblock"][0] == {"a495cea0386f26b3"}
 
 
-def test_opt_in_and_only_with_compile():
+def test_on_by_default_and_only_with_compile():
     model = load_model(ModelRef("builtin", "tiny-sdxl"), RuntimeOptions(progress=False))
     model.device = "cuda"  # the choice is by device name
-    assert "tuned_kernels" not in speedups_for(model, RuntimeOptions(), adapters=False)
-    names = speedups_for(model, RuntimeOptions(tune=True), adapters=False)
+    names = speedups_for(model, RuntimeOptions(compile=True), adapters=False)
     assert names.index("tuned_kernels") == names.index("torch.compile") - 1
+    assert "tuned_kernels" not in speedups_for(model, RuntimeOptions(compile=True, tune=False),
+                                               adapters=False)
     assert "tuned_kernels" not in speedups_for(model, RuntimeOptions(tune=True, compile=False),
                                                adapters=False)
+    # "auto" with too little work to compile: no compile, so no tuning either.
+    assert "tuned_kernels" not in speedups_for(model, RuntimeOptions(tune=True), adapters=False,
+                                               work={(8, 1024, 1024, True): 400})
