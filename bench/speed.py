@@ -2,9 +2,12 @@
 
 For one architecture (sdxl or kolors), full size with random weights:
 1. build it and save it to disk (bench/gpu_models.py);
-2. cold start: `storyboard build` of the course story as a new process, twice, with an empty
-   panel cache each time: the first process pays torch.compile into an empty compile cache,
-   the second finds it warm. Reports seconds from process start to the first finished panel;
+2. cold start: `storyboard build` of the course story as a new process, three times, with an
+   empty panel cache each time: the first process (--compile) pays torch.compile into an empty
+   compile cache, the second finds it warm, the third runs with --no-compile (what the default,
+   compile "auto", picks for 8 panels). Reports seconds from
+   process start to the first finished panel, and to the end of the build (--only-cold: stop
+   here);
 3. in this process, on the same weights and the same 8 panels (1024x1024, 50 steps, CFG 4):
    the reference loop `naive_render` from ../shared/bench/naive_loop.py (one `pipe()` per
    panel), then storyboard's `render_jobs` (warm-up run, then a timed steady-state run); the
@@ -64,7 +67,14 @@ from storyboard.spec import load_story  # noqa: E402
 COURSE = ROOT / "examples" / "course-kolors.yaml"
 
 
-TUNE = False  # --tune: storyboard's opt-in coordinate-descent tuning, in every section
+# storyboard's flags in every section: compiled (its default, "auto", would not compile 8
+# panels in one process, see models.compile_pays; the steady state here is a long-lived
+# render), and tuned unless --no-tune.
+FLAGS = ["--compile"]
+
+
+def runtime_options() -> RuntimeOptions:
+    return RuntimeOptions(progress=False, compile=True, tune="--no-tune" not in FLAGS)
 
 
 def story_for(folder: Path, family: str, work: Path, lora: Path | None = None,
@@ -83,14 +93,14 @@ def story_for(folder: Path, family: str, work: Path, lora: Path | None = None,
     return path
 
 
-def cold_start(story: Path, work: Path, name: str) -> dict:
+def cold_start(story: Path, work: Path, name: str, *flags: str) -> dict:
     """A new `storyboard build` process: seconds to its first finished panel, and in all."""
     env = dict(os.environ, STORYBOARD_CACHE=str(work / f"panels-{name}"), PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     stderr = work / f"stderr-{name}.txt"
     with stderr.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "storyboard.cli", "build", "--json",
-                                 *(["--tune"] if TUNE else []),
+                                 *(flags or FLAGS),
                                  "-o", str(work / f"out-{name}"), str(story)],
                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
         first = None
@@ -103,6 +113,8 @@ def cold_start(story: Path, work: Path, name: str) -> dict:
                 continue
             kind = event.get("event")
             now = round(time.perf_counter() - t0, 1)
+            if kind == "speedups":
+                events["speedups"] = event["applied"]
             if kind == "model_loaded":
                 events["model_loaded_s"] = now
             if kind == "step":
@@ -153,7 +165,7 @@ def race(pipe, story: Path, report: dict, prefix: str = "", repeats: int = 1):
     _, naive_s = naive_render(pipe, SEED_STORY)
     report[f"{prefix}naive_s_per_panel"] = round(naive_s / len(SEED_STORY), 3)
     jobs = compile_story(load_story(story))
-    options = RuntimeOptions(progress=False, tune=TUNE)
+    options = runtime_options()
     model = load_model(jobs[0].model, options)
     log(f"{prefix}storyboard warm-up")
     torch.cuda.synchronize()
@@ -243,7 +255,7 @@ def writes_section(model, story: Path, report: dict) -> None:
     jobs = compile_story(load_story(story))
     jobs += [_with_hash(dataclasses.replace(j, panel=f"{j.panel}-again", seed=j.seed + 1000))
              for j in jobs]
-    options = RuntimeOptions(progress=False, tune=TUNE)
+    options = runtime_options()
     log(f"writes: render only, {len(jobs)} panels")
     t0 = time.perf_counter()
     results = list(render_jobs(jobs, options, model=model))
@@ -296,17 +308,19 @@ def main() -> None:
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-lora", action="store_true")
     ap.add_argument("--skip-writes", action="store_true")
-    ap.add_argument("--tune", action="store_true",
-                    help="storyboard with --tune (coordinate-descent tuning) everywhere")
+    ap.add_argument("--no-tune", action="store_true",
+                    help="storyboard with --no-tune (no coordinate-descent tuning) everywhere")
     ap.add_argument("--repeats", type=int, default=3,
                     help="reference loop / storyboard pairs in section 3 (median reported)")
     ap.add_argument("--only-lora", action="store_true",
                     help="skip the cold starts and sections 3-4: the LoRA section alone")
     ap.add_argument("--only-fp8", action="store_true",
                     help="the opt-in FP8 path alone (model dtype fp8; needs torchao)")
+    ap.add_argument("--only-cold", action="store_true",
+                    help="sections 1-2 alone: the new `storyboard build` processes")
     args = ap.parse_args()
-    global TUNE
-    TUNE = args.tune
+    if args.no_tune:
+        FLAGS.append("--no-tune")
     import diffusers
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -315,7 +329,7 @@ def main() -> None:
                     "diffusers": diffusers.__version__,
                     "date": datetime.date.today().isoformat(),
                     "settings": "course story: 8 panels, 1024x1024, 50 steps, CFG 4, fp16",
-                    "storyboard_options": "--tune" if TUNE else "defaults"}
+                    "storyboard_options": " ".join(FLAGS)}
     report["bf16_matmul_peak_tflops"] = round(matmul_peak(), 1)
     out = args.out or HERE / "results" / \
         f"{gpu.replace(' ', '-').lower()}-{report['date']}-{args.arch}.json"
@@ -326,7 +340,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(dir="/tmp"))
     import shutil
 
-    shutil.rmtree(INDUCTOR, ignore_errors=True)
+    cold = not (args.skip_cold or args.only_lora or args.only_fp8)
+    if cold:  # otherwise a cache left by an earlier run of this script only saves compile time
+        shutil.rmtree(INDUCTOR, ignore_errors=True)
 
     # 1. The weights, on disk.
     t0 = time.perf_counter()
@@ -335,12 +351,16 @@ def main() -> None:
     report["build_and_save_s"] = round(time.perf_counter() - t0, 1)
     story = story_for(folder, args.arch, work)
 
-    # 2. Cold starts: a new process with an empty compile cache, then one with a warm cache.
-    if not (args.skip_cold or args.only_lora or args.only_fp8):
+    # 2. Cold starts: a new process with an empty compile cache, then one with a warm cache,
+    # then one that does not compile (what a whole build costs each way).
+    if cold:
         report["cold_start_empty_compile_cache"] = cold_start(story, work, "first")
         report["cold_start_warm_compile_cache"] = cold_start(story, work, "second")
+        report["cold_start_no_compile"] = cold_start(story, work, "eager", "--no-compile")
         print(json.dumps(report, indent=1), flush=True)
         save()
+    if args.only_cold:
+        return
 
     # 3. Same weights, same panels: the reference loop, then storyboard.
     pipeline_cls = getattr(diffusers, {"sdxl": "StableDiffusionXLPipeline",
