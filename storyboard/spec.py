@@ -52,7 +52,11 @@ FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 
 
 def _err(kind: str, message: str, hint: str | None = None) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, {"hint": hint} if hint else {})
+    # The message goes in as a value, not as pydantic's template: it quotes the user's input,
+    # and a value like '{hint}' must print as written. pydantic fills the template in one key
+    # at a time, in order, so the message goes last.
+    context = {**({"hint": hint} if hint else {}), "message": message}
+    return PydanticCustomError(kind, "{message}", context)
 
 
 def _check_id(value: str) -> str:
@@ -308,18 +312,19 @@ class RenderSpec(_Spec):
     batch_size: int | None = Field(None, ge=1, le=64, description=(
         "Most panels per pipeline call; default: by free GPU memory (8, 4 or 2), 2 on CPU."))
     fuse: bool = Field(True, description="Merge each batch's LoRAs into the weights; on CUDA also "
-                       "channels_last, fused QKV projections (the latter without LoRAs) and "
-                       "cross-attention keys/values computed once per batch.")
+                       "cross-attention keys/values computed once per batch and, when compiling, "
+                       "channels_last and fused QKV projections (the latter without LoRAs). "
+                       "false also turns compiling off.")
     compile: Union[bool, Literal["auto"]] = Field("auto", description=(
         "torch.compile the UNet and VAE decoder (CUDA): true, false, or auto, which compiles "
-        "when a render has enough panels to pay the compile back (about 40 of 50 steps per "
-        "batch shape), and otherwise renders without compiling."))
+        "when a render has enough panels to pay the compile back from a warm compile cache "
+        "(2000 panel-steps per batch shape, e.g. 40 panels of 50 steps in batches of 8), and "
+        "otherwise renders without compiling; FP8 always compiles."))
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_is_a_switch_or_auto(cls, v: Any) -> Any:
         if v is not True and v is not False and v != "auto":  # one message, not one per type
-            raise _err("storyboard_compile",
-                       f"expected true, false or auto, got {show_value(v)}",
+            raise _err("storyboard_compile", f"expected true, false or auto, got {_got(v)}",
                        "auto compiles only renders with enough panels to pay the compile back")
         return v
 
