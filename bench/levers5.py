@@ -6,7 +6,8 @@ whole UNet), 8 panels (a CFG batch of 16), 1024x1024, the text of SDXL (77 token
 - base: no cache, every step projects the text in each of the 70 cross-attention layers;
 - kv: the cache as storyboard ships it (K and V shaped batch x heads x tokens x head_dim,
   contiguous);
-and the same without torch.compile (eager, what --no-compile runs). The committed
+and the same without torch.compile (eager; storyboard's eager path has since left out
+channels_last and fused QKV, which do not pay there). The committed
 levers-round5.json calls the shipped cache "kv_contiguous" and has a row "kv_views" too: the
 cache as first written, K and V left as views of the projection's output, 0.2% slower on Kolors
 and not bit-identical to the base, so storyboard makes them contiguous since.

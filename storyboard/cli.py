@@ -157,12 +157,12 @@ def runtime_flags(func):
         click.option("--offload", is_flag=True, help="Model CPU offload, for small GPUs."),
         click.option("--vae-tiling", is_flag=True, help="Decode large images in tiles."),
         click.option("--compile/--no-compile", "compile", default=None,
-                     help="torch.compile the UNet and VAE decoder, or not (default: when the "
-                          "render has enough panels to pay it back, about 40 of 50 steps "
-                          "per batch shape)."),
+                     help="torch.compile the UNet and VAE decoder, or not (default: the "
+                          "story's render.compile, else auto: when the render has enough "
+                          "panels to pay it back, about 40 of 50 steps per batch shape)."),
         click.option("--tune/--no-tune", "tune", default=None,
                      help="Coordinate-descent tuning of the compiled UNet's kernels (default: "
-                          "on): about 2% faster steps; the first compile of each shape on a "
+                          "the story's render.tune, else on): about 2% faster steps; the first compile of each shape on a "
                           "machine takes about 100 s longer (cached after)."),
         click.option("--no-fuse", is_flag=True,
                      help="LoRAs as live adapters, no channels_last / fused QKV / cached "
@@ -202,8 +202,11 @@ class _Progress:
             self.bar.update(1)
             self.bar.set_postfix_str(event.get("panel", ""))
         elif kind == "speedups" and "torch.compile" in event["applied"]:
-            click.echo("compiling the UNet (minutes for a batch shape's first compile on this "
-                       "machine, cached after; --no-compile renders without)", err=True)
+            from tqdm import tqdm
+
+            # Through tqdm, so the bar is redrawn below the line instead of through it.
+            tqdm.write("compiling the UNet (minutes for a batch shape's first compile on this "
+                       "machine, cached after; --no-compile renders without)", file=sys.stderr)
         elif kind == "oom_split":
             click.echo(f"out of GPU memory; retrying {', '.join(event['panels'])} in smaller "
                        "batches", err=True)

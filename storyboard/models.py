@@ -69,11 +69,16 @@ class RuntimeOptions:
     # CUDA the cross-attention K/V cache; compile: torch.compile of the UNet and VAE decoder on
     # CUDA, with channels_last and fused QKV projections (paid once per machine and shape, cached
     # on disk, then about 12 s per new process): True, False, or "auto" (when the render is
-    # large enough to pay that back, see compile_pays); tune: coordinate-descent tuning of the
-    # compiled UNet (see tuning.py), None: the story's `render.tune` (default on).
+    # large enough to pay that back, see compile_pays), decided at a model's first render (its
+    # speed-ups are applied once); tune: coordinate-descent tuning of the compiled UNet (see
+    # tuning.py), None: the story's `render.tune` (default on).
     fuse: bool = True
     compile: bool | str = "auto"
     tune: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile not in (True, False, "auto"):  # "false" must not read as true
+            raise ValueError(f"compile must be True, False or 'auto', not {self.compile!r}")
 
 
 @dataclass
@@ -325,7 +330,11 @@ def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool,
     fast = model.device.startswith("cuda") and options.fuse
     # Offloading moves weights in and out of the GPU around every call: not measured with
     # torch.compile, and live adapters there must stay reachable for set_adapters.
-    wanted = compile_pays(work or {}) if options.compile == "auto" else bool(options.compile)
+    if options.compile == "auto":
+        # FP8 was measured compiled only: its quantisation kernels need the compiler's fusion.
+        wanted = model.dtype == "fp8" or compile_pays(work or {})
+    else:
+        wanted = options.compile
     compiled = fast and wanted and not options.offload
     names = []
     if compiled:
@@ -335,8 +344,10 @@ def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool,
     if model.dtype == "fp8":  # a precision the story chose, not a speed switch
         names.append("fp8")
     if compiled:
-        names += ["tuned_kernels"] * (options.tune is not False) + ["torch.compile",
-                                                                   "vae.compile"]
+        # Tuning was not measured with FP8, whose own inductor settings (torchao's) that
+        # include it did not finish compiling in 5 minutes.
+        tune = options.tune is not False and model.dtype != "fp8"
+        names += ["tuned_kernels"] * tune + ["torch.compile", "vae.compile"]
     # Its cache is filled by calling the UNet's layers directly, which offloading's hooks on
     # the UNet as a whole would not see.
     if fast and not options.offload:

@@ -365,12 +365,17 @@ def plan_batches(renderer: Renderer, jobs: list[PanelJob], max_batch: int) -> li
 
 def unet_work(batches: list[Batch]) -> dict[tuple, int]:
     """Panel-steps per batch shape the UNet will see (panels, size, and whether CFG doubles the
-    batch): what decides whether compiling pays (``models.compile_pays``)."""
+    batch): what decides whether compiling pays (``models.compile_pays``). A second-order
+    sampler (Heun, DPM2, DPM++ SDE) calls the UNet twice per step, and counts twice."""
+    import diffusers
+
     work: dict[tuple, int] = {}
     for batch in batches:
         j = batch.jobs[0]
         shape = (len(batch.jobs), j.width, j.height, j.guidance > 1)
-        work[shape] = work.get(shape, 0) + len(batch.jobs) * j.steps
+        cls = SAMPLERS[j.scheduler].cls  # None: the model's own, first order in every family
+        order = getattr(getattr(diffusers, cls), "order", 1) if cls else 1
+        work[shape] = work.get(shape, 0) + len(batch.jobs) * j.steps * order
     return work
 
 

@@ -8,8 +8,10 @@ instead of tuning every kernel again in each new process; and ``COMPILE_OPTIONS`
 Measured on an H200 with an SDXL UNet (bench/levers4.py): tuning takes a step from 29.03 to
 28.40 ms per panel (-2.2%), costs about 100 s more on the first compile of each shape on a
 machine (157 s instead of 55 s), and, with the backport, loads from a warm cache in 9.6 s (9.3 s
-untuned). So it is opt-in (``--tune``, ``render: {tune: true}``): it pays for many builds on
-one machine, not for a first build or a first reroll.
+untuned). With it the course story renders 1.67x (SDXL) and 1.64x (Kolors) faster than the
+notebook's loop, against 1.77x and 1.57x without (bench/speed.py). So it is on whenever
+storyboard compiles, which it does only for renders large enough to pay a compile back (see
+``models.compile_pays``); ``--no-tune`` / ``render: {tune: false}`` leave it out.
 
 Why a backport: torch 2.11 finds the tuned config in the cache but drops its "found by
 coordinate descent" mark, and re-scales reduction blocks after a cache hit, so every new process
