@@ -297,10 +297,10 @@ def _fp8_layer(module: Any, fqn: str) -> bool:
 
 
 # A new `storyboard build` process with a warm compile cache reached steady speed 12.1-12.4 s
-# later than one that does not compile, and a compiled step then saves about 6 ms per panel (28.5-
-# 28.8 ms tuned, 8 panels per call, against about 35 ms eager): compiling pays back from about
-# 2000 panel-steps per batch shape, 40 panels of 50 steps (bench/results/nvidia-h200-2026-11-21-
-# {sdxl,kolors}.json, cold_start_*). Each shape is its own compiled graph.
+# later than one that does not compile, and a compiled step then saves about 6-7 ms per panel
+# (28.5-28.8 ms tuned, 8 panels per call, against about 36 ms eager): compiling pays back from
+# about 2000 panel-steps per batch shape, 40 panels of 50 steps (cold_start_* in
+# bench/results/nvidia-h200-2026-11-21-{sdxl,kolors}.json). Each shape is a graph of its own.
 COMPILE_PAYS_FROM = 2000  # panel-steps per distinct batch shape
 
 
@@ -316,11 +316,10 @@ def speedups_for(model: LoadedModel, options: RuntimeOptions, *, adapters: bool,
 
     Measured on an H200 (bench/levers.py, bench/levers3.py): channels_last and fused QKV
     projections alone do not pay in eager mode (so they come only with torch.compile), but with
-    torch.compile they take an SDXL UNet
-    step from 44 to 29 ms per panel in batches of 8; a UNet with a LoRA merged into its weights
-    compiles to the same speed (29.2 ms, against 39.8 ms with the adapter live and eager). Fused
-    projections replace the layers LoRA adapters attach to, so they are left out when a story
-    has LoRAs. Cross-attention K/V once per batch (crosskv.py) saves 0.8% (SDXL) to 1.9%
+    torch.compile they take an SDXL UNet step from 44 to 29 ms per panel in batches of 8; a UNet
+    with a LoRA merged into its weights compiles to the same speed (29.2 ms, against 39.8 ms with
+    the adapter live and eager). Fused projections replace the layers LoRA adapters attach to,
+    so they are left out when a story has LoRAs. Cross-attention K/V once per batch (crosskv.py) saves 0.8% (SDXL) to 1.9%
     (Kolors) of a compiled step, and more eager (bench/levers5.py). Coordinate-descent tuning
     (tuning.py) takes a compiled step 2% lower, for about 100 s more on a shape's first compile
     on a machine. Only on CUDA, where they were measured; ``--no-fuse`` / ``--no-compile`` /

@@ -320,6 +320,7 @@ class RenderSpec(_Spec):
         "when a render has enough panels to pay the compile back from a warm compile cache "
         "(2000 panel-steps per batch shape, e.g. 40 panels of 50 steps in batches of 8), and "
         "otherwise renders without compiling; FP8 always compiles."))
+
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_is_a_switch_or_auto(cls, v: Any) -> Any:

@@ -8,8 +8,9 @@ instead of tuning every kernel again in each new process; and ``COMPILE_OPTIONS`
 Measured on an H200 with an SDXL UNet (bench/levers4.py): tuning takes a step from 29.03 to
 28.40 ms per panel (-2.2%), costs about 100 s more on the first compile of each shape on a
 machine (157 s instead of 55 s), and, with the backport, loads from a warm cache in 9.6 s (9.3 s
-untuned). With it the course story renders 1.67x (SDXL) and 1.64x (Kolors) faster than the
-notebook's loop, against 1.77x and 1.57x without (bench/speed.py). So it is on whenever
+untuned). In bench/speed.py runs, storyboard's steady time per panel went from 1.464 to 1.437 s
+(SDXL) and from 1.516 to 1.455 s (Kolors: from 1.57x to 1.64x the notebook loop's speed, the
+1.6x aimed for lying between). So it is on whenever
 storyboard compiles, which it does only for renders large enough to pay a compile back (see
 ``models.compile_pays``); ``--no-tune`` / ``render: {tune: false}`` leave it out.
 

@@ -345,7 +345,7 @@ def test_interrupting_a_build_keeps_the_panels_being_written(story, monkeypatch)
 
 def test_a_panel_is_announced_while_the_next_batch_renders(story, monkeypatch):
     """Not held back until the next batch is done: with a slow batch after it, panel "one" is
-    announced between that batch's steps, as soon as its file is written."""
+    announced among that batch's steps, as soon as its file is written."""
     import time
 
     log: list = []
@@ -362,7 +362,9 @@ def test_a_panel_is_announced_while_the_next_batch_renders(story, monkeypatch):
     build(story, options=QUIET, batch_size=1, on_event=watch)
     steps_of_two = [t for kind, panel, t in log if (kind, panel) == ("step", "two")]
     (announced,) = [t for kind, panel, t in log if (kind, panel) == ("panel", "one")]
-    assert steps_of_two[0] < announced < steps_of_two[-1]
+    # Announced while "two" still had steps to go. Not necessarily after its first step: on a
+    # busy machine that step can outlast the 0.2 s write, and the announcement then comes with it.
+    assert len(steps_of_two) > 1 and announced < steps_of_two[-1]
 
 
 def test_rendering_waits_when_the_writer_falls_behind(story, monkeypatch):
