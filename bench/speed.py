@@ -5,9 +5,8 @@ For one architecture (sdxl or kolors), full size with random weights:
 2. cold start: `storyboard build` of the course story as a new process, three times, with an
    empty panel cache each time: the first process (--compile) pays torch.compile into an empty
    compile cache, the second finds it warm, the third runs with --no-compile (what the default,
-   compile "auto", picks for 8 panels). Reports seconds from
-   process start to the first finished panel, and to the end of the build (--only-cold: stop
-   here);
+   compile "auto", picks for 8 panels). Reports seconds from process start to the first
+   finished panel, and to the end of the build (--only-cold: stop here);
 3. in this process, on the same weights and the same 8 panels (1024x1024, 50 steps, CFG 4):
    the reference loop `naive_render` from ../shared/bench/naive_loop.py (one `pipe()` per
    panel), then storyboard's `render_jobs` (warm-up run, then a timed steady-state run); the

@@ -374,7 +374,10 @@ def unet_work(batches: list[Batch]) -> dict[tuple, int]:
         j = batch.jobs[0]
         shape = (len(batch.jobs), j.width, j.height, j.guidance > 1)
         cls = SAMPLERS[j.scheduler].cls  # None: the model's own, first order in every family
-        order = getattr(getattr(diffusers, cls), "order", 1) if cls else 1
+        try:
+            order = getattr(getattr(diffusers, cls), "order", 1) if cls else 1
+        except ImportError:  # its package is missing: use_scheduler says so, for that panel
+            order = 1
         work[shape] = work.get(shape, 0) + len(batch.jobs) * j.steps * order
     return work
 

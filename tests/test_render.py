@@ -890,7 +890,7 @@ def test_compile_only_where_it_pays(tmp_path, monkeypatch):
     wide = "  - {id: wide, prompt: a wide cat, width: 128, guidance: 1}\n"
     assert work(story(1, 50, wide), 8) == {(1, 64, 64, True): 50, (1, 128, 64, False): 3}
     assert not compile_pays({})
-    # Heun calls the UNet twice per step: 20 panels of it are 40 panels' work.
+    # Heun calls the UNet twice per step: 20 panels of 50 steps count as 2000 panel-steps.
     heun = "".join(f"  - {{id: h{i}, prompt: dog {i}, steps: 50, scheduler: Heun}}\n"
                    for i in range(20))
     assert work(jobs_of(write_story(tmp_path, f"panels:\n{heun}"))) == {
@@ -913,6 +913,23 @@ def test_compile_only_where_it_pays(tmp_path, monkeypatch):
                         lambda *a, **k: seen.append(k["work"]) or [])
     list(render_jobs(story(3, 2), QUIET, batch_size=2))
     assert seen == [{(2, 64, 64, True): 4, (1, 64, 64, True): 2}]
+
+
+def test_a_sampler_whose_package_is_missing_is_reported_not_a_traceback(tmp_path, monkeypatch):
+    import diffusers
+
+    class Missing:  # what diffusers puts in place of a scheduler whose backend is missing
+        def __getattr__(self, name):
+            raise ImportError("DPMSolverSDEScheduler requires the torchsde library")
+
+        def from_config(self, *a, **k):
+            raise ImportError("DPMSolverSDEScheduler requires the torchsde library")
+
+    monkeypatch.setattr(diffusers, "DPMSolverSDEScheduler", Missing())
+    story = write_story(tmp_path, "panels:\n  - {id: a, prompt: x, scheduler: DPM++ SDE}\n")
+    result = run_cli("render", str(story))
+    assert "needs the torchsde package" in result.output, result.output
+    assert "Traceback" not in result.output and result.exit_code != 0
 
 
 def test_vae_tiling_option_reaches_the_vae_and_still_renders(tmp_path):
