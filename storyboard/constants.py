@@ -5,25 +5,19 @@ Nothing goes in or comes out: this module only defines constants.
 
 from __future__ import annotations
 
-# The story file format. Bump on incompatible changes and keep reading older versions.
-FORMAT_VERSION = 1
+# Story file format versions this storyboard reads. Bump on incompatible changes and keep
+# reading older versions.
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
 # Bumped whenever the set or meaning of the fields a job hash covers changes, so old cache
 # entries can never be mistaken for new ones.
 JOB_HASH_VERSION = 1
 
-SCHEMA_FILE = "schemas/story.schema.json"
 SCHEMA_ID = "https://storyboard.dev/schemas/story-v1.json"
 
-# Built-in offline models: name -> (pipeline family, version of the recipe that builds them).
-# The version is part of every job hash, so changing a recipe re-renders its panels.
-BUILTIN_MODELS: dict[str, tuple[str, int]] = {
-    "tiny-sdxl": ("sdxl", 2),
-    "tiny-kolors": ("kolors", 2),
-}
-FAMILIES = ("sdxl", "kolors", "sd15")
-DTYPES = ("auto", "fp16", "bf16", "fp32", "fp8")
+# Precisions a story or the command line may ask for ("auto" besides: fp16 on a GPU, fp32 on
+# the CPU). fp8 is the opt-in FP8 UNet (engine/speed/apply.py).
+DTYPES = ("fp16", "bf16", "fp32", "fp8")
 
 # Prompt categories the course teaches, in the order a mapping prompt is joined.
 PROMPT_CATEGORIES = (
@@ -37,10 +31,6 @@ PROMPT_CATEGORIES = (
     "color",
     "lighting",
 )
-
-# Size defaults by family (pixels); what a model was trained at.
-DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "kolors": 1024, None: 1024}
-BUILTIN_DEFAULT_SIZE = 128
 
 # --- limits on input: generous for any real story, small enough that hostile input is cheap ---
 MAX_FILE_BYTES = 1 << 20  # 1 MiB of YAML is thousands of panels

@@ -3,7 +3,10 @@
 In: locations (a file, a line and column, a path into the document such as
 ``("panels", 3, "seed")``) and plain-language messages. Out: ``Problem`` records that format as
 ``story.yaml:12:5: panels[3].seed: expected an integer, got 'abc'`` with an optional hint, and
-``StoryError``, a ``click.ClickException`` with exit code 2 that prints every problem at once.
+``UserError`` (a mistake the user can fix; the command line prints its message and exits 2)
+and ``StoryError``, the ``UserError`` that lists every problem in a story at once.
+
+Plain exceptions: the library knows nothing of click. ``cli/`` turns them into exit codes.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-import click
 
 Loc = tuple[str | int, ...]
 
@@ -59,6 +60,24 @@ def show_value(value: object, limit: int = 60) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+_KINDS = {str: "text", int: "an integer", float: "a number", bool: "true/false", list: "a list",
+          dict: "a mapping", type(None): "nothing (null)"}
+
+
+def kind_of(value: object) -> str:
+    """What kind of YAML value ``value`` is, in a writer's words ("an integer", "a list")."""
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def describe_value(value: object) -> str:
+    """``value`` as a message quotes what was given: containers by kind, scalars shown."""
+    if isinstance(value, (dict, list)):
+        return kind_of(value)
+    if value is None:
+        return "nothing (null)"
+    return show_value(value)
 
 
 @dataclass(frozen=True, order=True)
@@ -127,10 +146,18 @@ class Diagnostics:
             raise StoryError(problems)
 
 
-class UserError(click.ClickException):
+class UserError(Exception):
     """A mistake the user can fix (a bad argument, a file in the way): exit code 2."""
 
     exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def format_message(self) -> str:
+        """What the command line prints after "Error: "."""
+        return self.message
 
 
 class StoryError(UserError):
@@ -147,7 +174,5 @@ class StoryError(UserError):
         return f"{len(errors)} {noun} in {', '.join(files)}"
 
     def format_message(self) -> str:
+        """Every problem, then the count: printed as is, with no "Error: " before it."""
         return "\n".join(p.format() for p in self.problems) + f"\n{self._summary()}"
-
-    def show(self, file=None) -> None:  # noqa: D102 - click's hook; no "Error:" prefix needed
-        click.echo(self.format_message(), err=True, file=file)

@@ -81,3 +81,18 @@ def story_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def fresh_cache(session_cache, tmp_path, monkeypatch):
+    """An empty panel cache for one test (the session's built-in models in it), so what the
+    test sees rendered or cached never depends on the tests that ran before it."""
+    from storyboard.paths import builtin_models_dir
+
+    models = builtin_models_dir()
+    models.mkdir(parents=True, exist_ok=True)
+    folder = tmp_path / "fresh-cache"
+    folder.mkdir()
+    (folder / "models").symlink_to(models)
+    monkeypatch.setenv("STORYBOARD_CACHE", str(folder))
+    return folder

@@ -1,0 +1,59 @@
+"""Progress for people (a bar over panels), silence for scripts, JSON lines for tools.
+
+In: the progress events a command emits (``{"event": "panel", ...}``; the stream `--json`
+prints is pinned by tests/golden/events/). Out: a tqdm bar and notices on stderr, nothing with
+`--quiet`, or one JSON object per line on stdout with `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+class Progress:
+    def __init__(self, quiet: bool, as_json: bool):
+        self.quiet = quiet
+        self.as_json = as_json
+        self.bar = None
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if self.as_json:
+            click.echo(json.dumps(event, ensure_ascii=False))
+            return
+        if self.quiet:
+            return
+        if kind == "warning":
+            click.echo(event["message"], err=True)
+        elif kind == "plan" and event["to_render"]:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(event["to_render"]), unit="panel", desc="rendering",
+                            leave=False)
+        elif kind == "panel" and self.bar is not None:
+            # Failures are listed with the summary, after the bar is gone.
+            self.bar.update(1)
+            self.bar.set_postfix_str(event.get("panel", ""))
+        elif kind == "speedups" and "torch.compile" in event["applied"]:
+            from tqdm import tqdm
+
+            # Through tqdm, so the bar is redrawn below the line instead of through it.
+            tqdm.write("compiling the UNet (minutes for a batch shape's first compile on this "
+                       "machine, cached after; --no-compile renders without)", file=sys.stderr)
+        elif kind == "oom_split":
+            click.echo(f"out of GPU memory; retrying {', '.join(event['panels'])} in smaller "
+                       "batches", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

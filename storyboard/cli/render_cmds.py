@@ -1,0 +1,175 @@
+"""Commands that render or touch outputs: build, render, reroll, pin, clean, inspect.
+
+In: arguments and the shared rendering flags (``flags``). Out: progress on stderr (or JSON
+events on stdout), a one-line summary, files through the library (``commands``), and the
+report's exit code. Torch is imported only once something is rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from . import cli
+from .flags import only_list, runtime_flags, runtime_options, user_paths
+from .progress import Progress
+
+
+def _run_build(story: str, out: str | None, only: str | None, force: bool, pages: bool,
+               flags: dict) -> None:
+    from ..commands import build
+
+    quiet, as_json = flags["quiet"], flags["as_json"]
+    with Progress(quiet, as_json) as progress:
+        report = build(story, out, only=only_list(only), force=force,
+                       options=runtime_options(flags), pages=pages, on_event=progress,
+                       model=flags["model"])
+    if not quiet and not as_json:
+        for outcome in report.outcomes:
+            if outcome.status == "failed":
+                click.echo(f"panel {outcome.job.panel} failed: {outcome.error}", err=True)
+        click.echo(report.summary(), err=True)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: STORY's name + .out, beside it).")
+@click.option("--only", default=None, help="Comma-separated panel ids to build.")
+@click.option("--force", is_flag=True, help="Render the selected panels even if cached.")
+@runtime_flags
+def build(story: str, out: str | None, only: str | None, force: bool, **flags) -> None:
+    """Render what changed in STORY and compose its pages.
+
+    Writes OUT/panels/<id>.png, OUT/page-N.png, OUT/story.pdf and OUT/manifest.json. Panels
+    already rendered (same prompt, seed, settings, model and LoRAs) come from the cache.
+    Exit 0 when every selected panel exists, 1 when one failed, 2 for an invalid story.
+    """
+    user_paths(story)
+    _run_build(story, out, only, force, True, flags)
+
+
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False), required=False)
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: STORY's name + .out, beside it).")
+@click.option("--only", default=None, help="Comma-separated panel ids to render.")
+@click.option("--from-png", "from_png", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Render again the job a storyboard panel PNG records "
+                                 "(written beside it as NAME.rerender.png unless -o is given).")
+@runtime_flags
+def render(story: str | None, out: str | None, only: str | None, from_png: str | None,
+           **flags) -> None:
+    """Render STORY's panels now (cached or not) into OUT/panels/, without composing pages."""
+    if from_png:
+        if story or only or flags["model"]:
+            raise UserError("--from-png renders the PNG's own job; give no STORY, --only or "
+                            "--model")
+        _rerender(from_png, out, flags)
+        return
+    if not story:
+        raise UserError("give a STORY file, or --from-png PANEL.png")
+    _run_build(story, out, only, True, False, flags)
+
+
+def _rerender(png: str, out: str | None, flags: dict) -> None:
+    from ..commands import rerender
+
+    quiet, as_json = flags["quiet"], flags["as_json"]
+    with Progress(quiet, as_json) as progress:
+        report = rerender(png, out, options=runtime_options(flags), on_event=progress)
+    if report.exit_code:
+        click.echo(f"panel {report.outcome.job.panel} failed: {report.outcome.error}", err=True)
+        sys.exit(report.exit_code)
+    if not quiet and not as_json:
+        click.echo(f"rendered {report.outcome.job.panel} again -> {report.target}", err=True)
+
+
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False))
+@click.argument("panel")
+@click.option("--seeds", required=True, help="Seeds to try: a range 100-107 or a list 1,5,9.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: STORY's name + .out, beside it).")
+@runtime_flags
+def reroll(story: str, panel: str, seeds: str, out: str | None, **flags) -> None:
+    """Render candidates of PANEL with other seeds into OUT/rerolls/PANEL/, plus a numbered
+    contact sheet. The pages are not touched; `storyboard pin` keeps the one you like."""
+    from ..commands import parse_seeds
+    from ..commands import reroll as run_reroll
+
+    user_paths(story)
+    seed_list = parse_seeds(seeds)
+    quiet, as_json = flags["quiet"], flags["as_json"]
+    with Progress(quiet, as_json) as progress:
+        report = run_reroll(story, panel, seed_list, out, options=runtime_options(flags),
+                            on_event=progress, model=flags["model"])
+    if not quiet and not as_json:
+        for n, (seed, outcome) in enumerate(report.candidates, 1):
+            where = outcome.path if outcome.path else f"failed: {outcome.error}"
+            click.echo(f"{n:>3}. seed {seed}: {where}")
+        if report.sheet:
+            click.echo(f"contact sheet: {report.sheet}")
+        click.echo(f"keep one with: storyboard pin {story} {panel} SEED", err=True)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False))
+@click.argument("panel")
+@click.argument("seed", type=int)
+def pin(story: str, panel: str, seed: int) -> None:
+    """Write SEED into PANEL of STORY, changing nothing else in the file."""
+    from ..commands import pin as run_pin
+
+    user_paths(story)
+    report = run_pin(story, panel, seed)
+    was = "derived" if report.edit.previous is None else str(report.edit.previous)
+    click.echo(f"{story}:{report.edit.line}: panel {panel} now uses seed {seed} (was {was})")
+    if report.cached:
+        click.echo("that image is already rendered; `storyboard build` will use it")
+
+
+@cli.command()
+@click.argument("stories", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def clean(stories: tuple[str, ...], dry_run: bool) -> None:
+    """Remove cached panels that no story needs any more (and, for the STORIES given, panel
+    files in their output folders whose panels are gone)."""
+    from ..commands import clean as run_clean
+
+    user_paths(*stories)
+    report = run_clean([Path(s) for s in stories], dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in report.stale_files:
+        click.echo(f"{verb} {path}")
+    click.echo(f"{verb} {report.removed} cached panel(s), {report.freed / 1e6:.1f} MB")
+
+
+@cli.command()
+@click.argument("png", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the storyboard record as JSON.")
+def inspect(png: str, as_json: bool) -> None:
+    """Print the generation parameters a panel PNG carries."""
+    from ..output.pnginfo import read_panel_png
+
+    try:
+        parameters, record = read_panel_png(Path(png))
+    except OSError as exc:
+        raise UserError(f"{png}: not a readable PNG ({exc})") from None
+    if parameters is None and record is None:
+        raise UserError(f"{png} carries no generation parameters")
+    if as_json:
+        click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+        return
+    if parameters:
+        click.echo(parameters)
+    if record:
+        click.echo(f"\nstoryboard: panel {record.get('panel')} of {record.get('story')}\n"
+                   f"hash {record.get('hash')}, rendered on {record.get('device')} in "
+                   f"{record.get('dtype')} with storyboard {record.get('storyboard')}")

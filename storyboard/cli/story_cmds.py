@@ -1,0 +1,174 @@
+"""Commands that read a story and never import torch: validate, plan, schema, init.
+
+In: story paths and flags. Out: problems (exit 2), the compiled jobs with the render plan each
+build would carry out (its batches and whether it compiles), the JSON Schema, a starter story.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from ..commands import load_and_compile
+from ..constants import DTYPES
+from ..errors import StoryError, UserError
+from ..options import RuntimeOptions, resolve_dtype
+from ..output.cache import PanelCache, cache_key
+from ..paths import atomic_write_text
+from ..plan import PanelJob, RenderPlan, plan_render
+from ..plan.speed import COMPILE_PAYS_FROM, unet_work
+from ..story import Story, StorySpec
+from . import cli
+
+
+def _echo_warnings(story: Story, quiet: bool = False) -> None:
+    if not quiet:
+        for warning in story.warnings:
+            click.echo(warning.format(), err=True)
+
+
+@cli.command()
+@click.argument("stories", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; only the exit code tells.")
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def validate(stories: tuple[str, ...], quiet: bool, strict: bool) -> None:
+    """Check STORIES for every problem at once. Exit 0 when all are valid, 2 when not."""
+    failed = False
+    for path in stories:
+        try:
+            story, jobs = load_and_compile(Path(path))
+        except StoryError as exc:
+            failed = True
+            if not quiet:
+                click.echo(exc.format_message(), err=True)
+            continue
+        _echo_warnings(story, quiet)
+        if strict and story.warnings:
+            failed = True
+            if not quiet:
+                click.echo(f"{path}: {len(story.warnings)} warning(s), failing because of "
+                           "--strict", err=True)
+            continue
+        if not quiet:
+            n_chars = len(story.spec.characters)
+            click.echo(f"{path}: ok ({len(jobs)} panel{'s' * (len(jobs) != 1)}, {n_chars} "
+                       f"character{'s' * (n_chars != 1)}"
+                       + (f", {len(story.warnings)} warning(s)" if story.warnings else "") + ")")
+    if failed:
+        sys.exit(2)
+
+
+@cli.command()
+@click.argument("story", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the jobs and the render plan as one JSON object.")
+@click.option("--model", default=None, help="Plan for this model instead of the story's.")
+@click.option("--device", type=click.Choice(["cuda", "cpu", "mps"]), default="cuda",
+              show_default=True, help="The device to plan the render for (plan never "
+                                      "looks at the machine's GPUs).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Plan with this dtype instead of the story's.")
+@click.option("--batch-size", type=click.IntRange(1, 64), default=None,
+              help="Most panels per call (default: the story's, else 8 on a GPU with more "
+                   "than 48 GB free, 2 on CPU).")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="Plan with compiling forced on or off (default: the story's, else auto).")
+@click.option("--force", is_flag=True, help="Plan as if nothing were cached.")
+def plan(story: str, as_json: bool, model: str | None, device: str, dtype: str | None,
+         batch_size: int | None, compile_: bool | None, force: bool) -> None:
+    """Show the render jobs STORY compiles to (final prompts, seeds, settings, hashes) and how
+    `storyboard build` would render the panels not yet cached: in which batch each goes, and
+    whether it would compile."""
+    loaded, jobs = load_and_compile(Path(story), model)
+    _echo_warnings(loaded)
+    options = RuntimeOptions(device=device, dtype=dtype, batch_size=batch_size,
+                             compile="auto" if compile_ is None else compile_,
+                             progress=False).with_story(loaded.spec.render)
+    cache = PanelCache.default()
+    todo = [job for job in jobs if force or cache.get(cache_key(job.hash, dtype)) is None]
+    resolved = resolve_dtype(jobs[0].model.dtype, dtype, device)
+    render = plan_render(todo, options, device=device, dtype=resolved) if todo else None
+    if as_json:
+        click.echo(json.dumps(_plan_dict(jobs, render), ensure_ascii=False, indent=2))
+        return
+    _print_plan(loaded, jobs, render)
+
+
+def _plan_dict(jobs: list[PanelJob], render: RenderPlan | None) -> dict:
+    return {
+        "jobs": [job.to_dict() | {"batch": render.batch_of(job.panel) if render else None}
+                 for job in jobs],
+        "render": None if render is None else {
+            "device": render.device, "dtype": render.dtype, "batch_size": render.batch_size,
+            "batches": [batch.panels for batch in render.batches],
+            "compiles": render.compiles, "speedups": [str(s) for s in render.speedups],
+            "refusal": render.refusal},
+    }
+
+
+def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None) -> None:
+    model = jobs[0].model
+    title = story.spec.title or story.name
+    click.echo(click.style(f"{title}: {len(jobs)} panel{'s' * (len(jobs) != 1)}, model "
+                           f"{model.kind} {model.ref}", bold=True))
+    count = len(render.batches) if render else 0
+    for job in jobs:
+        seed = f"seed {job.seed}" + (" (derived)" if job.seed_derived else "")
+        head = (f"{job.panel}  {seed}  {job.width}x{job.height}  {job.steps} steps  "
+                f"cfg {job.guidance:g}  {job.scheduler}  ")
+        batch = render.batch_of(job.panel) if render else None
+        where = "cached" if batch is None else f"batch {batch + 1}/{count}"
+        click.echo("\n" + click.style(head, bold=True) + click.style(job.hash[:12], dim=True)
+                   + "  " + where)
+        click.echo(f"  + {job.prompt}")
+        click.echo(f"  - {job.negative_prompt or '(no negative prompt)'}")
+        for lora in job.loras:
+            click.echo(click.style(f"  lora {lora.character}: {Path(lora.path).name} "
+                                   f"x{lora.weight:g}  sha256 {lora.sha256[:12]}", dim=True))
+        if job.caption:
+            click.echo(click.style(f"  caption: {job.caption}", dim=True))
+    click.echo("")
+    if render is None:
+        click.echo("render: nothing to do, every panel is cached (--force plans them all)")
+        return
+    sizes = "+".join(str(len(b.jobs)) for b in render.batches)
+    n = len(render.batches)
+    click.echo(f"render (for --device {render.device}) in {render.dtype}: {n} "
+               f"batch{'es' * (n != 1)} ({sizes}; up to {render.batch_size} panels per call)")
+    work = unet_work(list(render.batches))
+    why = (f"{sum(work.values())} panel-steps over {len(work)} batch shape"
+           f"{'s' * (len(work) != 1)}; auto compiles from {COMPILE_PAYS_FROM} per shape")
+    click.echo(f"compile: {'yes' if render.compiles else 'no'} ({why})")
+    click.echo("speed-ups: " + (", ".join(map(str, render.speedups)) or "none"))
+    if render.refusal:
+        click.echo(f"refused: {render.refusal}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the story format (what schemas/story.schema.json holds)."""
+    click.echo(schema_text(), nl=False)
+
+
+def schema_text() -> str:
+    return json.dumps(StorySpec.model_json_schema(), ensure_ascii=False, indent=2) + "\n"
+
+
+@cli.command()
+@click.argument("path", default="story.yaml", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+def init(path: str, force: bool) -> None:
+    """Write a commented starter story to PATH (default: story.yaml), and its JSON Schema
+    beside it as story.schema.json so editors complete and check keys."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise UserError(f"{path} already exists; use --force to overwrite it")
+    text = resources.files("storyboard").joinpath("starter.yaml").read_text("utf-8")
+    atomic_write_text(target, text)
+    atomic_write_text(target.with_name("story.schema.json"), schema_text())
+    click.echo(f"wrote {path} and {target.with_name('story.schema.json')}\n"
+               f"next: storyboard plan {path}")

@@ -1,0 +1,150 @@
+"""`storyboard build`: story file in; panels, pages, a PDF and a manifest out. Like `make`.
+
+In: a story path, an output folder, a selection, ``RuntimeOptions``. Out: a ``BuildReport``
+(counts, per-panel status, the files written, what the engine did, the exit code) and, in the
+output folder:
+  panels/<panel-id>.png   each panel, with its generation parameters inside
+  page-1.png, ...         the composed, captioned pages
+  story.pdf               all pages
+  manifest.json           what this run did (output/manifest.py)
+
+``build`` reads top to bottom: load, validate and compile; select; look up the cache; render what
+is missing (the model is loaded only if something is); put the panels in place; compose the
+pages; write the manifest. Every rendered panel goes into the cache the moment it exists, so an
+interrupted build keeps its work and the next one resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..options import RuntimeOptions
+from ..output.cache import PanelCache, cache_key
+from ..output.manifest import MANIFEST, manifest_record, pages_key, previous_pages, write_manifest
+from ..output.place import materialize
+from ..story import Story
+from .common import Event, select, start
+from .rendering import PanelOutcome, render_into_cache
+from .reroll import reroll_keys
+
+if TYPE_CHECKING:
+    from ..engine.session import RenderInfo, Session
+
+PANELS_DIR = "panels"
+
+
+@dataclass
+class BuildReport:
+    """What a build did; owns the counts and the exit code."""
+
+    story: Path
+    out_dir: Path
+    outcomes: list[PanelOutcome] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    render: RenderInfo | None = None  # what the engine did; None when nothing was rendered
+
+    @property
+    def model_loaded(self) -> bool:
+        return self.render is not None
+
+    @property
+    def speedups(self) -> list[str]:
+        return [str(s) for s in self.render.speedups] if self.render else []
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.count("failed") else 0
+
+    def summary(self) -> str:
+        parts = [f"{self.count(s)} {s}" for s in ("rendered", "cached", "failed", "missing")
+                 if self.count(s) or s in ("rendered", "cached")]
+        return (f"{len(self.outcomes)} panels: {', '.join(parts)} in {self.seconds:.1f}s "
+                f"-> {self.out_dir}")
+
+
+def build(story_path: str | Path, out_dir: str | Path | None = None, *,
+          only: Iterable[str] | None = None, force: bool = False,
+          options: RuntimeOptions | None = None, pages: bool = True,
+          on_event: Event | None = None, cache: PanelCache | None = None,
+          model: str | None = None, session: Session | None = None) -> BuildReport:
+    t0 = time.perf_counter()
+    # 1. Load, validate and compile: every problem is reported before any work starts.
+    run = start(story_path, out_dir, options, on_event, cache, model)
+    out, cache, emit, jobs = run.out, run.cache, run.emit, run.jobs
+    report = BuildReport(story=run.story_path, out_dir=out)
+
+    # 2. Select.
+    selected = {job.panel for job in select(jobs, only)}
+
+    # 3. Look up the cache.
+    keys = {job.panel: cache_key(job.hash, run.options.dtype) for job in jobs}
+    todo = [job for job in jobs if job.panel in selected
+            and (force or cache.get(keys[job.panel]) is None)]
+    emit({"event": "plan", "panels": len(jobs), "selected": len(selected),
+          "to_render": [job.panel for job in todo]})
+
+    # 4. Render what is missing; the model is loaded only when something is.
+    rendered, report.render = render_into_cache(
+        todo, cache, run.options, emit, story=run.story_id, dtype_override=run.options.dtype,
+        session=session)
+
+    # 5. Put every available panel in place, in story order.
+    panel_dir = out / PANELS_DIR
+    for job in jobs:
+        done = rendered.get(job.hash) if job.panel in selected else None
+        if done is not None:
+            outcome = PanelOutcome(job, done.status, done.seconds, done.error)
+        else:
+            status = "cached" if cache.get(keys[job.panel]) else "missing"
+            outcome = PanelOutcome(job, status)
+        if outcome.status in ("rendered", "cached") and (pages or job.panel in selected):
+            outcome.path = materialize(cache.path(keys[job.panel]), panel_dir / f"{job.panel}.png",
+                                       job, run.story_id)
+        report.outcomes.append(outcome)
+
+    # 6. Compose pages (missing panels show as placeholders), unless nothing they show changed.
+    key = pages_key(run.story, report.outcomes)
+    if pages:
+        previous = previous_pages(out, key)
+        report.files += previous if previous is not None else compose_story_pages(
+            run.story, report.outcomes, out)
+
+    # 7. Record: the manifest, and which cache entries this story now needs.
+    report.seconds = time.perf_counter() - t0
+    cache.set_roots(run.story_path, set(keys.values()) | reroll_keys(out))
+    write_manifest(out, manifest_record(
+        story=run.story, story_path=run.story_path, out_dir=out, outcomes=report.outcomes,
+        files=report.files, seconds=report.seconds, model_loaded=report.model_loaded,
+        speedups=report.speedups, options=run.options, pages_key=key if pages else None))
+    report.files.append(out / MANIFEST)
+    emit({"event": "done", "rendered": report.count("rendered"),
+          "cached": report.count("cached"), "failed": report.count("failed"),
+          "missing": report.count("missing"), "seconds": round(report.seconds, 2)})
+    return report
+
+
+def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path) -> list[Path]:
+    """The story's pages from its panels' files (a placeholder where a panel is missing)."""
+    from PIL import Image
+
+    from ..output.pages import Cell, compose_pages, write_pages
+
+    cells = []
+    for n, outcome in enumerate(outcomes, 1):
+        image = None
+        if outcome.path is not None:
+            with Image.open(outcome.path) as im:
+                image = im.convert("RGB")
+        cells.append(Cell(outcome.job.panel, n, image, outcome.job.caption))
+    layout = story.spec.layout
+    if layout.font:  # relative to the story file, like every path in it
+        layout = layout.model_copy(update={"font": str(story.resolve(layout.font))})
+    return write_pages(compose_pages(cells, layout, story.spec.title), out)

@@ -1,0 +1,49 @@
+"""`storyboard clean`: remove what no story needs any more.
+
+In: story paths (optional), a dry-run switch, the cache. Out: a ``CleanReport`` (entries
+removed, bytes freed, stale files), having removed every cache entry that no existing story's
+last build or reroll recorded (their roots, output/cache.py), the roots of stories that are
+gone, and, in the given stories' output folders, panel files of panels the stories no longer
+have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..output.cache import PanelCache
+from .build import PANELS_DIR
+from .common import default_out_dir, load_and_compile
+
+
+@dataclass
+class CleanReport:
+    removed: int = 0
+    freed: int = 0
+    stale_files: list[Path] = field(default_factory=list)
+
+
+def clean(stories: list[Path], *, dry_run: bool = False,
+          cache: PanelCache | None = None) -> CleanReport:
+    cache = cache or PanelCache.default()
+    report = CleanReport()
+    for story_path in stories:
+        _, jobs = load_and_compile(story_path)
+        out = default_out_dir(story_path)
+        ids = {job.panel for job in jobs}
+        for png in (out / PANELS_DIR).glob("*.png") if (out / PANELS_DIR).is_dir() else []:
+            if png.stem not in ids:
+                report.stale_files.append(png)
+    # What is live is what each story's last build or reroll recorded (with whatever --model or
+    # --dtype it used); clean only reads that.
+    live, stale_roots = cache.live_keys()
+    for key in sorted(cache.keys() - live):
+        report.removed += 1
+        report.freed += cache.path(key).stat().st_size if dry_run else cache.remove(key)
+    if not dry_run:
+        for path in report.stale_files:
+            path.unlink(missing_ok=True)
+        for root in stale_roots:
+            root.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,85 @@
+"""What every command that starts from a story does first.
+
+In: a story path, an optional `--model` override, an optional panel selection and the caller's
+``RuntimeOptions``. Out: a ``Run``: the validated (and, with `--model`, re-targeted) story, its
+compiled jobs with prompt-length warnings reported, the output folder, the cache, and the
+options merged with the story's ``render:`` section, once. Every problem in the story is
+reported before any work starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError, did_you_mean
+from ..options import RuntimeOptions
+from ..output.cache import PanelCache
+from ..plan import PanelJob, compile_story
+from ..plan.tokens import prompt_warnings
+from ..story import Story, load_story, with_model, with_warnings
+
+Event = Callable[[dict[str, Any]], None]
+
+
+def default_out_dir(story: Path) -> Path:
+    """`story.yaml` builds into `story.out/` beside it."""
+    return story.with_name(story.stem + ".out")
+
+
+def load_and_compile(path: str | Path, model: str | None = None) -> tuple[Story, list[PanelJob]]:
+    """Load, validate and compile; ``model`` replaces the story's model (e.g. `tiny-kolors`
+    to try a story offline), validated like the story's own. The story's warnings include the
+    compiled prompts' token warnings."""
+    story = load_story(path)
+    if model:
+        story = with_model(story, model)
+    jobs = compile_story(story)
+    return with_warnings(story, prompt_warnings(story, jobs)), jobs
+
+
+def select(jobs: list[PanelJob], only: Iterable[str] | None) -> list[PanelJob]:
+    """The jobs of the panels ``only`` names (all without it); unknown ids are an error."""
+    if not only:
+        return jobs
+    wanted = list(dict.fromkeys(only))
+    known = {job.panel for job in jobs}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        hint = did_you_mean(unknown[0], known)
+        raise UserError(f"no panel named {', '.join(map(repr, unknown))} in this story; "
+                        + (hint or f"panels: {', '.join(j.panel for j in jobs)}"))
+    return [job for job in jobs if job.panel in wanted]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A story ready to render from."""
+
+    story_path: Path
+    out: Path
+    cache: PanelCache
+    emit: Event
+    story: Story
+    jobs: list[PanelJob]
+    options: RuntimeOptions  # merged with the story's `render:` section
+
+    @property
+    def story_id(self) -> str:
+        """How panel records name their story: its absolute path."""
+        return str(self.story_path.resolve())
+
+
+def start(story_path: str | Path, out_dir: str | Path | None, options: RuntimeOptions | None,
+          on_event: Event | None, cache: PanelCache | None, model: str | None) -> Run:
+    """Load, validate and compile, and report the story's warnings as events."""
+    emit = on_event or (lambda event: None)
+    story_path = Path(story_path)
+    story, jobs = load_and_compile(story_path, model)
+    for warning in story.warnings:
+        emit({"event": "warning", "message": warning.format()})
+    options = (options or RuntimeOptions()).with_story(story.spec.render)
+    return Run(story_path, Path(out_dir) if out_dir else default_out_dir(story_path),
+               cache or PanelCache.default(), emit, story, jobs, options)

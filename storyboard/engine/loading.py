@@ -1,0 +1,233 @@
+"""Find and load the diffusion pipeline a job names.
+
+In: a ``ModelRef`` (from ``plan``) and ``RuntimeOptions`` (device, dtype, offload, VAE tiling).
+Out: a frozen ``LoadedModel``: a diffusers pipeline on its device in its dtype, with its family,
+resolved device and dtype recorded; or a ``ModelError`` that says how to get the model.
+
+Every source goes through diffusers' own loaders: ``from_pretrained`` for Hugging Face repos
+(with revision and variant; ``HF_HUB_OFFLINE`` and the Hugging Face cache are respected), local
+diffusers folders and the built-in tiny models; ``from_single_file`` for one `.safetensors` /
+`.ckpt` checkpoint (SD1.5 and SDXL). Which pipeline class and which single-file configs: from
+``families``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..families import FAMILIES, FAMILY_NAMES, family_of_pipeline
+from ..options import RuntimeOptions, resolve_dtype
+from ..plan.compile import checkpoint_family, checkpoint_keys
+from ..plan.jobs import ModelRef
+from .environment import prepare, quiet_loading
+
+# fp8 loads in bf16; the UNet's linear layers are then quantized (engine/speed/apply.py).
+TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp8": "bfloat16"}
+
+
+class ModelError(UserError):
+    """The model cannot be found or loaded; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline and the facts of how it was loaded. Frozen: what changes as a model renders
+    (adapters, merged weights, compiled graphs) lives in the engine's ``ModelState``."""
+
+    pipe: Any
+    family: str
+    device: str
+    dtype: str  # fp16 | bf16 | fp32 | fp8
+    ref: ModelRef
+    offload: bool = False
+
+
+def resolve_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {requested!r} was asked for, but torch sees no CUDA GPU "
+                            f"(torch {torch.__version__})")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+
+
+def detect_family(ref: ModelRef, folder: Path | None) -> str:
+    if ref.family:
+        return ref.family
+    index = None
+    if folder is not None:
+        try:
+            index = json.loads((folder / "model_index.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            index = None
+    elif ref.kind == "repo":
+        index = _hub_model_index(ref)
+    elif ref.kind == "file":
+        return family_from_checkpoint(Path(ref.ref))
+    family = family_of_pipeline((index or {}).get("_class_name"))
+    if family is None:
+        name = (index or {}).get("_class_name", "unknown")
+        raise ModelError(
+            f"cannot tell the pipeline family of {ref.ref} (its model_index.json names "
+            f"{name!r}); set `model.family` to one of {', '.join(FAMILY_NAMES)}")
+    return family
+
+
+def _hub_model_index(ref: ModelRef) -> dict | None:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(ref.ref, "model_index.json", revision=ref.revision)
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes the same advice
+        raise _missing_repo(ref, exc) from None
+    return json.loads(Path(path).read_text("utf-8"))
+
+
+def family_from_checkpoint(path: Path) -> str:
+    if path.suffix.lower() != ".safetensors":
+        raise ModelError(f"cannot tell the family of {path.name}; set `model.family` "
+                         "(sdxl or sd15)")
+    if checkpoint_keys(path) is None:
+        raise ModelError(f"{path}: not a readable safetensors checkpoint")
+    family = checkpoint_family(path)
+    if family is None:
+        raise ModelError(f"{path.name} is not an SD1.5 or SDXL checkpoint (its keys match "
+                         "neither); Kolors loads only from a diffusers folder or repo")
+    return family
+
+
+def _missing_repo(ref: ModelRef, exc: BaseException) -> ModelError:
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    why = type(exc).__name__
+    if offline:
+        advice = (f"HF_HUB_OFFLINE is set and {ref.ref} is not in the Hugging Face cache; on a "
+                  f"machine with network run `hf download {ref.ref}`"
+                  + (f" --revision {ref.revision}" if ref.revision not in (None, "main") else "")
+                  + ", or unset HF_HUB_OFFLINE")
+    else:
+        advice = ("check the repo id and revision, that you are logged in (`hf auth login`) if "
+                  "it is gated, and your network; or download it and use `model: {path: ./...}`")
+    return ModelError(f"model {ref.ref} could not be loaded ({why}): {advice}")
+
+
+def _missing_configs(ref: ModelRef, config: str, exc: BaseException) -> ModelError:
+    return ModelError(
+        f"cannot load {Path(ref.ref).name}: a single-file checkpoint needs its pipeline's "
+        f"configs (model layout, tokenizers, scheduler) from {config}, and they are not "
+        f"available here ({type(exc).__name__}); on a machine with network run "
+        f"`hf download {config} --include '*.json' '*.txt'`, or set `model.config` to a local "
+        "diffusers folder of the same architecture")
+
+
+def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedModel:
+    """Load the pipeline ``ref`` names, on the requested device and dtype."""
+    options = options or RuntimeOptions()
+    prepare()
+    import diffusers
+    import torch
+
+    from . import builtin
+
+    # 1. Where the weights are.
+    folder: Path | None = None
+    if ref.kind == "builtin":
+        with quiet_loading():
+            folder = builtin.builtin_folder(ref.ref)
+    elif ref.kind == "folder":
+        folder = Path(ref.ref)
+        if not (folder / "model_index.json").is_file():
+            raise ModelError(f"{folder} is not a diffusers model folder (no model_index.json)")
+    elif ref.kind == "file" and not Path(ref.ref).is_file():
+        raise ModelError(f"checkpoint not found: {ref.ref}")
+
+    # 2. Which pipeline class, device and dtype.
+    family = detect_family(ref, folder)
+    pipeline_cls = getattr(diffusers, FAMILIES[family].pipeline)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(ref.dtype, options.dtype, device)
+    torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
+    if dtype == "fp8":
+        problem = fp8_problem(device, options)
+        if problem:
+            raise ModelError(f"dtype fp8 {problem}; use fp16 or bf16 instead")
+
+    # 3. Load through diffusers' own loaders.
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if ref.variant:
+        kwargs["variant"] = ref.variant
+    if device == "cuda" and not options.offload and ref.kind != "file":
+        # Straight from the safetensors files onto the GPU, without a stop in CPU memory.
+        kwargs["device_map"] = "cuda"
+    with quiet_loading():
+        try:
+            if ref.kind == "file":
+                # Without `config`, diffusers guesses the model type from key names and fetches
+                # that repo's configs; naming them from the family is both offline-friendly
+                # and right for unusual files.
+                config = ref.config or FAMILIES[family].single_file_config
+                try:
+                    pipe = pipeline_cls.from_single_file(ref.ref, config=config, **kwargs)
+                except OSError as exc:
+                    raise _missing_configs(ref, config, exc) from None
+            elif ref.kind == "repo":
+                pipe = pipeline_cls.from_pretrained(ref.ref, revision=ref.revision, **kwargs)
+            else:
+                pipe = pipeline_cls.from_pretrained(str(folder), **kwargs)
+        except (OSError, ValueError) as exc:
+            if ref.kind == "repo":
+                raise _missing_repo(ref, exc) from None
+            raise ModelError(f"cannot load {ref.ref}: {exc}") from None
+
+    # 4. Place it.
+    if options.offload and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if options.vae_tiling:
+        pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(disable=not options.progress, leave=False)
+    return LoadedModel(pipe=pipe, family=family, device=device, dtype=dtype, ref=ref,
+                       offload=options.offload and device.startswith("cuda"))
+
+
+
+def fp8_problem(device: str, options: RuntimeOptions) -> str | None:
+    """Why the opt-in FP8 path cannot run here, or None."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return (f"needs an NVIDIA GPU with FP8 matrix units (compute capability 8.9+: Ada, "
+                f"Hopper or newer); this run is on {device}")
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if (major, minor) < (8, 9):
+        return (f"needs compute capability 8.9+ (Ada, Hopper or newer); "
+                f"{torch.cuda.get_device_name(torch.device(device))} has {major}.{minor}")
+    if options.offload:
+        return "does not combine with --offload"
+    with quiet_loading():
+        try:
+            quantization = importlib.import_module("torchao.quantization")
+            for name in ("Float8DynamicActivationFloat8WeightConfig", "PerRow", "quantize_"):
+                getattr(quantization, name)
+        except ImportError:
+            return "needs torchao: pip install 'storyboard[fp8]' (or pip install torchao)"
+        except Exception as exc:  # noqa: BLE001 - a torchao built for another torch, too old...
+            return (f"needs a torchao that works with this torch ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); pip install -U "
+                    "torchao")
+    return None
+

@@ -1,0 +1,2 @@
+"""Speed-ups on a loaded model: ``apply`` carries out what ``plan.speed`` chose; ``tuning``
+keeps coordinate-descent tuned kernels across processes (a backport to torch 2.11/2.12)."""

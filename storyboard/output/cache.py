@@ -1,0 +1,95 @@
+"""The panel cache: rendered PNGs stored by the hash of what made them.
+
+In: a job's cache key (its content hash, plus any command-line option that changes pixels) and
+the PNG bytes a render produced. Out: the PNG again, for any later build of any story whose job
+has the same key, without loading a model.
+
+Layout under the cache root ($STORYBOARD_CACHE, else ~/.cache/storyboard):
+  panels/<key[:2]>/<key>.png   one entry per distinct job; written atomically
+  roots/<story-id>.json        the keys each story currently needs, so `storyboard clean` knows
+                               what is garbage (an entry no root names)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import atomic_write_bytes, atomic_write_text, cache_root
+
+ROOTS_VERSION = 1
+
+
+def cache_key(job_hash: str, dtype_override: str | None = None) -> str:
+    """The key of a job's image: its hash, plus a dtype forced on the command line (the only
+    runtime option that changes what a panel should look like)."""
+    if not dtype_override:
+        return job_hash
+    return hashlib.sha256(f"{job_hash}:dtype={dtype_override}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PanelCache:
+    root: Path
+
+    @classmethod
+    def default(cls) -> PanelCache:
+        return cls(cache_root())
+
+    def path(self, key: str) -> Path:
+        return self.root / "panels" / key[:2] / f"{key}.png"
+
+    def get(self, key: str) -> Path | None:
+        path = self.path(key)
+        return path if path.is_file() else None
+
+    def put(self, key: str, data: bytes) -> Path:
+        path = self.path(key)
+        atomic_write_bytes(path, data)
+        return path
+
+    def keys(self) -> set[str]:
+        folder = self.root / "panels"
+        if not folder.is_dir():
+            return set()
+        return {p.stem for p in folder.glob("*/*.png")}
+
+    # -- roots: which stories need which entries -------------------------------------------
+
+    def _root_file(self, story: Path) -> Path:
+        story_id = hashlib.sha256(str(story.resolve()).encode()).hexdigest()[:16]
+        return self.root / "roots" / f"{story_id}.json"
+
+    def set_roots(self, story: Path, keys: set[str]) -> None:
+        atomic_write_text(self._root_file(story), json.dumps(
+            {"version": ROOTS_VERSION, "story": str(story.resolve()), "keys": sorted(keys)},
+            indent=1))
+
+    def live_keys(self) -> tuple[set[str], list[Path]]:
+        """Keys some existing story still needs, and root files of stories that are gone."""
+        live: set[str] = set()
+        stale: list[Path] = []
+        folder = self.root / "roots"
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                data = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError):
+                stale.append(path)
+                continue
+            if not Path(data.get("story", "")).is_file():
+                stale.append(path)
+                continue
+            live.update(data.get("keys", []))
+        return live, stale
+
+    def remove(self, key: str) -> int:
+        path = self.path(key)
+        try:
+            size = path.stat().st_size
+            os.unlink(path)
+            return size
+        except FileNotFoundError:
+            return 0

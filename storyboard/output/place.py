@@ -1,0 +1,31 @@
+"""Put a cached panel where a story's output wants it.
+
+In: a cache entry, a destination (``OUT/panels/<id>.png``, a reroll candidate), the job and the
+story it is for. Out: the destination file, written atomically: the cached bytes as they are
+when the PNG's record already names this panel and story, else re-labelled (same pixels, a
+record for this panel and story). A destination that already holds exactly this is left alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..paths import atomic_write_bytes
+from ..plan.jobs import PanelJob
+from .pnginfo import read_panel_png, relabel
+
+
+def materialize(source: Path, target: Path, job: PanelJob, story: str) -> Path:
+    """Copy a cached PNG to ``target``, re-labelled for this story and panel if needed."""
+    if target.is_file():
+        _, record = read_panel_png(target)
+        if record and record.get("hash") == job.hash and record.get("panel") == job.panel \
+                and record.get("story") == story:
+            return target
+    _, record = read_panel_png(source)
+    if record and record.get("panel") == job.panel and record.get("story") == story:
+        data = source.read_bytes()
+    else:
+        data = relabel(source, job, story)
+    atomic_write_bytes(target, data)
+    return target

@@ -1,0 +1,128 @@
+"""Where storyboard keeps things on disk, and how it writes files.
+
+In: the environment (``STORYBOARD_CACHE``, ``XDG_CACHE_HOME``, ``HOME``) and, for writes, a
+destination and its bytes (or a function that writes them to a path). Out: the folders of the
+cache (one root, every subfolder named here) and atomic writes: a temporary file in the same
+folder, flushed and synced, then renamed over the destination, so an interrupted write never
+leaves a half-written file behind. New files get the permissions the user's umask asks for (as
+``open()`` would give them); a replaced file keeps its own.
+
+No torch; every phase may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """$STORYBOARD_CACHE, else $XDG_CACHE_HOME/storyboard, else ~/.cache/storyboard."""
+    env = os.environ.get("STORYBOARD_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "storyboard"
+
+
+# The cache's parts. Each is a function, not a constant: the environment may change between
+# calls (tests, and library users pointing a process at another cache).
+
+
+def panels_dir() -> Path:
+    """Rendered panels, by cache key (output/cache.py)."""
+    return cache_root() / "panels"
+
+
+def roots_dir() -> Path:
+    """Which cache keys each story needs (output/cache.py), read by `clean`."""
+    return cache_root() / "roots"
+
+
+def builtin_models_dir() -> Path:
+    """Built-in tiny models, built on first use (engine/builtin.py)."""
+    return cache_root() / "models"
+
+
+def builtin_model_folder(name: str, recipe: int) -> Path:
+    return builtin_models_dir() / f"{name}-r{recipe}"
+
+
+def converted_loras_dir() -> Path:
+    """LoRA files converted to diffusers' format, by source sha256 and family."""
+    return cache_root() / "loras"
+
+
+def compile_cache_dir() -> Path:
+    """torch.compile's caches, so compiling is paid once per machine, not once per build."""
+    return cache_root() / "inductor"
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+_umask_lock = threading.Lock()
+_umask: int | None = None
+
+
+def _current_umask() -> int:
+    """The process umask. Reading it means setting it, so once, under a lock."""
+    global _umask
+    with _umask_lock:
+        if _umask is None:
+            _umask = os.umask(0o022)
+            os.umask(_umask)
+        return _umask
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions ``path`` should have once written."""
+    try:
+        return path.stat().st_mode & 0o7777  # a replaced file keeps its permissions
+    except OSError:
+        return 0o666 & ~_current_umask()  # mkstemp's 0600 is not what the user asked for
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_via(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Atomically create or replace ``path`` with what ``write`` puts at the temporary path it is
+    given, for writers that want a path rather than bytes (safetensors' ``save_file``). The
+    temporary file already exists (empty) in ``path``'s folder; ``write`` may overwrite it. Then
+    as ``atomic_write_bytes``: permissions, sync, rename; on any error the temporary file is
+    removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

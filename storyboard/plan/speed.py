@@ -1,0 +1,151 @@
+"""The speed policy: which speed-ups a render gets, decided before any model is loaded.
+
+In: the batches a render will run, the device and dtype it runs in, whether it uses LoRAs, and
+the ``RuntimeOptions``. Out: ``Speedup``s in the order they are applied, and a ``RenderPlan``
+(batches + speed-ups + batch size) that `storyboard plan` prints and the engine carries out.
+Pure: no torch, no model. ``engine/speed/apply.py`` applies the list.
+
+Measured on an H200 (docs/speed-experiments.md): channels_last and fused QKV projections alone
+do not pay in eager mode (so they come only with torch.compile), but with torch.compile they
+take an SDXL UNet step from 44 to 29 ms per panel in batches of 8; a UNet with a LoRA merged
+into its weights compiles to the same speed (29.2 ms, against 39.8 ms with the adapter live and
+eager). Fused projections replace the layers LoRA adapters attach to, so they are left out when
+a render has LoRAs. Cross-attention K/V once per batch saves 0.8% (SDXL) to 1.9% (Kolors) of a
+compiled step, and more eager. Coordinate-descent tuning takes a compiled step 2% lower, for
+about 100 s more on a shape's first compile on a machine. Only on CUDA, where they were measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ..options import RuntimeOptions
+from ..samplers import SAMPLERS
+from .batches import Batch, default_batch_size, lora_set, plan_batches
+from .jobs import PanelJob
+
+
+class Speedup(str, Enum):
+    """A speed-up the engine can apply to a loaded model. The values are what manifests and
+    events have always said."""
+
+    CHANNELS_LAST = "channels_last"
+    FUSED_QKV = "fused_qkv"
+    FP8 = "fp8"  # a precision the story chose, listed because it changes the UNet like these
+    TUNED_KERNELS = "tuned_kernels"
+    TORCH_COMPILE = "torch.compile"
+    VAE_COMPILE = "vae.compile"
+    CROSS_KV = "cross_kv_once"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# A new `storyboard build` process with a warm compile cache reached steady speed 12.1-12.4 s
+# later than one that does not compile, and a compiled step then saves about 6-7 ms per panel
+# (28.5-28.8 ms tuned, 8 panels per call, against about 36 ms eager): compiling pays back from
+# about 2000 panel-steps per batch shape, 40 panels of 50 steps (cold_start_* in
+# bench/results/nvidia-h200-2026-11-21-{sdxl,kolors}.json). Each shape is a graph of its own.
+COMPILE_PAYS_FROM = 2000  # panel-steps per distinct batch shape
+
+
+def unet_work(batches: list[Batch]) -> dict[tuple, int]:
+    """Panel-steps per batch shape the UNet will see (panels, size, and whether CFG doubles the
+    batch). A second-order sampler (Heun, DPM2, DPM++ SDE) calls the UNet twice per step, and
+    counts twice."""
+    work: dict[tuple, int] = {}
+    for batch in batches:
+        j = batch.jobs[0]
+        shape = (len(batch.jobs), j.width, j.height, j.guidance > 1)
+        work[shape] = work.get(shape, 0) + len(batch.jobs) * j.steps * SAMPLERS[j.scheduler].order
+    return work
+
+
+def compile_pays(work: dict[tuple, int]) -> bool:
+    """Whether compiling pays back in one render: ``work`` maps each batch shape the UNet will
+    see to the panel-steps rendered in it."""
+    return bool(work) and sum(work.values()) >= COMPILE_PAYS_FROM * len(work)
+
+
+def choose_speedups(*, device: str, dtype: str, options: RuntimeOptions, loras: bool,
+                    work: dict[tuple, int]) -> tuple[Speedup, ...]:
+    """The speed-ups for a render on ``device`` in ``dtype``, in the order they are applied.
+    ``--no-fuse`` / ``--no-compile`` / ``--no-tune`` and the story's ``render:`` section turn
+    them off; ``compile="auto"`` compiles only a render whose ``work`` pays the compile back."""
+    fast = device.startswith("cuda") and options.fuse
+    if options.compile == "auto":
+        # FP8 was measured compiled only: its quantisation kernels need the compiler's fusion.
+        wanted = dtype == "fp8" or compile_pays(work)
+    else:
+        wanted = bool(options.compile)
+    # Offloading moves weights in and out of the GPU around every call: not measured with
+    # torch.compile, and live adapters there must stay reachable for set_adapters.
+    compiled = fast and wanted and not options.offload
+    out: list[Speedup] = []
+    if compiled:
+        # Eager, channels_last made a step 7% slower (36.3 to 38.8 ms per panel at 8 panels)
+        # and fused projections gained nothing: both pay only through the compiler.
+        out.append(Speedup.CHANNELS_LAST)
+        if not loras:
+            out.append(Speedup.FUSED_QKV)
+    if dtype == "fp8":
+        out.append(Speedup.FP8)
+    if compiled:
+        # Tuning was not measured with FP8, whose own inductor settings (torchao's) that
+        # include it did not finish compiling in 5 minutes.
+        if options.tune is not False and dtype != "fp8":
+            out.append(Speedup.TUNED_KERNELS)
+        out += [Speedup.TORCH_COMPILE, Speedup.VAE_COMPILE]
+    # Its cache is filled by calling the UNet's layers directly, which offloading's hooks on
+    # the UNet as a whole would not see.
+    if fast and not options.offload:
+        out.append(Speedup.CROSS_KV)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """What a render will do, before it does it: batches in order, the speed-ups, and why a
+    render cannot run as asked (``refusal``), all from the jobs and options alone."""
+
+    batches: tuple[Batch, ...]
+    batch_size: int
+    device: str
+    dtype: str
+    speedups: tuple[Speedup, ...]
+    refusal: str | None = None  # a reason the engine refuses the render, before any denoising
+
+    @property
+    def compiles(self) -> bool:
+        return Speedup.TORCH_COMPILE in self.speedups
+
+    def batch_of(self, panel: str) -> int | None:
+        """The 0-based batch ``panel`` is rendered in, or None when it is not rendered."""
+        return next((n for n, b in enumerate(self.batches) if panel in b.panels), None)
+
+
+def plan_render(jobs: list[PanelJob], options: RuntimeOptions, *, device: str, dtype: str,
+                free_bytes: float | None = None) -> RenderPlan:
+    """Plan rendering ``jobs`` on ``device`` in ``dtype`` (both resolved: "cuda", "fp16").
+    ``free_bytes``: the GPU's free memory, for the default batch size (None: a large GPU)."""
+    size = options.batch_size or default_batch_size(device, free_bytes)
+    batches = plan_batches(jobs, size)
+    loras = any(job.loras for job in jobs)
+    speedups = choose_speedups(device=device, dtype=dtype, options=options, loras=loras,
+                               work=unet_work(batches))
+    refusal = None
+    sets = sorted({lora_set(job) for job in jobs})
+    if Speedup.FP8 in speedups and loras and options.fuse and not options.offload \
+            and len(sets) > 1:
+        refusal = (
+            "dtype fp8 merges the LoRAs into the weights before quantizing them, so all panels "
+            f"of one render must use the same LoRAs at the same weights; these use {len(sets)} "
+            f"sets: {'; '.join(map(show_lora_set, sets))}. Render them separately (--only) or "
+            "use fp16/bf16")
+    return RenderPlan(tuple(batches), size, device, dtype, speedups, refusal)
+
+
+def show_lora_set(loras: tuple) -> str:
+    """A LoRA set for messages: "mira 0.8, bolt 1"."""
+    return ", ".join(f"{character} {weight:g}" for character, _, weight in loras) or "none"

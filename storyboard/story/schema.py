@@ -1,0 +1,363 @@
+"""The story file format, version 1: what each key means, its type and its range.
+
+In: plain data from ``story.source`` (dicts, lists, scalars). Out: a frozen ``StorySpec`` (via
+pydantic, ``extra="forbid"``, strict types), or pydantic's errors, which ``story.messages`` turns
+into problems a writer can act on. The same models give `storyboard schema` its JSON Schema.
+
+Family and built-in model names come from ``families``; nothing else here knows a model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .. import constants as C
+from ..errors import describe_value, show_value
+from ..families import BUILTINS, FAMILIES, FAMILY_NAMES
+from ..samplers import DEFAULT, sampler_names
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                     *(f"lpt{i}" for i in range(10))}
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+COLOR_RE = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+
+
+def _err(kind: str, message: str, hint: str | None = None) -> PydanticCustomError:
+    # The message goes in as a value, not as pydantic's template: it quotes the user's input,
+    # and a value like '{hint}' must print as written. pydantic fills the template in one key
+    # at a time, in order, so the message goes last.
+    context = {**({"hint": hint} if hint else {}), "message": message}
+    return PydanticCustomError(kind, "{message}", context)
+
+
+def _check_id(value: str) -> str:
+    if not ID_RE.fullmatch(value) or value.lower() in WINDOWS_RESERVED:
+        raise _err("storyboard_id",
+                   "invalid id {value}: use 1-64 letters, digits, '-' or '_', starting with a "
+                   "letter or digit".replace("{value}", show_value(value)),
+                   "ids become file names, so dots, slashes and spaces are not allowed")
+    return value
+
+
+PanelId = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": ID_RE.pattern})]
+Text = Annotated[str, Field(max_length=C.MAX_TEXT_CHARS)]
+Pixels = Annotated[int, Field(ge=C.MIN_SIZE_PX, le=C.MAX_SIZE_PX, multiple_of=8)]
+Steps = Annotated[int, Field(ge=1, le=C.MAX_STEPS)]
+Guidance = Annotated[float, Field(ge=0.0, le=C.MAX_GUIDANCE)]
+Seed = Annotated[int, Field(ge=0, le=C.MAX_SEED)]
+Color = Annotated[str, Field(pattern=COLOR_RE.pattern)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True,
+                              populate_by_name=True)
+
+
+def model_shorthand(value: Any) -> Any:
+    """``model: tiny-sdxl`` / ``model: ./kolors`` / ``model: org/name`` -> the mapping form."""
+    if not isinstance(value, str):
+        return value
+    if value in BUILTINS:
+        return {"builtin": value}
+    if value.startswith(("./", "../", "/", "~")) or value.endswith(CHECKPOINT_SUFFIXES) \
+            or "\\" in value:
+        return {"path": value}
+    return {"repo": value}
+
+
+class ModelSpec(_Spec):
+    """What renders the panels: exactly one of ``builtin``, ``repo`` or ``path``."""
+
+    builtin: Literal[tuple(BUILTINS)] | None = Field(  # type: ignore[valid-type]
+        None, description="A built-in offline model with random weights (for trying things out).")
+    repo: str | None = Field(None, description="A Hugging Face repo id, e.g. "
+                                                "'Kwai-Kolors/Kolors-diffusers'.")
+    revision: str | None = Field(None, max_length=128,
+                                 description="A branch, tag or commit of `repo`.")
+    variant: str | None = Field(None, max_length=32,
+                                description="Weight variant to load, e.g. 'fp16'.")
+    path: str | None = Field(None, max_length=4096, description=(
+        "A local diffusers folder or a single .safetensors/.ckpt checkpoint, relative to the "
+        "story file."))
+    config: str | None = Field(None, max_length=4096, description=(
+        "For a single-file checkpoint: where its pipeline configs come from, a Hugging Face repo "
+        "id or a local diffusers folder of the same architecture. Default: the family's base "
+        "model (" + " or ".join(f.single_file_config for f in FAMILIES.values()
+                                if f.single_file_config) + ")."))
+    family: Literal[("auto", *FAMILY_NAMES)] = Field(  # type: ignore[valid-type]
+        "auto", description="Pipeline family; 'auto' reads it from model_index.json.")
+    dtype: Literal[("auto", *C.DTYPES)] = Field(  # type: ignore[valid-type]
+        "auto", description="'auto': fp16 on CUDA, fp32 on CPU. 'fp8' (opt-in, NVIDIA GPUs of "
+        "compute capability 8.9+, needs torchao): the UNet's linear layers in FP8 with per-row "
+        "scales, the rest in bf16; faster, at a measured cost in accuracy (see README, Speed).")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        if v is not None and not REPO_RE.fullmatch(v):
+            raise _err("storyboard_repo", f"expected a Hugging Face repo id like 'owner/name', "
+                                          f"got {show_value(v)}",
+                       "for a local folder or file, start the path with './'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        given = [k for k in ("builtin", "repo", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise _err("storyboard_model",
+                       "give exactly one of 'builtin', 'repo' or 'path'"
+                       + (f", got {' and '.join(given)}" if given else ""),
+                       "e.g. `model: tiny-sdxl` or `model: {repo: Kwai-Kolors/Kolors-diffusers}`")
+        if self.revision is not None and self.repo is None:
+            raise _err("storyboard_model", "'revision' only applies to a 'repo'")
+        if self.config is not None and not (self.path or "").lower().endswith(
+                CHECKPOINT_SUFFIXES):
+            raise _err("storyboard_model", "'config' only applies to a single-file checkpoint "
+                                           "(`path: ....safetensors`)")
+        return self
+
+    @property
+    def resolved_family(self) -> str | None:
+        if self.builtin:
+            return BUILTINS[self.builtin].family
+        return None if self.family == "auto" else self.family
+
+
+class DefaultsSpec(_Spec):
+    """Render settings every panel inherits unless it overrides them."""
+
+    steps: Steps = Field(30, description="Denoising steps.")
+    guidance: Guidance = Field(5.0, description="Classifier-free guidance scale (CFG).")
+    width: Pixels | None = Field(
+        None, description="Pixels, a multiple of 8; default: the model's native size.")
+    height: Pixels | None = Field(None, description="Pixels, a multiple of 8.")
+    scheduler: str = Field(DEFAULT, max_length=64, description=(
+        "Sampler by its WebUI/ComfyUI name: " + ", ".join(f"'{n}'" for n in sampler_names())))
+    negative: Text = Field("", description="Negative prompt for every panel.")
+    seed: Seed = Field(0, description="Story seed: panels without a seed derive theirs from it "
+                                      "and their id.")
+
+
+class StyleSpec(_Spec):
+    """The shared look: change the style of every panel with one edit."""
+
+    prefix: Text = Field("", description="Put before every prompt, e.g. 'anime, cel shading'.")
+    suffix: Text = Field("", description="Put after every prompt, e.g. 'masterpiece'.")
+    negative: Text = Field("", description="Added to every negative prompt.")
+    separator: str = Field(", ", max_length=8, description="Joins prompt parts; '，' suits "
+                                                           "Chinese prompts.")
+
+
+def _lora_shorthand(value: Any) -> Any:
+    return {"file": value} if isinstance(value, str) else value
+
+
+class LoraSpec(_Spec):
+    file: str = Field(max_length=4096, description="LoRA file, relative to the story file.")
+    weight: float = Field(1.0, ge=-C.MAX_LORA_WEIGHT, le=C.MAX_LORA_WEIGHT,
+                          description="Strength; 1.0 is as trained.")
+
+
+class CharacterSpec(_Spec):
+    """A recurring character: identity token, class word, description and LoRAs."""
+
+    name: str | None = Field(None, max_length=200, description="Display name; default: the id.")
+    token: str | None = Field(None, max_length=64,
+                              description="DreamBooth identifier token, e.g. 'sks'.")
+    class_word: str | None = Field(None, alias="class", max_length=64,
+                                   description="Class noun the token is bound to, e.g. 'girl'.")
+    description: Text = Field("", description="Appearance, used in every prompt the character "
+                                              "appears in.")
+    loras: list[Annotated[LoraSpec, BeforeValidator(
+        _lora_shorthand, json_schema_input_type=Union[str, LoraSpec])]] = Field(
+        default_factory=list, max_length=16)
+    negative: Text = Field("", description="Added to the negative prompt of panels with this "
+                                           "character.")
+
+
+PromptPart = Union[Text, Annotated[list[Text], Field(max_length=64)]]
+
+
+class PromptParts(_Spec):
+    """A prompt by the categories the course teaches; joined in this order."""
+
+    subject: PromptPart | None = None
+    medium: PromptPart | None = None
+    style: PromptPart | None = None
+    artist: PromptPart | None = None
+    website: PromptPart | None = None
+    resolution: PromptPart | None = None
+    details: PromptPart | None = None
+    color: PromptPart | None = None
+    lighting: PromptPart | None = None
+
+    def parts(self) -> list[str]:
+        out = []
+        for name in C.PROMPT_CATEGORIES:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                out.extend(v for v in value if v)
+            elif value:
+                out.append(value)
+        return out
+
+
+def _prompt_kind(value: Any) -> str:
+    return "parts" if isinstance(value, dict) else "text"
+
+
+Prompt = Annotated[
+    Union[Annotated[Text, Tag("text")], Annotated[PromptParts, Tag("parts")]],
+    Discriminator(_prompt_kind),
+]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class PanelSpec(_Spec):
+    """One panel. Render settings left out come from `defaults`."""
+
+    id: PanelId = Field(description="Stable id, used for file names and selection.")
+    characters: Annotated[list[Annotated[str, Field(max_length=64)]], BeforeValidator(
+        _one_or_many, json_schema_input_type=Union[str, list[str]])] = Field(
+        default_factory=list, max_length=16)
+    prompt: Prompt
+    negative: Text = Field("", description="Added to this panel's negative prompt.")
+    seed: Seed | None = Field(None, description="Default: derived from the story seed and id.")
+    caption: Text = ""
+    steps: Steps | None = None
+    guidance: Guidance | None = None
+    width: Pixels | None = None
+    height: Pixels | None = None
+    scheduler: str | None = Field(None, max_length=64)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return _check_id(v)
+
+
+class TemplatesSpec(_Spec):
+    """Jinja templates for the final prompts; leave out to use the built-in ones."""
+
+    prompt: str | None = Field(None, max_length=C.MAX_TEMPLATE_CHARS)
+    negative: str | None = Field(None, max_length=C.MAX_TEMPLATE_CHARS)
+
+
+def _title_kind(value: Any) -> str:
+    return "flag" if isinstance(value, bool) else "text"
+
+
+class LayoutSpec(_Spec):
+    """How `storyboard build` composes panels into pages."""
+
+    columns: int = Field(2, ge=1, le=16)
+    panels_per_page: int | None = Field(None, ge=1, le=C.MAX_PANELS,
+                                        description="Default: all panels on one page.")
+    cell_width: Pixels | None = Field(None, description="Width of each panel on the page; "
+                                                        "default: the widest panel.")
+    gutter: int = Field(16, ge=0, le=512, description="Pixels between panels.")
+    margin: int = Field(32, ge=0, le=1024, description="Pixels around the page.")
+    background: Color = "#ffffff"
+    text_color: Color = "#111111"
+    border: int = Field(2, ge=0, le=64, description="Panel border width in pixels.")
+    border_color: Color = "#111111"
+    caption: Literal["below", "above", "none"] = "below"
+    font: str | None = Field(None, max_length=4096,
+                             description="A .ttf/.otf/.ttc file; default: the bundled CJK font.")
+    font_size: int = Field(28, ge=6, le=256)
+    title: Annotated[
+        Union[Annotated[bool, Tag("flag")], Annotated[Annotated[str, Field(max_length=200)],
+                                                      Tag("text")]],
+        Discriminator(_title_kind),
+    ] = Field(True, description="true: the story title; false: none; or a text.")
+    panel_numbers: bool = False
+
+
+class RenderSpec(_Spec):
+    """How fast to render. Nothing here changes what a panel should look like (beyond float
+    rounding), so none of it is part of a job's hash; the command line can override it."""
+
+    batch_size: int | None = Field(None, ge=1, le=64, description=(
+        "Most panels per pipeline call; default: by free GPU memory (8, 4 or 2), 2 on CPU."))
+    fuse: bool = Field(True, description="Merge each batch's LoRAs into the weights; on CUDA also "
+                       "cross-attention keys/values computed once per batch and, when compiling, "
+                       "channels_last and fused QKV projections (the latter without LoRAs). "
+                       "false also turns compiling off.")
+    compile: Union[bool, Literal["auto"]] = Field("auto", description=(
+        "torch.compile the UNet and VAE decoder (CUDA): true, false, or auto, which compiles "
+        "when a render has enough panels to pay the compile back from a warm compile cache "
+        "(2000 panel-steps per batch shape, e.g. 40 panels of 50 steps in batches of 8), and "
+        "otherwise renders without compiling; FP8 always compiles."))
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_is_a_switch_or_auto(cls, v: Any) -> Any:
+        if v is not True and v is not False and v != "auto":  # one message, not one per type
+            raise _err("storyboard_compile",
+                       f"expected true, false or auto, got {describe_value(v)}",
+                       "auto compiles only renders with enough panels to pay the compile back")
+        return v
+
+    tune: bool = Field(True, description="Coordinate-descent tuning of the compiled UNet's "
+                       "kernels: about 2% faster steps, about 100 s more for the first compile "
+                       "of each shape on a machine (cached after).")
+
+
+class StorySpec(_Spec):
+    """A storyboard story, format version 1."""
+
+    model_config = ConfigDict(title="storyboard story", json_schema_extra={
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "$id": C.SCHEMA_ID})
+
+    version: Literal[1] = Field(description="Story format version.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_an_integer(cls, v: Any) -> Any:
+        if type(v) is not int:  # Literal[1] also accepts True and 1.0, which are not versions
+            raise _err("storyboard_version", f"expected the integer 1, got {show_value(v)}",
+                       "write `version: 1`")
+        return v
+    title: str = Field("", max_length=200)
+    vars: dict[str, Any] = Field(default_factory=dict,
+                                 description="Free values for templates: `{{ vars.name }}`.")
+    model: Annotated[ModelSpec, BeforeValidator(
+        model_shorthand, json_schema_input_type=Union[str, ModelSpec])]
+    defaults: DefaultsSpec = DefaultsSpec()
+    style: StyleSpec = StyleSpec()
+    characters: dict[str, CharacterSpec] = Field(default_factory=dict, max_length=64)
+    panels: list[PanelSpec] = Field(min_length=1, max_length=C.MAX_PANELS)
+    templates: TemplatesSpec = TemplatesSpec()
+    layout: LayoutSpec = LayoutSpec()
+    render: RenderSpec = RenderSpec()
+
+    @field_validator("vars")
+    @classmethod
+    def _vars(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if not isinstance(key, str) or not VAR_RE.fullmatch(key):
+                raise _err("storyboard_var", f"variable name {show_value(key)} is not a plain "
+                                             "name", "use letters, digits and '_'")
+        return v
+
