@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpu_models import BUILDERS  # noqa: E402
 
-from storyboard.compile import compile_story  # noqa: E402
-from storyboard.models import RuntimeOptions, load_model  # noqa: E402
-from storyboard.render import render_jobs  # noqa: E402
-from storyboard.spec import load_story  # noqa: E402
+from storyboard.engine.loading import load_model  # noqa: E402
+from storyboard.engine.session import Session, render_jobs  # noqa: E402
+from storyboard.options import RuntimeOptions  # noqa: E402
+from storyboard.plan import compile_story  # noqa: E402
+from storyboard.story import load_story  # noqa: E402
 
 COURSE = Path(__file__).resolve().parent.parent / "examples" / "course-kolors.yaml"
 
@@ -58,6 +59,8 @@ def run(arch: str, steps: int, work: Path) -> dict:
     jobs = compile_story(load_story(story_for(folder, arch, steps, work)))
     t0 = time.perf_counter()
     model = load_model(jobs[0].model, RuntimeOptions(progress=False))
+    session = Session()
+    session.adopt(model)
     torch.cuda.synchronize()
     out["load_s"] = round(time.perf_counter() - t0, 1)
     out["device"], out["dtype"], out["family"] = model.device, model.dtype, model.family
@@ -67,8 +70,8 @@ def run(arch: str, steps: int, work: Path) -> dict:
     for batch in (4, 1):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        results[batch] = {r.job.panel: r for r in render_jobs(jobs, batch_size=batch,
-                                                               model=model)}
+        options = RuntimeOptions(progress=False, batch_size=batch)
+        results[batch] = {r.job.panel: r for r in render_jobs(jobs, options, session=session)}
         torch.cuda.synchronize()
         timings[batch] = time.perf_counter() - t0
     out["seconds_per_panel_batch4"] = round(timings[4] / len(jobs), 3)

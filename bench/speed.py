@@ -8,9 +8,10 @@ For one architecture (sdxl or kolors), full size with random weights:
    compile "auto", picks for 8 panels). Reports seconds from process start to the first
    finished panel, and to the end of the build (--only-cold: stop here);
 3. in this process, on the same weights and the same 8 panels (1024x1024, 50 steps, CFG 4):
-   the reference loop `naive_render` from ../shared/bench/naive_loop.py (one `pipe()` per
-   panel), then storyboard's `render_jobs` (warm-up run, then a timed steady-state run); the
-   pair repeated (--repeats, default 3), alternating, with the median ratio reported;
+   the reference loop `naive_render` from bench/reference.py (the course notebook's loop, one
+   `pipe()` per panel), then storyboard's `render_jobs` (warm-up run, then a timed
+   steady-state run); the pair repeated (--repeats, default 3), alternating, with the median
+   ratio reported;
 4. the optimised UNet step against the unoptimised one on identical inputs (relative error),
    the UNet's FLOPs per step, its achieved TFLOP/s and the fraction of the bf16 matmul peak
    measured here, and the peak GPU memory;
@@ -47,21 +48,17 @@ ROOT = HERE.parent
 # at the start so the first of them really is cold. Set before storyboard imports torch.
 INDUCTOR = Path(tempfile.gettempdir()) / "storyboard-bench-inductor"
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(INDUCTOR)
-for candidate in (ROOT.parent / "shared" / "bench", ROOT / ".shared" / "bench"):
-    if (candidate / "naive_loop.py").is_file():
-        sys.path.insert(0, str(candidate))
-        break
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from gpu_models import BUILDERS, random_lora  # noqa: E402
-from levers import matmul_peak, time_call  # noqa: E402
-from naive_loop import SEED_STORY, naive_render  # noqa: E402
+from reference import COURSE_PANELS, naive_render  # noqa: E402
 
-from storyboard.compile import compile_story  # noqa: E402
-from storyboard.models import RuntimeOptions, load_model  # noqa: E402
-from storyboard.render import render_jobs  # noqa: E402
-from storyboard.spec import load_story  # noqa: E402
+from storyboard.engine.loading import load_model  # noqa: E402
+from storyboard.engine.session import Session, render_jobs  # noqa: E402
+from storyboard.options import RuntimeOptions  # noqa: E402
+from storyboard.plan import compile_story  # noqa: E402
+from storyboard.story import load_story  # noqa: E402
 
 COURSE = ROOT / "examples" / "course-kolors.yaml"
 
@@ -161,31 +158,34 @@ def race(pipe, story: Path, report: dict, prefix: str = "", repeats: int = 1):
     alternating, and the median ratio is recorded too: the reference loop's time moves more
     from run to run than storyboard's."""
     log(f"{prefix}naive loop")
-    _, naive_s = naive_render(pipe, SEED_STORY)
-    report[f"{prefix}naive_s_per_panel"] = round(naive_s / len(SEED_STORY), 3)
+    _, naive_s = naive_render(pipe, COURSE_PANELS)
+    report[f"{prefix}naive_s_per_panel"] = round(naive_s / len(COURSE_PANELS), 3)
     jobs = compile_story(load_story(story))
     options = runtime_options()
     model = load_model(jobs[0].model, options)
+    session = Session()
+    session.adopt(model, options)
     log(f"{prefix}storyboard warm-up")
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    warm = list(render_jobs(jobs, options, model=model, on_event=log_event))
+    prepared = session.prepare(jobs, options, on_event=log_event)
+    warm = list(prepared.results(log_event))
     torch.cuda.synchronize()
     report[f"{prefix}storyboard_warmup_s"] = round(time.perf_counter() - t0, 1)
-    report[f"{prefix}speedups"] = model.speedups
+    report[f"{prefix}speedups"] = [str(s) for s in prepared.info.speedups]
     report[f"{prefix}batch_sizes"] = sorted({r.batch_size for r in warm})
     runs = []
     for i in range(repeats):
         if i:
             log(f"{prefix}naive loop, run {i + 1}")
-            _, naive_s = naive_render(pipe, SEED_STORY)
+            _, naive_s = naive_render(pipe, COURSE_PANELS)
         log(f"{prefix}storyboard steady state, run {i + 1}")
         t0 = time.perf_counter()
-        steady = list(render_jobs(jobs, options, model=model))
+        steady = list(render_jobs(jobs, options, session=session))
         torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         assert all(r.status == "rendered" for r in steady), [r.error for r in steady]
-        runs.append({"naive_s_per_panel": round(naive_s / len(SEED_STORY), 3),
+        runs.append({"naive_s_per_panel": round(naive_s / len(COURSE_PANELS), 3),
                      "storyboard_s_per_panel": round(seconds / len(jobs), 3),
                      "speedup_vs_naive": round(naive_s / seconds, 2)})
         log(json.dumps(runs[-1]))
@@ -195,7 +195,7 @@ def race(pipe, story: Path, report: dict, prefix: str = "", repeats: int = 1):
         report[f"{prefix}runs"] = runs
         report[f"{prefix}median_speedup_vs_naive"] = statistics.median(
             r["speedup_vs_naive"] for r in runs)
-    return model
+    return model, session
 
 
 def lora_section(pipe, folder: Path, work: Path, arch: str, kw: dict, report: dict) -> None:
@@ -205,7 +205,7 @@ def lora_section(pipe, folder: Path, work: Path, arch: str, kw: dict, report: di
     lora_story = story_for(folder, arch, work, lora)
     pipe.load_lora_weights(str(lora), adapter_name="xiaozi")
     pipe.set_adapters(["xiaozi"], [0.125])
-    model = race(pipe, lora_story, report, "lora_")
+    model, _ = race(pipe, lora_story, report, "lora_")
     with torch.inference_mode():
         live = unet_step(pipe.unet, kw).float()
         merged = unet_step(model.pipe.unet, kw).float()
@@ -222,7 +222,7 @@ def fp8_section(pipe, folder: Path, work: Path, arch: str, report: dict) -> None
     """The opt-in FP8 path (model dtype fp8): the course story against the reference loop, and
     the FP8 UNet step against the plain fp16 one on the same inputs (the batch it compiled for,
     so no second compilation)."""
-    model = race(pipe, story_for(folder, arch, work, dtype="fp8"), report, "fp8_")
+    model, _ = race(pipe, story_for(folder, arch, work, dtype="fp8"), report, "fp8_")
     batch = max(report["fp8_batch_sizes"])
     big = unet_inputs(pipe, arch, 2 * batch)
     bf16 = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and k != "timestep" else v)
@@ -238,7 +238,7 @@ def fp8_section(pipe, folder: Path, work: Path, arch: str, report: dict) -> None
     report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
 
 
-def writes_section(model, story: Path, report: dict) -> None:
+def writes_section(session: Session, story: Path, report: dict) -> None:
     """PNG encoding and cache writes against GPU work, as `storyboard build` does them: 16
     panels (the course story and again with other seeds) in two batches of 8, rendered alone
     (`render_jobs`), then rendered and written (`render_into_cache`, which encodes each batch's
@@ -246,25 +246,25 @@ def writes_section(model, story: Path, report: dict) -> None:
     done one panel after another, for what a build without the overlap would add."""
     import dataclasses
 
-    from storyboard.build import render_into_cache
-    from storyboard.cache import PanelCache
-    from storyboard.compile import _with_hash
-    from storyboard.pnginfo import panel_png_bytes
+    from storyboard.commands.rendering import render_into_cache
+    from storyboard.output.cache import PanelCache
+    from storyboard.output.pnginfo import panel_png_bytes
+    from storyboard.plan import with_hash
 
     jobs = compile_story(load_story(story))
-    jobs += [_with_hash(dataclasses.replace(j, panel=f"{j.panel}-again", seed=j.seed + 1000))
+    jobs += [with_hash(dataclasses.replace(j, panel=f"{j.panel}-again", seed=j.seed + 1000))
              for j in jobs]
     options = runtime_options()
     log(f"writes: render only, {len(jobs)} panels")
     t0 = time.perf_counter()
-    results = list(render_jobs(jobs, options, model=model))
+    results = list(render_jobs(jobs, options, session=session))
     torch.cuda.synchronize()
     render_s = time.perf_counter() - t0
     log("writes: render and write")
     cache = PanelCache(Path(tempfile.mkdtemp(dir="/tmp")))
     t0 = time.perf_counter()
-    outcomes = render_into_cache(jobs, cache, options, None, lambda e: None, story=None,
-                                 model=model)
+    outcomes, _ = render_into_cache(jobs, cache, options, lambda e: None, story=None,
+                                    session=session)
     build_s = time.perf_counter() - t0
     assert all(o.status == "rendered" for o in outcomes.values())
     scratch = PanelCache(Path(tempfile.mkdtemp(dir="/tmp")))
@@ -291,6 +291,37 @@ def log(message: str) -> None:
 def log_event(event: dict) -> None:
     if event["event"] != "step" or event["step"] in (1, 2, event["steps"]):
         log(json.dumps(event)[:200])
+
+
+def matmul_peak(n: int = 8192, reps: int = 20) -> float:
+    """The bf16 matrix-product TFLOP/s this GPU reaches now (n x n x n products, CUDA events)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+@torch.inference_mode()
+def time_call(fn, kw: dict, reps: int = 10) -> float:
+    """Seconds per call of ``fn(**kw)`` on the GPU (CUDA events, after two warm-up calls)."""
+    for _ in range(2):
+        fn(**kw)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    start.record()
+    for _ in range(reps):
+        fn(**kw)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps / 1e3
 
 
 def unet_step(unet, kw: dict):
@@ -366,7 +397,7 @@ def main() -> None:
                                        "kolors": "KolorsPipeline"}[args.arch])
     pipe = pipeline_cls.from_pretrained(str(folder), dtype=torch.float16).to("cuda")
     pipe.set_progress_bar_config(disable=True)
-    naive_render(pipe, SEED_STORY[:1])  # CUDA and cuBLAS warm-up, not timed
+    naive_render(pipe, COURSE_PANELS[:1])  # CUDA and cuBLAS warm-up, not timed
     kw = unet_inputs(pipe, args.arch)
     if args.only_lora or args.only_fp8:
         if args.only_lora:
@@ -376,7 +407,7 @@ def main() -> None:
         save()
         print(json.dumps(report, indent=1), flush=True)
         return
-    model = race(pipe, story, report, repeats=args.repeats)
+    model, session = race(pipe, story, report, repeats=args.repeats)
     report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
     save()
 
@@ -406,7 +437,7 @@ def main() -> None:
 
     save()
     if not args.skip_writes:
-        writes_section(model, story, report)
+        writes_section(session, story, report)
         save()
 
     # 5. With the course's character LoRA.

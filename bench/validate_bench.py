@@ -53,8 +53,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
 
-    from storyboard.compile import compile_story
-    from storyboard.spec import load_story
+    from storyboard.plan import compile_story
+    from storyboard.story import load_story
 
     with tempfile.TemporaryDirectory() as tmp:
         story = make_story(Path(tmp), args.panels)
