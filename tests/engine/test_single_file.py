@@ -102,7 +102,7 @@ def test_checkpoint_has_original_key_names(made, family):
                                                      infer_diffusers_model_type)
     from safetensors import safe_open
 
-    from storyboard import models
+    from storyboard.engine.loading import family_from_checkpoint
 
     _, ckpt = made[family]
     with safe_open(str(ckpt), framework="pt") as fh:
@@ -132,9 +132,7 @@ def test_checkpoint_has_original_key_names(made, family):
         assert not any("label_emb" in k for k in keys)
     assert infer_diffusers_model_type(state) == {"sdxl": "xl_base", "sd15": "v1"}[family]
     assert fetch_diffusers_config(state)["pretrained_model_name_or_path"] == HUB_REPO[family]
-    detect = getattr(models, "_family_from_checkpoint", None)  # storyboard's own sniffing
-    if detect is not None:
-        assert detect(Path(ckpt)) == family
+    assert family_from_checkpoint(Path(ckpt)) == family  # storyboard's own sniffing
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd15"])
