@@ -62,19 +62,26 @@ def validate(stories: tuple[str, ...], quiet: bool, strict: bool) -> None:
         sys.exit(2)
 
 
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in ("cpu", "mps", "cuda") or (value.startswith("cuda:")
+                                           and value[5:].isdigit() and value[5:].isascii()):
+        return value
+    raise click.BadParameter(f"expected cuda, cuda:N, mps or cpu, got {value!r}")
+
+
 @cli.command()
 @click.argument("story", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True,
               help="Print the jobs and the render plan as one JSON object.")
 @click.option("--model", default=None, help="Plan for this model instead of the story's.")
-@click.option("--device", type=click.Choice(["cuda", "cpu", "mps"]), default="cuda",
-              show_default=True, help="The device to plan the render for (plan never "
-                                      "looks at the machine's GPUs).")
+@click.option("--device", default="cuda", show_default=True, callback=_device,
+              help="The device to plan the render for: cuda, cuda:N, mps or cpu (plan never "
+                   "looks at the machine's GPUs).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Plan with this dtype instead of the story's.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=None,
-              help="Most panels per call (default: the story's, else 8 on a GPU with more "
-                   "than 48 GB free, 2 on CPU).")
+              help="Most panels per call (default: the story's, else 8 on a GPU (plan assumes "
+                   "one with room for 8), 4 on MPS, 2 on CPU).")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="Plan with compiling forced on or off (default: the story's, else auto).")
 @click.option("--force", is_flag=True, help="Plan as if nothing were cached.")
@@ -100,7 +107,7 @@ def plan(story: str, as_json: bool, model: str | None, device: str, dtype: str |
 
 def _plan_dict(jobs: list[PanelJob], render: RenderPlan | None) -> dict:
     return {
-        "jobs": [job.to_dict() | {"batch": render.batch_of(job.panel) if render else None}
+        "jobs": [job.to_dict() | {"batch": render.batch_of(job) if render else None}
                  for job in jobs],
         "render": None if render is None else {
             "device": render.device, "dtype": render.dtype, "batch_size": render.batch_size,
@@ -120,7 +127,7 @@ def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None) -
         seed = f"seed {job.seed}" + (" (derived)" if job.seed_derived else "")
         head = (f"{job.panel}  {seed}  {job.width}x{job.height}  {job.steps} steps  "
                 f"cfg {job.guidance:g}  {job.scheduler}  ")
-        batch = render.batch_of(job.panel) if render else None
+        batch = render.batch_of(job) if render else None
         where = "cached" if batch is None else f"batch {batch + 1}/{count}"
         click.echo("\n" + click.style(head, bold=True) + click.style(job.hash[:12], dim=True)
                    + "  " + where)

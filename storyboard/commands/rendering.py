@@ -26,6 +26,7 @@ from ..options import RuntimeOptions
 from ..output import pnginfo
 from ..output.cache import PanelCache, cache_key
 from ..plan import PanelJob
+from ..plan.batches import unique_jobs
 
 if TYPE_CHECKING:
     from ..engine.session import RenderInfo, Session
@@ -93,8 +94,7 @@ def render_into_cache(jobs: list[PanelJob], cache: PanelCache, options: RuntimeO
         settle(wait=False, errors="raise" if event["event"] == "batch_start" else "hold")
         emit(event)
 
-    unique = [group[0] for group in twins.values()]
-    prepared = session.prepare(unique, options, on_event=on_event)
+    prepared = session.prepare(unique_jobs(jobs), options, on_event=on_event)
     info = prepared.info
 
     def store(result) -> None:

@@ -1,7 +1,8 @@
 """The process around the engine: library settings and quiet loading, set explicitly.
 
-In: nothing (the environment). Out: ``prepare()``, called by the engine before it imports
-diffusers or compiles anything, and ``quiet_loading``, a context manager that keeps library
+In: nothing (the environment). Out: ``prepare()``, called by the engine when it loads a model
+(``loading.load_model``) and when it prepares a render (``session.Session.prepare``, which also
+covers a model loaded elsewhere, before anything is compiled), and ``quiet_loading``, a context manager that keeps library
 chatter off the user's terminal while models load and puts everything back after.
 
 ``prepare`` sets defaults only: a variable the user has set wins. It sets them at the moment the

@@ -63,8 +63,6 @@ def resolve_device(requested: str = "auto") -> str:
     return "cpu"
 
 
-
-
 def detect_family(ref: ModelRef, folder: Path | None) -> str:
     if ref.family:
         return ref.family
@@ -202,7 +200,6 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     pipe.set_progress_bar_config(disable=not options.progress, leave=False)
     return LoadedModel(pipe=pipe, family=family, device=device, dtype=dtype, ref=ref,
                        offload=options.offload and device.startswith("cuda"))
-
 
 
 def fp8_problem(device: str, options: RuntimeOptions) -> str | None:

@@ -33,6 +33,7 @@ from ..options import RuntimeOptions, resolve_dtype
 from ..plan.jobs import ModelRef, PanelJob
 from ..plan.speed import RenderPlan, Speedup, plan_render, show_lora_set
 from .adapters import Adapters, LoraError
+from .environment import prepare as prepare_environment
 from .loading import LoadedModel, load_model, resolve_device
 from .runner import PanelResult, run_batch
 from .schedulers import Schedulers
@@ -122,6 +123,7 @@ class Session:
             raise UserError("all jobs in one render must use the same model")
         options = options or RuntimeOptions()
         emit = on_event or (lambda event: None)
+        prepare_environment()  # also for a model loaded elsewhere (adopt): compile caches
 
         # 1. The model.
         state, seconds = self.state(jobs[0].model, options)
@@ -144,19 +146,24 @@ class Session:
             (first,) = {batch.loras for batch in plan.batches}
             named = adapters.named(first)
             if adapters.frozen and named != adapters.merged:
+                merged = ", ".join(f"{n} {w:g}" for n, w in adapters.merged or ()) or "none"
                 raise LoraError(
                     "dtype fp8 merges the LoRAs into the weights before quantizing them, so a "
                     "model's LoRAs are fixed once its UNet is in FP8: these panels use "
-                    f"{show_lora_set(first)}, not the same as the render before on this model; "
-                    "render them in another process, or use fp16/bf16")
+                    f"{show_lora_set(first)}, not the same as the render before on this model "
+                    f"({merged}). Render them with the model loaded again (another process or "
+                    "session), or use fp16/bf16")
             adapters.activate(named)
         if state.speed is None:
             # Recorded before applying: a speed-up that fails part-way leaves what did apply
-            # (fused QKV, say, which a later LoRA must undo) on the record.
+            # (fused QKV, say, which a later LoRA must undo; FP8, after which no LoRA may be
+            # merged) on the record.
             state.speed = AppliedSpeedups()
-            apply_speedups(model, plan.speedups, backend=self.backend, into=state.speed)
-            if Speedup.FP8 in state.speed:
-                adapters.freeze()
+            try:
+                apply_speedups(model, plan.speedups, backend=self.backend, into=state.speed)
+            finally:
+                if Speedup.FP8 in state.speed:
+                    adapters.freeze()
         applied = tuple(state.speed.applied)
         if applied:
             emit({"event": "speedups", "applied": [str(s) for s in applied]})
@@ -179,8 +186,9 @@ class Session:
 
 
 def _model_key(ref: ModelRef, options: RuntimeOptions) -> tuple:
-    # What loading depends on: a different device, dtype or placement is another model.
-    return (ref, options.device, options.dtype, options.offload, options.vae_tiling)
+    # What loading depends on (a different device, dtype or placement is another model), and
+    # fuse, which fixes whether its LoRAs are merged or live.
+    return (ref, options.device, options.dtype, options.offload, options.vae_tiling, options.fuse)
 
 
 def _new_state(model: LoadedModel, options: RuntimeOptions) -> ModelState:

@@ -21,6 +21,14 @@ from .jobs import PanelJob
 LoraSet = tuple[tuple[str, str, float], ...]
 
 
+def unique_jobs(jobs: list[PanelJob]) -> list[PanelJob]:
+    """The first job of each hash, in order: panels with identical settings render once."""
+    first: dict[str, PanelJob] = {}
+    for job in jobs:
+        first.setdefault(job.hash, job)
+    return list(first.values())
+
+
 def lora_set(job: PanelJob) -> LoraSet:
     return tuple(sorted((lora.character, lora.path, float(lora.weight)) for lora in job.loras))
 

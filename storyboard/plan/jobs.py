@@ -117,7 +117,6 @@ def job_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-
 def with_hash(job: PanelJob) -> PanelJob:
     """``job`` with its content hash filled in (computed, never taken from anywhere)."""
     return replace(job, hash=job_hash(job.hash_payload()))

@@ -22,7 +22,7 @@ from enum import Enum
 
 from ..options import RuntimeOptions
 from ..samplers import SAMPLERS
-from .batches import Batch, default_batch_size, lora_set, plan_batches
+from .batches import Batch, default_batch_size, lora_set, plan_batches, unique_jobs
 from .jobs import PanelJob
 
 
@@ -120,15 +120,19 @@ class RenderPlan:
     def compiles(self) -> bool:
         return Speedup.TORCH_COMPILE in self.speedups
 
-    def batch_of(self, panel: str) -> int | None:
-        """The 0-based batch ``panel`` is rendered in, or None when it is not rendered."""
-        return next((n for n, b in enumerate(self.batches) if panel in b.panels), None)
+    def batch_of(self, job: PanelJob) -> int | None:
+        """The 0-based batch that renders ``job`` (a panel with the same settings as another
+        renders with it, once), or None when it is not rendered."""
+        return next((n for n, b in enumerate(self.batches)
+                     if any(j.hash == job.hash for j in b.jobs)), None)
 
 
 def plan_render(jobs: list[PanelJob], options: RuntimeOptions, *, device: str, dtype: str,
                 free_bytes: float | None = None) -> RenderPlan:
-    """Plan rendering ``jobs`` on ``device`` in ``dtype`` (both resolved: "cuda", "fp16").
-    ``free_bytes``: the GPU's free memory, for the default batch size (None: a large GPU)."""
+    """Plan rendering ``jobs`` on ``device`` in ``dtype`` (both resolved: "cuda", "fp16"), each
+    distinct job once. ``free_bytes``: the GPU's free memory, for the default batch size (None:
+    a large GPU)."""
+    jobs = unique_jobs(jobs)
     size = options.batch_size or default_batch_size(device, free_bytes)
     batches = plan_batches(jobs, size)
     loras = any(job.loras for job in jobs)

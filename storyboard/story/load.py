@@ -41,7 +41,6 @@ class Story:
         return (self.base_dir / Path(relpath).expanduser()).resolve()
 
 
-
 def load_story(path: str | Path, *, check_files: bool = True) -> Story:
     """Read, parse and validate a story file. Raises ``StoryError`` with every problem."""
     doc = read_source(path)

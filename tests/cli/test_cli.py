@@ -170,3 +170,19 @@ def test_readme_shows_real_output():
     assert validate.replace("readme.yaml", "story.yaml") in readme
     plan = (GOLDEN / "plans" / "quickstart.txt").read_text("utf-8")
     assert "\n".join(plan.splitlines()[:6]) in readme
+
+
+def test_plan_batches_twins_as_build_renders_them(empty_cache, tmp_path):
+    """Panels with identical settings render once: plan shows the twin in its original's batch,
+    and plans the batches from distinct jobs, as build renders them."""
+    story = tmp_path / "story.yaml"
+    story.write_text("version: 1\nmodel: tiny-sdxl\ndefaults: {steps: 2, width: 64, height: 64}\n"
+                     "panels:\n  - {id: a, prompt: a cat, seed: 1}\n"
+                     "  - {id: b, prompt: a dog, seed: 2}\n"
+                     "  - {id: twin, prompt: a cat, seed: 1}\n", encoding="utf-8")
+    plan = json.loads(run_cli("plan", "--json", "--batch-size", "2", str(story)).output)
+    assert plan["render"]["batches"] == [["a", "b"]]
+    assert [j["batch"] for j in plan["jobs"]] == [0, 0, 0]
+    assert "cuda:1" in run_cli("plan", "--json", "--device", "cuda:1", str(story)).output
+    bad = run_cli("plan", "--device", "gpu", str(story))
+    assert bad.exit_code == 2 and "expected cuda, cuda:N, mps or cpu" in bad.output

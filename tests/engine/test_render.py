@@ -771,10 +771,44 @@ def test_fp8_model_reused_with_other_loras_is_refused_up_front(tmp_path, monkeyp
     assert adapters.frozen and adapters.merged == (("alice", 0.8),)
     events = []
     with pytest.raises(LoraError, match=r"these panels use none, not the same as the render "
-                                        r"before on this model"):
+                                        r"before on this model \(alice 0.8\)"):
         list(render_with([j for j in jobs if j.panel == "none"], QUIET, model=model,
                          on_event=events.append))
     assert not any(e["event"] == "batch_start" for e in events)
+
+
+def test_an_fp8_model_takes_no_new_lora_even_when_a_later_speedup_failed(tmp_path,
+                                                                         monkeypatch):
+    """Quantized, then torch.compile failed: the weights are FP8 all the same, so the session
+    must refuse to merge other LoRAs into them afterwards."""
+    import storyboard.engine.session as session_module
+
+    make_lora(tmp_path, "alice", 1)
+    make_lora(tmp_path, "bob", 2)
+    model = replace(load_model(ModelRef("builtin", "tiny-sdxl"), QUIET), dtype="fp8")
+
+    def quantized_then_failed(model, names, backend, into):
+        into.applied.append(Speedup.FP8)
+        raise RuntimeError("compile failed")
+
+    monkeypatch.setattr(session_module, "apply_speedups", quantized_then_failed)
+    jobs = {j.panel: j for j in jobs_of(write_story(tmp_path, LORA_STORY))}
+    with pytest.raises(RuntimeError, match="compile failed"):
+        list(render_with([jobs["with-alice"]], QUIET, model=model))
+    assert state_of(model).adapters.frozen
+    with pytest.raises(LoraError, match="already in FP8"):
+        list(render_with([jobs["with-bob"]], QUIET, model=model))
+
+
+def test_a_session_keeps_a_model_per_way_of_using_its_loras():
+    """--no-fuse keeps LoRAs live, the default merges them: another state of the model."""
+    session = Session()
+    ref = ModelRef("builtin", "tiny-sdxl")
+    merged, _ = session.state(ref, QUIET)
+    again, seconds = session.state(ref, replace(QUIET, batch_size=3))
+    live, _ = session.state(ref, replace(QUIET, fuse=False))
+    assert again is merged and seconds == 0.0
+    assert live is not merged and merged.adapters.merge and not live.adapters.merge
 
 
 def test_failed_speedup_leaves_a_truthful_record():

@@ -146,7 +146,9 @@ def test_the_render_plan(tmp_path):
     js = jobs(tmp_path, many(40, 50))
     plan = plan_render(js, RuntimeOptions(), device="cuda", dtype="fp16", free_bytes=80e9)
     assert plan.batch_size == 8 and [len(b.jobs) for b in plan.batches] == [8] * 5
-    assert plan.compiles and plan.batch_of("p9") == 1 and plan.batch_of("zz") is None
+    assert plan.compiles and plan.batch_of(js[9]) == 1
+    assert plan_render(js[:8], RuntimeOptions(), device="cuda", dtype="fp16").batch_of(js[9]) \
+        is None
     small = plan_render(js[:8], RuntimeOptions(batch_size=3), device="cuda", dtype="fp16")
     assert [len(b.jobs) for b in small.batches] == [3, 3, 2] and not small.compiles
     assert small.refusal is None

@@ -39,8 +39,6 @@ def _fp8_layer(module: Any, fqn: str) -> bool:
             and not fqn.startswith(("time_embedding", "add_embedding")))
 
 
-# A new `storyboard build` process with a warm compile cache reached steady speed 12.1-12.4 s
-
 
 def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup], *,
                    backend: str = "inductor",
