@@ -35,14 +35,57 @@ class _StoryExit(_UserExit):
         click.echo(self.format_message(), err=True, file=file)
 
 
+class _Failure(click.ClickException):
+    """An operating-system failure (disk full, read-only folder): one line, exit 1."""
+
+    exit_code = 1
+
+
 class StoryboardGroup(click.Group):
+    """Turns what the library raises into what a command line owes its user: a user's mistake
+    is exit 2 with its message; an OS failure one line naming the path, exit 1; Ctrl-C says what
+    was kept, exit 130. With `--json` each also ends the event stream with an ``error`` event."""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except StoryError as exc:
+            _last_event(ctx, "error", exc.format_message(), 2)
             raise _StoryExit(exc.format_message()) from None
         except UserError as exc:
+            _last_event(ctx, "error", exc.format_message(), 2)
             raise _UserExit(exc.format_message()) from None
+        except OSError as exc:
+            message = os_error_message(exc)
+            _last_event(ctx, "error", message, 1)
+            raise _Failure(message) from None
+        except KeyboardInterrupt:
+            progress = ctx.meta.get(PROGRESS)
+            kept = progress.panels_done if progress is not None else 0
+            message = (f"interrupted; {kept} panel{'s' * (kept != 1)} finished before it stopped "
+                       "are kept, and the same command goes on from there" if kept else
+                       "interrupted")
+            _last_event(ctx, "interrupted", message, 130)
+            click.echo(message, err=True)
+            ctx.exit(130)
+
+
+# Where a command's Progress registers itself, so a failure can end its event stream.
+PROGRESS = "storyboard.progress"
+
+
+def os_error_message(exc: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` -> ``x: no space left on device``."""
+    what = (exc.strerror or str(exc)).rstrip(".")
+    what = what[:1].lower() + what[1:]
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {what}" if paths else what
+
+
+def _last_event(ctx: click.Context, kind: str, message: str, code: int) -> None:
+    progress = ctx.meta.get(PROGRESS)
+    if progress is not None:
+        progress.finish(kind, message, code)
 
 
 @click.group(cls=StoryboardGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,7 @@ In: click parameters (``runtime_flags`` adds them to a command). Out: ``runtime_
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,14 @@ def only_list(only: str | None) -> list[str] | None:
 
 
 def user_paths(*paths: str) -> None:
-    """Refuse, with one line, a file argument that is not there."""
+    """Refuse, with one line, a file argument that is not there or is not a regular file."""
     for path in paths:
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
+        try:
+            mode = Path(path).stat().st_mode
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise UserError(f"{path}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(mode):
+            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UserError(f"{path}: {what}; expected a file")

@@ -18,9 +18,12 @@ class Progress:
         self.quiet = quiet
         self.as_json = as_json
         self.bar = None
+        self.panels_done = 0  # panels announced (their files written), for an interrupt
 
     def __call__(self, event: dict) -> None:
         kind = event.get("event")
+        if kind == "panel" and event.get("status") == "rendered":
+            self.panels_done += 1
         if self.as_json:
             click.echo(json.dumps(event, ensure_ascii=False))
             return
@@ -52,8 +55,21 @@ class Progress:
             self.bar.close()
             self.bar = None
 
+    def finish(self, kind: str, message: str, code: int) -> None:
+        """End the stream of a command that failed: with `--json`, a last event saying why
+        (the message itself goes to stderr as usual)."""
+        self.close()
+        if self.as_json:
+            click.echo(json.dumps({"event": kind, "message": message, "exit_code": code},
+                                  ensure_ascii=False))
+
     def __enter__(self) -> Progress:
+        from . import PROGRESS
+
+        context = click.get_current_context(silent=True)
+        if context is not None:
+            context.meta[PROGRESS] = self
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.close()  # stays registered: the command line's failure handler may still need it

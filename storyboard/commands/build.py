@@ -27,7 +27,7 @@ from ..output.cache import PanelCache, cache_key
 from ..output.manifest import MANIFEST, manifest_record, pages_key, previous_pages, write_manifest
 from ..output.place import materialize
 from ..story import Story
-from .common import Event, select, start
+from .common import Event, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
 from .reroll import reroll_keys
 
@@ -84,10 +84,11 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
     # 2. Select.
     selected = {job.panel for job in select(jobs, only)}
 
-    # 3. Look up the cache.
+    # 3. Look up the cache; a damaged entry is reported and rendered again.
     keys = {job.panel: cache_key(job.hash, run.options.dtype) for job in jobs}
+    sound = {job.panel: verified(cache, keys[job.panel], job.panel, emit) for job in jobs}
     todo = [job for job in jobs if job.panel in selected
-            and (force or cache.get(keys[job.panel]) is None)]
+            and (force or sound[job.panel] is None)]
     emit({"event": "plan", "panels": len(jobs), "selected": len(selected),
           "to_render": [job.panel for job in todo]})
 
@@ -103,7 +104,7 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         if done is not None:
             outcome = PanelOutcome(job, done.status, done.seconds, done.error)
         else:
-            status = "cached" if cache.get(keys[job.panel]) else "missing"
+            status = "cached" if sound[job.panel] else "missing"
             outcome = PanelOutcome(job, status)
         if outcome.status in ("rendered", "cached") and (pages or job.panel in selected):
             outcome.path = materialize(cache.path(keys[job.panel]), panel_dir / f"{job.panel}.png",

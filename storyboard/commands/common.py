@@ -81,5 +81,24 @@ def start(story_path: str | Path, out_dir: str | Path | None, options: RuntimeOp
     for warning in story.warnings:
         emit({"event": "warning", "message": warning.format()})
     options = (options or RuntimeOptions()).with_story(story.spec.render)
-    return Run(story_path, Path(out_dir) if out_dir else default_out_dir(story_path),
-               cache or PanelCache.default(), emit, story, jobs, options)
+    out = Path(out_dir) if out_dir else default_out_dir(story_path)
+    check_out_dir(out)
+    return Run(story_path, out, cache or PanelCache.default(), emit, story, jobs, options)
+
+
+def verified(cache: PanelCache, key: str, panel: str, emit: Event) -> Path | None:
+    """A panel's cache entry if it is sound; a damaged one is removed, with a warning event."""
+    return cache.verified(key, on_damage=lambda problem: emit({
+        "event": "warning", "message": f"panel {panel}: its cached image was damaged "
+                                       f"({problem}); rendering it again"}))
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under one."""
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "is" if folder == out else f"lies under {folder}, which is"
+            raise UserError(f"output folder {out} {where} a file, not a folder; give -o a "
+                            "folder")
+        if folder.is_dir():
+            return

@@ -21,7 +21,7 @@ from ..output.place import materialize
 from ..output.pnginfo import read_panel_png
 from ..paths import atomic_write_bytes
 from ..plan import with_hash
-from .common import Event, select, start
+from .common import Event, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ def parse_seeds(text: str) -> list[int]:
         if not part:
             continue
         try:
+            if not part.isascii():  # int() reads Arabic-Indic and other digits too
+                raise ValueError
             if "-" in part[1:]:
                 lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
                 a, b = int(lo), int(hi)
@@ -80,7 +82,9 @@ def reroll(story_path: str | Path, panel: str, seeds: list[int], out_dir=None, *
     (base,) = select(run.jobs, [panel])
     candidates = [with_hash(replace(base, seed=seed, seed_derived=False, hash=""))
                   for seed in seeds]
-    todo = [job for job in candidates if cache.get(cache_key(job.hash, dtype)) is None]
+    todo = [job for job in candidates
+            if verified(cache, cache_key(job.hash, dtype), f"{panel} (seed {job.seed})",
+                        run.emit) is None]
     rendered, _ = render_into_cache(todo, cache, run.options, run.emit, story=run.story_id,
                                     dtype_override=dtype, session=session)
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from ..families import BUILTINS, FAMILIES
-from ..paths import builtin_model_folder
+from ..paths import builtin_model_folder, naming
 
 SEED = 0
 
@@ -73,7 +73,10 @@ def builtin_folder(name: str) -> Path:
     # half-written model where a complete one is expected.
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _RECIPES[name](tmp)
+        try:
+            _RECIPES[name](tmp)
+        except OSError as exc:  # a full disk, say: name the folder it could not fill
+            raise naming(exc, folder) from exc
         try:
             os.rename(tmp, folder)
         except OSError:

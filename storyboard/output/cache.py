@@ -4,6 +4,11 @@ In: a job's cache key (its content hash, plus any command-line option that chang
 the PNG bytes a render produced. Out: the PNG again, for any later build of any story whose job
 has the same key, without loading a model.
 
+An entry is checked before a build trusts it (``verified``): a regular file of a sane size, a
+PNG whose chunks check out, and a storyboard record naming this key. A damaged one (truncated by
+a full disk, emptied, overwritten by something else) is reported, removed and rendered again;
+``get`` only asks whether an entry is there, for `storyboard plan`, which must stay cheap.
+
 Layout under the cache root ($STORYBOARD_CACHE, else ~/.cache/storyboard):
   panels/<key[:2]>/<key>.png   one entry per distinct job; written atomically
   roots/<story-id>.json        the keys each story currently needs, so `storyboard clean` knows
@@ -15,12 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..paths import atomic_write_bytes, atomic_write_text, cache_root
 
 ROOTS_VERSION = 1
+# Far above any panel (a 4096x4096 RGB PNG is at most about 50 MB): past it, not ours.
+MAX_ENTRY_BYTES = 256 << 20
 
 
 def cache_key(job_hash: str, dtype_override: str | None = None) -> str:
@@ -43,8 +52,25 @@ class PanelCache:
         return self.root / "panels" / key[:2] / f"{key}.png"
 
     def get(self, key: str) -> Path | None:
+        """The entry's path if there is one (not checked: see ``verified``)."""
         path = self.path(key)
         return path if path.is_file() else None
+
+    def verified(self, key: str, on_damage: Callable[[str], None] | None = None) -> Path | None:
+        """The entry's path if it is there and sound. A damaged entry is reported to
+        ``on_damage`` (with what is wrong), removed, and treated as missing."""
+        path = self.path(key)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        problem = entry_problem(path, st, key)
+        if problem is None:
+            return path
+        if on_damage is not None:
+            on_damage(problem)
+        path.unlink(missing_ok=True)  # storyboard's own file, and only in the way now
+        return None
 
     def put(self, key: str, data: bytes) -> Path:
         path = self.path(key)
@@ -93,3 +119,34 @@ class PanelCache:
             return size
         except FileNotFoundError:
             return 0
+
+
+def entry_problem(path: Path, st: os.stat_result, key: str) -> str | None:
+    """What is wrong with a cache entry, or None when it is a sound panel PNG for ``key``."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty"
+    if st.st_size > MAX_ENTRY_BYTES:
+        return f"{st.st_size:,} bytes, far more than a panel"
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                return f"a {im.format} file, not a PNG"
+            text = im.info.get("storyboard")
+            im.verify()  # every chunk, to the end: a truncated file fails here
+    except Exception as exc:  # noqa: BLE001 - whatever Pillow makes of damaged bytes
+        return f"unreadable: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
+    try:
+        record = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        return "no storyboard record in it"
+    names = {record.get("cache_key"), record.get("hash")}
+    if isinstance(record.get("hash"), str) and isinstance(record.get("dtype"), str):
+        names.add(cache_key(record["hash"], record["dtype"]))  # a --dtype entry, older record
+    return None if key in names else "it holds another panel"
+

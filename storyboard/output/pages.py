@@ -15,6 +15,8 @@ Chinese, Japanese and Korean captions always render.
 from __future__ import annotations
 
 import io
+import os
+import time
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +31,9 @@ from ..story.schema import LayoutSpec
 # Noto Sans CJK's collection: 0 JP, 1 KR, 2 SC, 3 TC, 4 HK. SC covers the course's captions;
 # every face has the full CJK repertoire with its own regional glyph shapes.
 _CJK_FACE = 2
+# The date a PDF says it was made, unless SOURCE_DATE_EPOCH says otherwise: 1980-01-01, as
+# reproducible zips and wheels use. The pages' content decides their bytes, not the clock.
+REPRODUCIBLE_EPOCH = 315532800
 _NO_LINE_START = set("，。、！？；：”’）》」』】〕〉…‥・ー—―-~～%）)]}.,!?;:'\"·")
 _NO_LINE_END = set("“‘（《「『【〔〈([{")
 
@@ -234,7 +239,10 @@ def write_pages(pages: list[Image.Image], out_dir: Path) -> list[Path]:
         if suffix.isdigit() and int(suffix) > len(pages):
             stale.unlink()  # a story that got shorter leaves no orphan pages behind
     buf = io.BytesIO()
-    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150)
+    # Fixed dates (SOURCE_DATE_EPOCH where set): the same pages give the same PDF bytes.
+    when = time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH)))
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150,
+                  creationDate=when, modDate=when)
     atomic_write_bytes(out_dir / "story.pdf", buf.getvalue())
     written.append(out_dir / "story.pdf")
     return written

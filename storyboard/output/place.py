@@ -3,7 +3,8 @@
 In: a cache entry, a destination (``OUT/panels/<id>.png``, a reroll candidate), the job and the
 story it is for. Out: the destination file, written atomically: the cached bytes as they are
 when the PNG's record already names this panel and story, else re-labelled (same pixels, a
-record for this panel and story). A destination that already holds exactly this is left alone.
+record for this panel and story). A destination that already holds exactly this, undamaged, is
+left alone.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from pathlib import Path
 
 from ..paths import atomic_write_bytes
 from ..plan.jobs import PanelJob
+from .cache import entry_problem
 from .pnginfo import read_panel_png, relabel
 
 
 def materialize(source: Path, target: Path, job: PanelJob, story: str) -> Path:
     """Copy a cached PNG to ``target``, re-labelled for this story and panel if needed."""
     if target.is_file():
-        _, record = read_panel_png(target)
+        # A damaged file (cut short by a kill or a full disk) is written again below.
+        sound = entry_problem(target, target.stat(), job.hash) is None
+        _, record = read_panel_png(target) if sound else (None, None)
         if record and record.get("hash") == job.hash and record.get("panel") == job.panel \
                 and record.get("story") == story:
             return target

@@ -10,8 +10,11 @@ cache and the build write atomically) with two text chunks:
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +121,8 @@ def read_panel_png(path: Path) -> tuple[str | None, dict | None]:
     """(A1111 parameters, storyboard record) of a PNG; either may be None."""
     from PIL import Image
 
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block forever
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     with Image.open(path) as im:  # text chunks precede the pixels: nothing is decoded
         text = dict(im.info)
     record = text.get(STORYBOARD)

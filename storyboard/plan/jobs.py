@@ -85,10 +85,10 @@ class PanelJob:
             "width": self.width,
             "height": self.height,
             "steps": self.steps,
-            "guidance": float(self.guidance),
+            "guidance": float(self.guidance) + 0.0,  # -0.0 is 0.0
             "scheduler": self.scheduler,
             "model": self.model.hash_payload(),
-            "loras": sorted([lora.sha256, float(lora.weight)] for lora in self.loras),
+            "loras": sorted([lora.sha256, float(lora.weight) + 0.0] for lora in self.loras),
         }
 
     def to_dict(self) -> dict[str, Any]:

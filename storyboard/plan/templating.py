@@ -75,10 +75,37 @@ def _size(value: Any, depth: int = 0) -> int:
     return 8
 
 
+def _no_callables(value: Any, depth: int = 0) -> Any:
+    """Refuse a method that was named but not called (``prompt.split``): printed, it would put
+    a memory address, different in every run, into a prompt."""
+    if callable(value):
+        name = getattr(value, "__name__", "this")
+        raise SecurityError(f"{name!r} is a method: call it ({name}()) or leave it out")
+    if isinstance(value, (list, tuple)) and depth < 4:
+        for item in value[:10_000]:
+            _no_callables(item, depth + 1)
+    if isinstance(value, dict) and depth < 4:
+        for item in list(value.values())[:10_000]:
+            _no_callables(item, depth + 1)
+    return value
+
+
+def _checked(text_filter: Any) -> Any:
+    def checked(value: Any, *args: Any, **kwargs: Any) -> Any:
+        return text_filter(_no_callables(value), *args, **kwargs)
+
+    return checked
+
+
+def _safe_string(value: Any) -> str:
+    return str(_no_callables(value))
+
+
 def _safe_join(value: Any, d: str = "", attribute: Any = None) -> str:
     items = list(value) if not isinstance(value, str) else list(value)
     if attribute is not None:
         items = [_ENV.getitem(item, attribute) for item in items]
+    _no_callables(items)
     if sum(_size(v) for v in items) + len(str(d)) * len(items) > C.MAX_TEXT_CHARS:
         raise SecurityError("join would build text beyond the length limit")
     return str(d).join(str(v) for v in items)
@@ -120,13 +147,18 @@ class StoryEnvironment(SandboxedEnvironment):
 
     def __init__(self) -> None:
         super().__init__(undefined=jinja2.StrictUndefined, autoescape=False,
-                         keep_trailing_newline=False)
+                         keep_trailing_newline=False, finalize=_no_callables)
         self.filters = {name: self.filters[name] for name in _ALLOWED_FILTERS}
         self.filters["replace"] = lambda value, old, new, count=-1: _safe_replace(
             str(value), str(old), str(new), count)
         self.filters["join"] = _safe_join
         self.filters["sum"] = _safe_sum
+        self.filters["string"] = _safe_string
         self.filters["truncate"] = _safe_truncate
+        # Every filter that turns its value into text refuses an uncalled method first.
+        for name in ("lower", "upper", "title", "capitalize", "trim", "wordcount", "truncate",
+                     "replace"):
+            self.filters[name] = _checked(self.filters[name])
         self.globals = {}
         self.tests = dict(self.tests)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,23 @@ def read_source(path: str | Path) -> SourceDoc:
     """Read and parse a story file; raise ``StoryError`` listing everything wrong with it."""
     name = str(path)
     p = Path(path)
+
+    def refuse(message: str) -> StoryError:
+        return StoryError([Problem(name, None, None, (), message)])
+
     try:
-        if p.is_dir():
-            raise StoryError([Problem(name, None, None, (), "is a folder, expected a story file")])
-        size = p.stat().st_size
-        if size > C.MAX_FILE_BYTES:
-            raise StoryError([Problem(name, None, None, (),
-                                      f"file is {size:,} bytes; stories are limited to "
-                                      f"{C.MAX_FILE_BYTES:,} bytes")])
-        raw = p.read_bytes()
+        st = p.stat()  # follows links; a FIFO or a device is refused before anything opens it
+        if stat.S_ISDIR(st.st_mode):
+            raise refuse("is a folder, expected a story file")
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse("is not a regular file (a pipe, device or socket); a story is a file")
+        if st.st_size > C.MAX_FILE_BYTES:
+            raise refuse(f"file is {st.st_size:,} bytes; stories are limited to "
+                         f"{C.MAX_FILE_BYTES:,} bytes")
+        with p.open("rb") as fh:
+            raw = fh.read(C.MAX_FILE_BYTES + 1)  # bounded, even if the file grows meanwhile
     except OSError as exc:
-        raise StoryError([Problem(name, None, None, (), f"cannot read file: {exc.strerror}")]) from None
+        raise refuse(f"cannot read file: {exc.strerror or exc}") from None
     return parse_source(raw, name, path=p)
 
 

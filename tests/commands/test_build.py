@@ -435,7 +435,7 @@ def test_parse_seeds():
     assert parse_seeds("100-103") == [100, 101, 102, 103]
     assert parse_seeds("1,5,9,5") == [1, 5, 9]
     assert parse_seeds("1-2,7") == [1, 2, 7]
-    for bad in ("", "a-b", "5-1", "0-1000", "-3"):
+    for bad in ("", "a-b", "5-1", "0-1000", "-3", "١٠٠", "１２"):  # not ASCII digits
         with pytest.raises(UserError):
             parse_seeds(bad)
 

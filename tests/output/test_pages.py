@@ -82,3 +82,26 @@ def test_panels_flow_onto_more_pages(tmp_path):
         (tmp_path / "story.pdf").read_bytes().count(b"/Type /Page ") >= 3
 
 
+
+
+def test_the_same_pages_give_the_same_pdf_bytes(tmp_path, monkeypatch):
+    """The PDF's dates are fixed (SOURCE_DATE_EPOCH where set), so the clock cannot change its
+    bytes: here the clock moves a day between the two writes."""
+    import time
+
+    from storyboard.output.pages import write_pages
+
+    real = time.gmtime
+    clock = iter(range(0, 10**9, 86400))
+    monkeypatch.setattr(time, "gmtime", lambda *a: real(*a) if a else real(next(clock)))
+    layout = LayoutSpec(columns=2, cell_width=64, title=True)
+    pages = compose_pages([Cell(f"p{i}", i + 1, Image.new("RGB", (64, 64)), "") for i in range(3)],
+                          layout, "Same bytes")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_pages(pages, tmp_path / "a")
+    write_pages(pages, tmp_path / "b")
+    assert (tmp_path / "a" / "story.pdf").read_bytes() == (tmp_path / "b" / "story.pdf").read_bytes()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    write_pages(pages, tmp_path / "b")
+    assert b"D:20231114" in (tmp_path / "b" / "story.pdf").read_bytes()

@@ -283,3 +283,32 @@ def test_characters_without_token_or_description_add_nothing_to_the_prompt():
              "panels": [{"id": "p", "characters": ["a", "b"], "prompt": "a garden"}]}
     (job,) = compile_data(story)
     assert job.prompt == "a garden"
+
+
+def test_negative_zero_is_zero_in_the_hash(tmp_path):
+    from storyboard.story import load_story
+
+    def story(guidance: str, weight: str) -> list:
+        (tmp_path / "a.safetensors").write_bytes(b"a")
+        path = tmp_path / "story.yaml"
+        path.write_text("version: 1\nmodel: tiny-sdxl\ncharacters:\n  c: {loras: [{file: "
+                        f"a.safetensors, weight: {weight}}}]}}\npanels:\n  - {{id: p, "
+                        f"characters: [c], prompt: x, guidance: {guidance}}}\n", encoding="utf-8")
+        return compile_story(load_story(path))
+
+    assert story("-0.0", "-0.0")[0].hash == story("0.0", "0")[0].hash
+    assert story("-0.0", "0.5")[0].hash != story("1.0", "0.5")[0].hash
+
+
+def test_an_uncalled_method_in_a_template_is_refused(tmp_path):
+    """`prompt.split` printed would put a memory address, new in every run, into the prompt."""
+    from storyboard.story import load_story
+
+    for template in ("{{ prompt.split|string }}", "{{ prompt.split }}",
+                     '{{ [prompt.upper]|join("-") }}', "{{ prompt.split|lower }}"):
+        path = tmp_path / "story.yaml"
+        path.write_text("version: 1\nmodel: tiny-sdxl\ntemplates:\n  prompt: '" + template +
+                        "'\npanels:\n  - {id: p, prompt: a cat}\n", encoding="utf-8")
+        with pytest.raises(StoryError) as info:
+            compile_story(load_story(path))
+        assert "is a method: call it" in info.value.format_message(), template

@@ -1,0 +1,127 @@
+"""What the command line does when the world gets in the way: files that are not files, a full
+disk, an output folder under a file, Ctrl-C. One line each, the right exit code, no traceback,
+and with `--json` a last event saying why. (Part of the reliability work, issue 14.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+pytest.importorskip("torch")
+
+STORY = """\
+version: 1
+model: tiny-sdxl
+defaults: {steps: 2, width: 64, height: 64}
+panels:
+  - {id: a, prompt: a cat, seed: 1}
+  - {id: b, prompt: a dog, seed: 2}
+"""
+# A wait that runs out is a failure: storyboard must refuse these, not hang on them.
+PATIENCE = 60
+
+
+def storyboard(*args: str, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    def limit() -> None:  # in the child: a disk that is full past `limit_bytes` for it
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "storyboard.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=PATIENCE, env=os.environ,
+                          preexec_fn=limit if limit_bytes is not None else None)
+
+
+@pytest.fixture
+def story(tmp_path, fresh_cache):
+    from storyboard.engine.builtin import builtin_folder
+
+    builtin_folder("tiny-sdxl")  # in the session's cache, before any disk is made full
+    path = tmp_path / "story.yaml"
+    path.write_text(STORY, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", [["validate"], ["plan"], ["build", "-q"]])
+def test_a_pipe_as_a_story_is_refused_not_waited_on(tmp_path, command):
+    fifo = tmp_path / "story.yaml"
+    os.mkfifo(fifo)
+    result = storyboard(*command, str(fifo))
+    assert result.returncode == 2, result.stderr
+    assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_device_as_a_story_is_refused_before_reading_it():
+    result = storyboard("validate", "/dev/zero")
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["render", "--from-png"]])
+def test_a_pipe_as_a_panel_png_is_refused(tmp_path, command):
+    fifo = tmp_path / "panel.png"
+    os.mkfifo(fifo)
+    result = storyboard(*command, str(fifo))
+    assert result.returncode == 2, result.stderr
+    assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_output_folder_under_a_file_is_the_users_to_fix(story, tmp_path):
+    (tmp_path / "afile").write_text("mine", encoding="utf-8")
+    result = run_cli("build", "-q", "-o", str(tmp_path / "afile" / "out"), str(story))
+    assert result.exit_code == 2
+    assert f"lies under {tmp_path / 'afile'}, which is a file" in result.output
+    assert (tmp_path / "afile").read_text("utf-8") == "mine"
+
+
+def test_a_full_disk_is_one_line_exit_1_and_a_last_event(story):
+    result = storyboard("build", "--json", str(story), limit_bytes=2048)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    assert "file too large" in line and ".png" in line
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["event"] == "error" and last["exit_code"] == 1 and "file too large" in \
+        last["message"]
+
+
+def test_ctrl_c_says_what_was_kept_and_exits_130(story, monkeypatch):
+    import storyboard.commands as commands
+
+    def interrupted(story, out, *, on_event, **kwargs):
+        on_event({"event": "panel", "panel": "a", "seed": 1, "status": "rendered",
+                  "seconds": 0.1, "error": None})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "build", interrupted)
+    result = run_cli("build", str(story))
+    assert result.exit_code == 130
+    assert "interrupted; 1 panel finished before it stopped are kept" in result.output
+    assert "Aborted" not in result.output
+    streamed = run_cli("build", "--json", str(story))
+    assert streamed.exit_code == 130
+    last = json.loads(streamed.stdout.splitlines()[-1])
+    assert last["event"] == "interrupted" and last["exit_code"] == 130
+
+
+def test_a_story_error_with_json_also_ends_the_stream(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STORY.replace("seed: 1", "seed: one"), encoding="utf-8")
+    result = run_cli("build", "--json", str(bad))
+    assert result.exit_code == 2
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["event"] == "error" and "panels[0].seed" in last["message"]
+
+
+def test_a_full_disk_while_building_a_builtin_model_names_its_folder(tmp_path, monkeypatch):
+    story = tmp_path / "story.yaml"
+    story.write_text(STORY, encoding="utf-8")
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "empty-cache"))
+    result = storyboard("build", "-q", str(story), limit_bytes=2048)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "models/tiny-sdxl-r2: file too large" in result.stderr
+    assert not (tmp_path / "empty-cache" / "models" / "tiny-sdxl-r2").exists()
