@@ -20,6 +20,7 @@ from ..options import RuntimeOptions, resolve_dtype
 from ..output.cache import PanelCache, cache_key
 from ..paths import atomic_write_text
 from ..plan import PanelJob, RenderPlan, plan_render
+from ..plan.batches import unique_jobs
 from ..plan.speed import COMPILE_PAYS_FROM, unet_work
 from ..story import Story, StorySpec
 from . import cli
@@ -98,7 +99,9 @@ def plan(story: str, as_json: bool, model: str | None, device: str, dtype: str |
     cache = PanelCache.default()
     todo = [job for job in jobs if force or cache.get(cache_key(job.hash, dtype)) is None]
     resolved = resolve_dtype(jobs[0].model.dtype, dtype, device)
-    render = plan_render(todo, options, device=device, dtype=resolved) if todo else None
+    # As a build renders them: panels with the same settings once (plan.batches.unique_jobs).
+    render = plan_render(unique_jobs(todo), options, device=device,
+                         dtype=resolved) if todo else None
     if as_json:
         click.echo(json.dumps(_plan_dict(jobs, render), ensure_ascii=False, indent=2))
         return

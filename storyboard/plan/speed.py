@@ -22,7 +22,7 @@ from enum import Enum
 
 from ..options import RuntimeOptions
 from ..samplers import SAMPLERS
-from .batches import Batch, default_batch_size, lora_set, plan_batches, unique_jobs
+from .batches import Batch, default_batch_size, lora_set, plan_batches
 from .jobs import PanelJob
 
 
@@ -129,10 +129,10 @@ class RenderPlan:
 
 def plan_render(jobs: list[PanelJob], options: RuntimeOptions, *, device: str, dtype: str,
                 free_bytes: float | None = None) -> RenderPlan:
-    """Plan rendering ``jobs`` on ``device`` in ``dtype`` (both resolved: "cuda", "fp16"), each
-    distinct job once. ``free_bytes``: the GPU's free memory, for the default batch size (None:
-    a large GPU)."""
-    jobs = unique_jobs(jobs)
+    """Plan rendering ``jobs`` on ``device`` in ``dtype`` (both resolved: "cuda", "fp16").
+    ``free_bytes``: the GPU's free memory, for the default batch size (None: a large GPU). A
+    build passes each distinct job once (``batches.unique_jobs``): panels with the same settings
+    render once."""
     size = options.batch_size or default_batch_size(device, free_bytes)
     batches = plan_batches(jobs, size)
     loras = any(job.loras for job in jobs)

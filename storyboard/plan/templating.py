@@ -78,6 +78,8 @@ def _size(value: Any, depth: int = 0) -> int:
 def _no_callables(value: Any, depth: int = 0) -> Any:
     """Refuse a method that was named but not called (``prompt.split``): printed, it would put
     a memory address, different in every run, into a prompt."""
+    if isinstance(value, jinja2.Undefined):
+        return value  # Jinja's own error says what is undefined, when it is printed
     if callable(value):
         name = getattr(value, "__name__", "this")
         raise SecurityError(f"{name!r} is a method: call it ({name}()) or leave it out")
