@@ -86,23 +86,7 @@ def _mode_for(path: Path) -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _mode_for(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise naming(exc, path) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_via(path, lambda tmp: tmp.write_bytes(data))
 
 
 def naming(exc: OSError, path: str | Path) -> OSError:
@@ -121,8 +105,9 @@ def atomic_write_via(path: str | Path, write: Callable[[Path], None]) -> None:
     """Atomically create or replace ``path`` with what ``write`` puts at the temporary path it is
     given, for writers that want a path rather than bytes (safetensors' ``save_file``). The
     temporary file already exists (empty) in ``path``'s folder; ``write`` may overwrite it. Then
-    as ``atomic_write_bytes``: permissions, sync, rename; on any error the temporary file is
-    removed and ``path`` is untouched."""
+    the permissions (the umask's for a new file, a replaced file's own), a sync to disk and the
+    rename; on any error the temporary file is removed and ``path`` is untouched, and an OS
+    error names ``path`` where the OS named no file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _mode_for(path)
