@@ -29,7 +29,7 @@ class Progress:
             return
         if self.quiet:
             return
-        if kind == "warning":
+        if kind in ("warning", "waiting"):
             click.echo(event["message"], err=True)
         elif kind == "plan" and event["to_render"]:
             from tqdm import tqdm

@@ -144,7 +144,10 @@ def clean(stories: tuple[str, ...], dry_run: bool) -> None:
     from ..commands import clean as run_clean
 
     user_paths(*stories)
-    report = run_clean([Path(s) for s in stories], dry_run=dry_run)
+    def waiting(what: str) -> None:
+        click.echo(f"another storyboard is using {what}; waiting for it", err=True)
+
+    report = run_clean([Path(s) for s in stories], dry_run=dry_run, on_wait=waiting)
     verb = "would remove" if dry_run else "removed"
     for path in report.stale_files:
         click.echo(f"{verb} {path}")

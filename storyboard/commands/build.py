@@ -27,7 +27,7 @@ from ..output.cache import PanelCache, cache_key
 from ..output.manifest import MANIFEST, manifest_record, pages_key, previous_pages, write_manifest
 from ..output.place import materialize
 from ..story import Story
-from .common import Event, select, start, verified
+from .common import Event, hold, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
 from .reroll import reroll_keys
 
@@ -79,57 +79,59 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
     # 1. Load, validate and compile: every problem is reported before any work starts.
     run = start(story_path, out_dir, options, on_event, cache, model)
     out, cache, emit, jobs = run.out, run.cache, run.emit, run.jobs
-    report = BuildReport(story=run.story_path, out_dir=out)
+    # Held until the end: one build at a time in this output folder, and `clean` waits.
+    with hold(run, emit):
+        report = BuildReport(story=run.story_path, out_dir=out)
 
-    # 2. Select.
-    selected = {job.panel for job in select(jobs, only)}
+        # 2. Select.
+        selected = {job.panel for job in select(jobs, only)}
 
-    # 3. Look up the cache; a damaged entry is reported and rendered again.
-    keys = {job.panel: cache_key(job.hash, run.options.dtype) for job in jobs}
-    sound = {job.panel: verified(cache, keys[job.panel], job.panel, emit) for job in jobs}
-    todo = [job for job in jobs if job.panel in selected
-            and (force or sound[job.panel] is None)]
-    emit({"event": "plan", "panels": len(jobs), "selected": len(selected),
-          "to_render": [job.panel for job in todo]})
+        # 3. Look up the cache; a damaged entry is reported and rendered again.
+        keys = {job.panel: cache_key(job.hash, run.options.dtype) for job in jobs}
+        sound = {job.panel: verified(cache, keys[job.panel], job.panel, emit) for job in jobs}
+        todo = [job for job in jobs if job.panel in selected
+                and (force or sound[job.panel] is None)]
+        emit({"event": "plan", "panels": len(jobs), "selected": len(selected),
+              "to_render": [job.panel for job in todo]})
 
-    # 4. Render what is missing; the model is loaded only when something is.
-    rendered, report.render = render_into_cache(
-        todo, cache, run.options, emit, story=run.story_id, dtype_override=run.options.dtype,
-        session=session)
+        # 4. Render what is missing; the model is loaded only when something is.
+        rendered, report.render = render_into_cache(
+            todo, cache, run.options, emit, story=run.story_id, dtype_override=run.options.dtype,
+            session=session)
 
-    # 5. Put every available panel in place, in story order.
-    panel_dir = out / PANELS_DIR
-    for job in jobs:
-        done = rendered.get(job.hash) if job.panel in selected else None
-        if done is not None:
-            outcome = PanelOutcome(job, done.status, done.seconds, done.error)
-        else:
-            status = "cached" if sound[job.panel] else "missing"
-            outcome = PanelOutcome(job, status)
-        if outcome.status in ("rendered", "cached") and (pages or job.panel in selected):
-            outcome.path = materialize(cache.path(keys[job.panel]), panel_dir / f"{job.panel}.png",
-                                       job, run.story_id)
-        report.outcomes.append(outcome)
+        # 5. Put every available panel in place, in story order.
+        panel_dir = out / PANELS_DIR
+        for job in jobs:
+            done = rendered.get(job.hash) if job.panel in selected else None
+            if done is not None:
+                outcome = PanelOutcome(job, done.status, done.seconds, done.error)
+            else:
+                status = "cached" if sound[job.panel] else "missing"
+                outcome = PanelOutcome(job, status)
+            if outcome.status in ("rendered", "cached") and (pages or job.panel in selected):
+                outcome.path = materialize(cache.path(keys[job.panel]),
+                                           panel_dir / f"{job.panel}.png", job, run.story_id)
+            report.outcomes.append(outcome)
 
-    # 6. Compose pages (missing panels show as placeholders), unless nothing they show changed.
-    key = pages_key(run.story, report.outcomes)
-    if pages:
-        previous = previous_pages(out, key)
-        report.files += previous if previous is not None else compose_story_pages(
-            run.story, report.outcomes, out)
+        # 6. Compose pages (missing panels show as placeholders), unless nothing they show changed.
+        key = pages_key(run.story, report.outcomes)
+        if pages:
+            previous = previous_pages(out, key)
+            report.files += previous if previous is not None else compose_story_pages(
+                run.story, report.outcomes, out)
 
-    # 7. Record: the manifest, and which cache entries this story now needs.
-    report.seconds = time.perf_counter() - t0
-    cache.set_roots(run.story_path, set(keys.values()) | reroll_keys(out))
-    write_manifest(out, manifest_record(
-        story=run.story, story_path=run.story_path, out_dir=out, outcomes=report.outcomes,
-        files=report.files, seconds=report.seconds, model_loaded=report.model_loaded,
-        speedups=report.speedups, options=run.options, pages_key=key if pages else None))
-    report.files.append(out / MANIFEST)
-    emit({"event": "done", "rendered": report.count("rendered"),
-          "cached": report.count("cached"), "failed": report.count("failed"),
-          "missing": report.count("missing"), "seconds": round(report.seconds, 2)})
-    return report
+        # 7. Record: the manifest, and which cache entries this story now needs.
+        report.seconds = time.perf_counter() - t0
+        cache.set_roots(run.story_path, set(keys.values()) | reroll_keys(out))
+        write_manifest(out, manifest_record(
+            story=run.story, story_path=run.story_path, out_dir=out, outcomes=report.outcomes,
+            files=report.files, seconds=report.seconds, model_loaded=report.model_loaded,
+            speedups=report.speedups, options=run.options, pages_key=key if pages else None))
+        report.files.append(out / MANIFEST)
+        emit({"event": "done", "rendered": report.count("rendered"),
+              "cached": report.count("cached"), "failed": report.count("failed"),
+              "missing": report.count("missing"), "seconds": round(report.seconds, 2)})
+        return report
 
 
 def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path) -> list[Path]:

@@ -9,10 +9,12 @@ have.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..output.cache import PanelCache
+from ..output.locks import locked
 from .build import PANELS_DIR
 from .common import default_out_dir, load_and_compile
 
@@ -24,10 +26,19 @@ class CleanReport:
     stale_files: list[Path] = field(default_factory=list)
 
 
-def clean(stories: list[Path], *, dry_run: bool = False,
-          cache: PanelCache | None = None) -> CleanReport:
+def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | None = None,
+          on_wait: Callable[[str], None] = lambda what: None) -> CleanReport:
+    """Remove what no story needs; ``on_wait`` is told when another process holds the cache."""
     cache = cache or PanelCache.default()
     report = CleanReport()
+    # Exclusive: running builds and rerolls finish first, so nothing they just rendered (and
+    # have not yet recorded in their roots) is taken from under them.
+    with locked(cache.root, on_wait=lambda: on_wait("the panel cache")):
+        _clean(stories, dry_run, cache, report)
+    return report
+
+
+def _clean(stories: list[Path], dry_run: bool, cache: PanelCache, report: CleanReport) -> None:
     for story_path in stories:
         _, jobs = load_and_compile(story_path)
         out = default_out_dir(story_path)
@@ -46,4 +57,3 @@ def clean(stories: list[Path], *, dry_run: bool = False,
             path.unlink(missing_ok=True)
         for root in stale_roots:
             root.unlink(missing_ok=True)
-    return report

@@ -9,7 +9,8 @@ reported before any work starts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from ..errors import UserError, did_you_mean
 from ..options import RuntimeOptions
 from ..output.cache import PanelCache
+from ..output.locks import locked
 from ..plan import PanelJob, compile_story
 from ..plan.tokens import prompt_warnings
 from ..story import Story, load_story, with_model, with_warnings
@@ -84,6 +86,19 @@ def start(story_path: str | Path, out_dir: str | Path | None, options: RuntimeOp
     out = Path(out_dir) if out_dir else default_out_dir(story_path)
     check_out_dir(out)
     return Run(story_path, out, cache or PanelCache.default(), emit, story, jobs, options)
+
+
+@contextmanager
+def hold(run: Run, emit: Event) -> Iterator[None]:
+    """The locks a command that writes into ``run``'s output folder and cache holds: the folder
+    alone, the cache shared with other builds (``output.locks``)."""
+    def waiting(what: str) -> Callable[[], None]:
+        return lambda: emit({"event": "waiting", "message": f"another storyboard is using "
+                                                           f"{what}; waiting for it"})
+
+    with locked(run.out, on_wait=waiting(str(run.out))), \
+            locked(run.cache.root, shared=True, on_wait=waiting("the panel cache")):
+        yield
 
 
 def verified(cache: PanelCache, key: str, panel: str, emit: Event) -> Path | None:

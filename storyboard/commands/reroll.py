@@ -21,7 +21,7 @@ from ..output.place import materialize
 from ..output.pnginfo import read_panel_png
 from ..paths import atomic_write_bytes
 from ..plan import with_hash
-from .common import Event, select, start, verified
+from .common import Event, hold, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
 
 if TYPE_CHECKING:
@@ -78,43 +78,44 @@ def reroll(story_path: str | Path, panel: str, seeds: list[int], out_dir=None, *
     """Render candidates of one panel with other seeds, without touching the pages."""
     t0 = time.perf_counter()
     run = start(story_path, out_dir, options, on_event, cache, model)
-    cache, dtype = run.cache, run.options.dtype
-    (base,) = select(run.jobs, [panel])
-    candidates = [with_hash(replace(base, seed=seed, seed_derived=False, hash=""))
-                  for seed in seeds]
-    todo = [job for job in candidates
-            if verified(cache, cache_key(job.hash, dtype), f"{panel} (seed {job.seed})",
-                        run.emit) is None]
-    rendered, _ = render_into_cache(todo, cache, run.options, run.emit, story=run.story_id,
-                                    dtype_override=dtype, session=session)
+    with hold(run, run.emit):  # the output folder alone, the cache shared
+        cache, dtype = run.cache, run.options.dtype
+        (base,) = select(run.jobs, [panel])
+        candidates = [with_hash(replace(base, seed=seed, seed_derived=False, hash=""))
+                      for seed in seeds]
+        todo = [job for job in candidates
+                if verified(cache, cache_key(job.hash, dtype), f"{panel} (seed {job.seed})",
+                            run.emit) is None]
+        rendered, _ = render_into_cache(todo, cache, run.options, run.emit, story=run.story_id,
+                                        dtype_override=dtype, session=session)
 
-    folder = run.out / REROLLS_DIR / panel
-    results = []
-    images = []
-    from PIL import Image
+        folder = run.out / REROLLS_DIR / panel
+        results = []
+        images = []
+        from PIL import Image
 
-    for job in candidates:
-        done = rendered.get(job.hash)
-        outcome = PanelOutcome(job, done.status if done else "cached",
-                               done.seconds if done else 0.0, done.error if done else None)
-        if outcome.status != "failed":
-            outcome.path = materialize(cache.path(cache_key(job.hash, dtype)),
-                                       folder / f"seed-{job.seed}.png", job, run.story_id)
-            with Image.open(outcome.path) as im:
-                images.append((f"seed {job.seed}", im.convert("RGB")))
-        results.append((job.seed, outcome))
+        for job in candidates:
+            done = rendered.get(job.hash)
+            outcome = PanelOutcome(job, done.status if done else "cached",
+                                   done.seconds if done else 0.0, done.error if done else None)
+            if outcome.status != "failed":
+                outcome.path = materialize(cache.path(cache_key(job.hash, dtype)),
+                                           folder / f"seed-{job.seed}.png", job, run.story_id)
+                with Image.open(outcome.path) as im:
+                    images.append((f"seed {job.seed}", im.convert("RGB")))
+            results.append((job.seed, outcome))
 
-    sheet = None
-    if images:
-        from ..output.pages import contact_sheet
+        sheet = None
+        if images:
+            from ..output.pages import contact_sheet
 
-        buf = io.BytesIO()
-        contact_sheet(images).save(buf, format="PNG")
-        sheet = folder / "sheet.png"
-        atomic_write_bytes(sheet, buf.getvalue())
-    cache.set_roots(run.story_path, {cache_key(j.hash, dtype) for j in run.jobs}
-                    | reroll_keys(run.out))
-    return RerollReport(panel, folder, results, sheet, time.perf_counter() - t0)
+            buf = io.BytesIO()
+            contact_sheet(images).save(buf, format="PNG")
+            sheet = folder / "sheet.png"
+            atomic_write_bytes(sheet, buf.getvalue())
+        cache.set_roots(run.story_path, {cache_key(j.hash, dtype) for j in run.jobs}
+                        | reroll_keys(run.out))
+        return RerollReport(panel, folder, results, sheet, time.perf_counter() - t0)
 
 
 def reroll_keys(out: Path) -> set[str]:

@@ -4,5 +4,6 @@
 - ``pnginfo``: panel PNGs that carry their recipe (A1111 ``parameters`` + storyboard's record);
 - ``place``: cached panels put in an output folder, re-labelled for their story and panel;
 - ``pages``: captioned comic pages and the PDF;
-- ``manifest``: ``manifest.json``, what a build did, and whether its pages are still current.
+- ``manifest``: ``manifest.json``, what a build did, and whether its pages are still current;
+- ``locks``: where two storyboard processes meet (an output folder, the cache).
 """
