@@ -32,16 +32,6 @@ def cache_root() -> Path:
 # calls (tests, and library users pointing a process at another cache).
 
 
-def panels_dir() -> Path:
-    """Rendered panels, by cache key (output/cache.py)."""
-    return cache_root() / "panels"
-
-
-def roots_dir() -> Path:
-    """Which cache keys each story needs (output/cache.py), read by `clean`."""
-    return cache_root() / "roots"
-
-
 def builtin_models_dir() -> Path:
     """Built-in tiny models, built on first use (engine/builtin.py)."""
     return cache_root() / "models"

@@ -83,6 +83,29 @@ def story_file(tmp_path):
     return write
 
 
+# Two panels on the built-in model, small and quick: for tests about what happens around a build
+# (damage, locks, failures) rather than the pictures.
+TWO_PANELS = """\
+version: 1
+model: tiny-sdxl
+defaults: {steps: 2, width: 64, height: 64}
+panels:
+  - {id: a, prompt: a cat, seed: 1}
+  - {id: b, prompt: a dog, seed: 2}
+"""
+
+
+@pytest.fixture
+def two_panel_story(tmp_path, fresh_cache):
+    """TWO_PANELS in tmp_path/story.yaml, with a fresh cache whose built-in model is built."""
+    from storyboard.engine.builtin import builtin_folder
+
+    builtin_folder("tiny-sdxl")  # before a test makes the disk full or holds a lock
+    path = tmp_path / "story.yaml"
+    path.write_text(TWO_PANELS, encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def fresh_cache(session_cache, tmp_path, monkeypatch):
     """An empty panel cache for one test (the session's built-in models in it), so what the

@@ -22,7 +22,7 @@ def test_the_cache_root_follows_the_environment(monkeypatch, tmp_path):
     assert paths.cache_root() == tmp_path / "mine"
     assert paths.builtin_model_folder("tiny-sdxl", 2) == tmp_path / "mine" / "models" / \
         "tiny-sdxl-r2"
-    assert paths.compile_cache_dir().parent == paths.panels_dir().parent == tmp_path / "mine"
+    assert paths.compile_cache_dir() == tmp_path / "mine" / "inductor"
     monkeypatch.delenv("STORYBOARD_CACHE")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from ..options import RuntimeOptions, resolve_dtype
+from ..options import RuntimeOptions
 from ..plan.jobs import ModelRef, PanelJob
 from ..plan.speed import RenderPlan, Speedup, plan_render, show_lora_set
 from .adapters import Adapters, LoraError
 from .environment import prepare as prepare_environment
-from .loading import LoadedModel, load_model, resolve_device
+from .loading import LoadedModel, load_model
 from .runner import PanelResult, run_batch
 from .schedulers import Schedulers
 from .speed.apply import AppliedSpeedups, apply_speedups, unfuse_qkv
@@ -224,4 +224,4 @@ def render_jobs(jobs: list[PanelJob], options: RuntimeOptions | None = None, *,
 
 
 __all__ = ["Session", "ModelState", "PreparedRender", "RenderInfo", "RenderResult",
-           "PanelResult", "render_jobs", "resolve_dtype", "resolve_device", "LoraError"]
+           "PanelResult", "render_jobs", "LoraError"]

@@ -12,18 +12,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, TWO_PANELS, run_cli
 
 pytest.importorskip("torch")
 
-STORY = """\
-version: 1
-model: tiny-sdxl
-defaults: {steps: 2, width: 64, height: 64}
-panels:
-  - {id: a, prompt: a cat, seed: 1}
-  - {id: b, prompt: a dog, seed: 2}
-"""
 # A wait that runs out is a failure: storyboard must refuse these, not hang on them.
 PATIENCE = 60
 
@@ -38,13 +30,8 @@ def storyboard(*args: str, limit_bytes: int | None = None) -> subprocess.Complet
 
 
 @pytest.fixture
-def story(tmp_path, fresh_cache):
-    from storyboard.engine.builtin import builtin_folder
-
-    builtin_folder("tiny-sdxl")  # in the session's cache, before any disk is made full
-    path = tmp_path / "story.yaml"
-    path.write_text(STORY, encoding="utf-8")
-    return path
+def story(two_panel_story):
+    return two_panel_story
 
 
 @pytest.mark.parametrize("command", [["validate"], ["plan"], ["build", "-q"]])
@@ -110,7 +97,7 @@ def test_ctrl_c_says_what_was_kept_and_exits_130(story, monkeypatch):
 
 def test_a_story_error_with_json_also_ends_the_stream(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(STORY.replace("seed: 1", "seed: one"), encoding="utf-8")
+    bad.write_text(TWO_PANELS.replace("seed: 1", "seed: one"), encoding="utf-8")
     result = run_cli("build", "--json", str(bad))
     assert result.exit_code == 2
     last = json.loads(result.stdout.splitlines()[-1])
@@ -119,7 +106,7 @@ def test_a_story_error_with_json_also_ends_the_stream(tmp_path):
 
 def test_a_full_disk_while_building_a_builtin_model_names_its_folder(tmp_path, monkeypatch):
     story = tmp_path / "story.yaml"
-    story.write_text(STORY, encoding="utf-8")
+    story.write_text(TWO_PANELS, encoding="utf-8")
     monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "empty-cache"))
     result = storyboard("build", "-q", str(story), limit_bytes=2048)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -14,21 +14,11 @@ from storyboard.output.cache import PanelCache, cache_key
 pytest.importorskip("torch")
 
 QUIET = RuntimeOptions(progress=False)
-STORY = """\
-version: 1
-model: tiny-sdxl
-defaults: {steps: 2, width: 64, height: 64}
-panels:
-  - {id: a, prompt: a cat, seed: 1}
-  - {id: b, prompt: a dog, seed: 2}
-"""
 
 
 @pytest.fixture
-def story(tmp_path, fresh_cache):
-    path = tmp_path / "story.yaml"
-    path.write_text(STORY, encoding="utf-8")
-    return path
+def story(two_panel_story):
+    return two_panel_story
 
 
 def damage(path, how: str) -> None:

@@ -20,14 +20,6 @@ from storyboard.output.locks import locked
 pytest.importorskip("torch")
 pytest.importorskip("fcntl")
 
-STORY = """\
-version: 1
-model: tiny-sdxl
-defaults: {steps: 2, width: 64, height: 64}
-panels:
-  - {id: a, prompt: a cat, seed: 1}
-  - {id: b, prompt: a dog, seed: 2}
-"""
 PATIENCE = 120
 
 
@@ -66,13 +58,8 @@ class Process:
 
 
 @pytest.fixture
-def story(tmp_path, fresh_cache):
-    from storyboard.engine.builtin import builtin_folder
-
-    builtin_folder("tiny-sdxl")
-    path = tmp_path / "story.yaml"
-    path.write_text(STORY, encoding="utf-8")
-    return path
+def story(two_panel_story):
+    return two_panel_story
 
 
 def test_a_build_waits_for_another_in_its_output_folder(story):
