@@ -12,6 +12,7 @@ Plain exceptions: the library knows nothing of click. ``cli/`` turns them into e
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -64,6 +65,19 @@ def show_value(value: object, limit: int = 60) -> str:
 
 _KINDS = {str: "text", int: "an integer", float: "a number", bool: "true/false", list: "a list",
           dict: "a mapping", type(None): "nothing (null)"}
+
+
+# Bidirectional formatting characters: they change the order in which text is displayed.
+BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an escape sequence could
+    rewrite the screen) and bidirectional overrides (which reorder what is shown) become
+    visible escapes such as ``\\x1b``; newlines and tabs stay."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if (unicodedata.category(ch) == "Cc" and ch not in "\n\t") or ch in BIDI
+                   else ch for ch in text)
 
 
 def kind_of(value: object) -> str:

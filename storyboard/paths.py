@@ -2,7 +2,8 @@
 
 In: the environment (``STORYBOARD_CACHE``, ``XDG_CACHE_HOME``, ``HOME``) and, for writes, a
 destination and its bytes (or a function that writes them to a path). Out: the folders of the
-cache (one root, every subfolder named here) and atomic writes: a temporary file in the same
+cache (one root, every subfolder named here), reads that refuse anything but a regular file
+(``open_regular``), and atomic writes: a temporary file in the same
 folder, flushed and synced, then renamed over the destination, so an interrupted write never
 leaves a half-written file behind. New files get the permissions the user's umask asks for (as
 ``open()`` would give them); a replaced file keeps its own.
@@ -12,7 +13,11 @@ No torch; every phase may use it.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import re
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -115,3 +120,59 @@ def atomic_write_via(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def open_regular(path: Path):
+    """``path`` opened for reading if it is a regular file (a FIFO would block forever, a
+    device never end); checked on the open file, so a swap in between cannot slip through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(fd, "rb")
+
+
+def sha256_of(path: Path) -> str | None:
+    """The sha256 of a regular file's bytes; None when it cannot be read as one."""
+    digest = hashlib.sha256()
+    try:
+        with open_regular(path) as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+# The names atomic writes (``atomic_write_via``) and model builds (``engine.builtin``) give their
+# temporary files and folders: ".<name>." + mkstemp's eight random characters + ".tmp". A kill
+# in the middle of a write leaves one behind; nothing else is named like this.
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def leftover_temporaries(folder: Path, depth: int = 1, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Temporary files and folders a killed write left in ``folder`` and ``depth - 1`` levels
+    below it (not following links; ``skip`` names subfolders that are not storyboard's to
+    sweep). Only call it while holding the lock that keeps other writers out of ``folder``."""
+    found: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for entry in entries:
+        if TEMPORARY.match(entry.name) and (entry.is_file(follow_symlinks=False)
+                                            or entry.is_dir(follow_symlinks=False)):
+            found.append(Path(entry.path))
+        elif depth > 1 and entry.name not in skip and entry.is_dir(follow_symlinks=False):
+            found += leftover_temporaries(Path(entry.path), depth - 1)
+    return found
+
+
+def remove_temporaries(paths: list[Path]) -> None:
+    import shutil
+
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, printable
 from . import cli
 from .flags import only_list, runtime_flags, runtime_options, user_paths
 from .progress import Progress
@@ -151,6 +151,8 @@ def clean(stories: tuple[str, ...], dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for path in report.stale_files:
         click.echo(f"{verb} {path}")
+    if report.temporaries:
+        click.echo(f"{verb} {len(report.temporaries)} temporary file(s) left by interrupted runs")
     click.echo(f"{verb} {report.removed} cached panel(s), {report.freed / 1e6:.1f} MB")
 
 
@@ -164,15 +166,16 @@ def inspect(png: str, as_json: bool) -> None:
     try:
         parameters, record = read_panel_png(Path(png))
     except OSError as exc:
-        raise UserError(f"{png}: not a readable PNG ({exc})") from None
+        raise UserError(f"{png}: not a readable PNG ({exc.strerror or exc})") from None
     if parameters is None and record is None:
         raise UserError(f"{png} carries no generation parameters")
     if as_json:
-        click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(record.model_dump() if record else None, ensure_ascii=False,
+                              indent=2))
         return
     if parameters:
-        click.echo(parameters)
+        click.echo(printable(parameters))  # another tool's text: no terminal escapes
     if record:
-        click.echo(f"\nstoryboard: panel {record.get('panel')} of {record.get('story')}\n"
-                   f"hash {record.get('hash')}, rendered on {record.get('device')} in "
-                   f"{record.get('dtype')} with storyboard {record.get('storyboard')}")
+        click.echo(printable(f"\nstoryboard: panel {record.panel} of {record.story}\nhash "
+                             f"{record.hash}, rendered on {record.device} in {record.dtype} "
+                             f"with storyboard {record.storyboard}"))

@@ -23,13 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..options import RuntimeOptions
+from ..paths import leftover_temporaries, remove_temporaries
 from ..output.cache import PanelCache, cache_key
-from ..output.manifest import MANIFEST, manifest_record, pages_key, previous_pages, write_manifest
+from ..output.geometry import page_count
+from ..output.manifest import (
+    MANIFEST, PDF, manifest_record, pages_key, previous_pages, write_manifest,
+)
+from ..output.ownership import Outputs, digests
 from ..output.place import materialize
 from ..story import Story
 from .common import Event, hold, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
-from .reroll import reroll_keys
+from .reroll import REROLLS_DIR, reroll_keys
 
 if TYPE_CHECKING:
     from ..engine.session import RenderInfo, Session
@@ -83,8 +88,18 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
     with hold(run, emit):
         report = BuildReport(story=run.story_path, out_dir=out)
 
-        # 2. Select.
+        # 2. Select; and refuse, before any work, to write over files storyboard did not write.
         selected = {job.panel for job in select(jobs, only)}
+        # Held alone, the folder has no write under way: a temporary file is a killed run's.
+        # Only in storyboard's own places: the folder may be someone's home directory.
+        remove_temporaries([tmp for folder in (out, out / PANELS_DIR,
+                                               *(out / REROLLS_DIR).glob("*/"))
+                            for tmp in leftover_temporaries(folder)])
+        outputs = Outputs.read(out)
+        page_names = [f"page-{n}.png" for n in range(
+            1, page_count(len(jobs), run.story.spec.layout) + 1)] + [PDF] if pages else []
+        outputs.claim([f"{PANELS_DIR}/{job.panel}.png" for job in jobs
+                       if pages or job.panel in selected] + page_names + [MANIFEST])
 
         # 3. Look up the cache; a damaged entry is reported and rendered again.
         keys = {job.panel: cache_key(job.hash, run.options.dtype) for job in jobs}
@@ -118,7 +133,8 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         if pages:
             previous = previous_pages(out, key)
             report.files += previous if previous is not None else compose_story_pages(
-                run.story, report.outcomes, out)
+                run.story, report.outcomes, out, run.story_id)
+            _remove_stale_pages(out, report.files, outputs)
 
         # 7. Record: the manifest, and which cache entries this story now needs.
         report.seconds = time.perf_counter() - t0
@@ -126,7 +142,9 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         write_manifest(out, manifest_record(
             story=run.story, story_path=run.story_path, out_dir=out, outcomes=report.outcomes,
             files=report.files, seconds=report.seconds, model_loaded=report.model_loaded,
-            speedups=report.speedups, options=run.options, pages_key=key if pages else None))
+            speedups=report.speedups, options=run.options, pages_key=key if pages else None,
+            digests=outputs.kept() | digests(
+                out, [o.path for o in report.outcomes if o.path] + report.files)))
         report.files.append(out / MANIFEST)
         emit({"event": "done", "rendered": report.count("rendered"),
               "cached": report.count("cached"), "failed": report.count("failed"),
@@ -134,7 +152,15 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         return report
 
 
-def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path) -> list[Path]:
+def _remove_stale_pages(out: Path, pages: list[Path], outputs: Outputs) -> None:
+    """A story that got shorter leaves no orphan pages behind; only storyboard's own go."""
+    for stale in sorted(set(out.glob("page-*.png")) - set(pages)):
+        if stale.stem.removeprefix("page-").isdigit() and outputs.owns(stale.name):
+            stale.unlink(missing_ok=True)
+
+
+def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
+                        story_id: str) -> list[Path]:
     """The story's pages from its panels' files (a placeholder where a panel is missing)."""
     from PIL import Image
 
@@ -150,4 +176,4 @@ def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path) -
     layout = story.spec.layout
     if layout.font:  # relative to the story file, like every path in it
         layout = layout.model_copy(update={"font": str(story.resolve(layout.font))})
-    return write_pages(compose_pages(cells, layout, story.spec.title), out)
+    return write_pages(compose_pages(cells, layout, story.spec.title), out, story_id)

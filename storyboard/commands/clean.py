@@ -3,8 +3,9 @@
 In: story paths (optional), a dry-run switch, the cache. Out: a ``CleanReport`` (entries
 removed, bytes freed, stale files), having removed every cache entry that no existing story's
 last build or reroll recorded (their roots, output/cache.py), the roots of stories that are
-gone, and, in the given stories' output folders, panel files of panels the stories no longer
-have.
+gone, and temporary files and half-built model folders that killed runs left in the cache;
+and, in the given stories' output folders, panel files storyboard wrote for panels the stories
+no longer have.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from ..output.cache import PanelCache
 from ..output.locks import locked
+from ..output.ownership import Outputs
+from ..paths import leftover_temporaries, remove_temporaries
 from .build import PANELS_DIR
 from .common import default_out_dir, load_and_compile
 
@@ -24,6 +27,7 @@ class CleanReport:
     removed: int = 0
     freed: int = 0
     stale_files: list[Path] = field(default_factory=list)
+    temporaries: list[Path] = field(default_factory=list)  # left by runs that were killed
 
 
 def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | None = None,
@@ -43,11 +47,16 @@ def _clean(stories: list[Path], dry_run: bool, cache: PanelCache, report: CleanR
         _, jobs = load_and_compile(story_path)
         out = default_out_dir(story_path)
         ids = {job.panel for job in jobs}
+        outputs = Outputs.read(out)
         for png in (out / PANELS_DIR).glob("*.png") if (out / PANELS_DIR).is_dir() else []:
-            if png.stem not in ids:
+            # Only panels storyboard wrote: a picture of the user's own there stays.
+            if png.stem not in ids and outputs.owns(f"{PANELS_DIR}/{png.name}"):
                 report.stale_files.append(png)
     # What is live is what each story's last build or reroll recorded (with whatever --model or
     # --dtype it used); clean only reads that.
+    # With the cache held alone, no write is under way in it: any temporary file or half-built
+    # model folder is a killed run's. torch.compile's own cache is torch's to manage.
+    report.temporaries = leftover_temporaries(cache.root, depth=3, skip=("inductor",))
     live, stale_roots = cache.live_keys()
     for key in sorted(cache.keys() - live):
         report.removed += 1
@@ -57,3 +66,4 @@ def _clean(stories: list[Path], dry_run: bool, cache: PanelCache, report: CleanR
             path.unlink(missing_ok=True)
         for root in stale_roots:
             root.unlink(missing_ok=True)
+        remove_temporaries(report.temporaries)

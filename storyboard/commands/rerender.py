@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..errors import UserError
 from ..options import RuntimeOptions
 from ..output.cache import PanelCache, cache_key
+from ..output.ownership import Outputs
 from ..output.place import materialize
 from ..output.pnginfo import job_from_record, read_panel_png
 from ..plan import PanelJob
@@ -38,22 +39,19 @@ class RerenderReport:
 def job_from_png(path: Path) -> tuple[PanelJob, str | None]:
     """The job a panel PNG records, and the story it names."""
     try:
-        _, record = read_panel_png(path)
+        _, record = read_panel_png(path)  # validated like a story's panel (story/records.py)
     except OSError as exc:
-        raise UserError(f"{path}: not a readable PNG ({exc})") from None
-    if not record or "job" not in record:
+        raise UserError(f"{path}: not a readable PNG ({exc.strerror or exc})") from None
+    if record is None:
         raise UserError(f"{path} was not made by storyboard (no storyboard record in it)")
-    try:
-        job = job_from_record(record)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: its storyboard record is damaged ({exc})") from None
-    if job.hash != record.get("hash"):
+    job = job_from_record(record)
+    if job.hash != record.hash or job.hash != record.job.hash:
         raise UserError(f"{path}: its storyboard record does not match its hash (edited by "
                         "hand, or made by an incompatible storyboard version)")
     for lora in job.loras:
         if not Path(lora.path).is_file():
             raise UserError(f"{path} needs LoRA {lora.path}, which is not there any more")
-    return job, record.get("story")
+    return job, record.story
 
 
 def rerender(png: str | Path, out: str | Path | None = None, *,
@@ -65,6 +63,7 @@ def rerender(png: str | Path, out: str | Path | None = None, *,
     job, origin = job_from_png(png)
     target = Path(out) / "panels" / f"{job.panel}.png" if out else png.with_suffix(
         ".rerender.png")
+    Outputs.read(target.parent).claim([target.name])  # never over a file that is not ours
     cache = cache or PanelCache.default()
     emit({"event": "plan", "panels": 1, "selected": 1, "to_render": [job.panel]})
     done, _ = render_into_cache([job], cache, options, emit, story=origin,

@@ -8,7 +8,6 @@ like. ``reroll_keys`` tells `clean` which cache entries the candidates in a fold
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,10 +16,12 @@ from typing import TYPE_CHECKING
 from ..errors import UserError
 from ..options import RuntimeOptions
 from ..output.cache import PanelCache, cache_key
+from ..output.ownership import Outputs, page_mark
 from ..output.place import materialize
 from ..output.pnginfo import read_panel_png
 from ..paths import atomic_write_bytes
 from ..plan import with_hash
+from ..story.records import RecordError
 from .common import Event, hold, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ..engine.session import Session
 
 REROLLS_DIR = "rerolls"
+SHEET = "sheet.png"
 MAX_REROLLS = 64
 
 
@@ -83,13 +85,16 @@ def reroll(story_path: str | Path, panel: str, seeds: list[int], out_dir=None, *
         (base,) = select(run.jobs, [panel])
         candidates = [with_hash(replace(base, seed=seed, seed_derived=False, hash=""))
                       for seed in seeds]
+        folder = run.out / REROLLS_DIR / panel
+        Outputs.read(run.out).claim(
+            [str((folder / name).relative_to(run.out))
+             for name in [*(f"seed-{job.seed}.png" for job in candidates), SHEET]])
         todo = [job for job in candidates
                 if verified(cache, cache_key(job.hash, dtype), f"{panel} (seed {job.seed})",
                             run.emit) is None]
         rendered, _ = render_into_cache(todo, cache, run.options, run.emit, story=run.story_id,
                                         dtype_override=dtype, session=session)
 
-        folder = run.out / REROLLS_DIR / panel
         results = []
         images = []
         from PIL import Image
@@ -107,12 +112,11 @@ def reroll(story_path: str | Path, panel: str, seeds: list[int], out_dir=None, *
 
         sheet = None
         if images:
-            from ..output.pages import contact_sheet
+            from ..output.pages import contact_sheet, page_png
 
-            buf = io.BytesIO()
-            contact_sheet(images).save(buf, format="PNG")
-            sheet = folder / "sheet.png"
-            atomic_write_bytes(sheet, buf.getvalue())
+            sheet = folder / SHEET
+            atomic_write_bytes(sheet, page_png(contact_sheet(images),
+                                               page_mark(run.story_id, 1, 1)))
         cache.set_roots(run.story_path, {cache_key(j.hash, dtype) for j in run.jobs}
                         | reroll_keys(run.out))
         return RerollReport(panel, folder, results, sheet, time.perf_counter() - t0)
@@ -127,9 +131,8 @@ def reroll_keys(out: Path) -> set[str]:
     for png in folder.glob("*/seed-*.png") if folder.is_dir() else []:
         try:
             _, record = read_panel_png(png)
-        except OSError:
-            continue
-        key = record.get("cache_key") or record.get("hash") if record else None
-        if isinstance(key, str):
-            keys.add(key)
+        except (OSError, RecordError):
+            continue  # not a candidate storyboard can use: it keeps no cache entry alive
+        if record is not None:
+            keys.add(record.cache_key or record.hash)
     return keys

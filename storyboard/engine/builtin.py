@@ -71,7 +71,8 @@ def builtin_folder(name: str) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the destination and rename: a crash or a concurrent build never leaves a
     # half-written model where a complete one is expected.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    # (Named like an atomic write's temporary file, so `clean` finds one a kill left behind.)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         try:
             _RECIPES[name](tmp)

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import atomic_write_bytes, atomic_write_text, cache_root
+from ..paths import atomic_write_bytes, atomic_write_text, cache_root, open_regular
+from ..story.records import RecordError, RootsRecord, parse_json, validated
 
 ROOTS_VERSION = 1
+MAX_ROOT_BYTES = 70 * 64 * 1000  # a root of 64 keys per panel of the largest story
 # Far above any panel (a 4096x4096 RGB PNG is at most about 50 MB): past it, not ours.
 MAX_ENTRY_BYTES = 256 << 20
 
@@ -101,14 +103,15 @@ class PanelCache:
         folder = self.root / "roots"
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
-                data = json.loads(path.read_text("utf-8"))
-            except (OSError, ValueError):
+                record = validated(RootsRecord, parse_json(
+                    _read_bounded(path, MAX_ROOT_BYTES), str(path), MAX_ROOT_BYTES), str(path))
+            except (OSError, RecordError):
+                stale.append(path)  # damaged: its story is rebuilt or re-rooted by its next build
+                continue
+            if not Path(record.story).is_file():
                 stale.append(path)
                 continue
-            if not Path(data.get("story", "")).is_file():
-                stale.append(path)
-                continue
-            live.update(data.get("keys", []))
+            live.update(record.keys)
         return live, stale
 
     def remove(self, key: str) -> int:
@@ -131,22 +134,29 @@ def entry_problem(path: Path, st: os.stat_result, key: str) -> str | None:
         return f"{st.st_size:,} bytes, far more than a panel"
     from PIL import Image
 
+    from .pnginfo import read_panel_png
+
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
                 return f"a {im.format} file, not a PNG"
-            text = im.info.get("storyboard")
+            size = im.size
             im.verify()  # every chunk, to the end: a truncated file fails here
+        _, record = read_panel_png(path)
+    except RecordError as exc:
+        return exc.message.removeprefix(f"{path}: ")
     except Exception as exc:  # noqa: BLE001 - whatever Pillow makes of damaged bytes
         return f"unreadable: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}"
-    try:
-        record = json.loads(text) if isinstance(text, str) else None
-    except (ValueError, RecursionError):
-        record = None
-    if not isinstance(record, dict):
+    if record is None:
         return "no storyboard record in it"
-    names = {record.get("cache_key"), record.get("hash")}
-    if isinstance(record.get("hash"), str) and isinstance(record.get("dtype"), str):
-        names.add(cache_key(record["hash"], record["dtype"]))  # a --dtype entry, older record
+    if size != (record.job.width, record.job.height):
+        return f"{size[0]}x{size[1]} pixels where its record says " \
+               f"{record.job.width}x{record.job.height}"
+    names = {record.cache_key, record.hash, cache_key(record.hash, record.dtype)}
     return None if key in names else "it holds another panel"
 
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit`` + 1 bytes of a regular file (one more tells the caller it was longer)."""
+    with open_regular(path) as fh:
+        return fh.read(limit + 1)

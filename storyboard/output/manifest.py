@@ -17,10 +17,13 @@ from typing import Any
 
 from .. import __version__
 from ..options import RuntimeOptions
-from ..paths import atomic_write_text
+from ..paths import atomic_write_text, open_regular, sha256_of
+from ..story.records import ManifestRecord, RecordError, parse_json, validated
 
 MANIFEST = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+PDF = "story.pdf"
+MANIFEST_SCHEMA_VERSION = 2  # 2: "digests", the sha256 of every file the build wrote
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 def pages_key(story, outcomes: Sequence[Any]) -> str:
@@ -37,19 +40,29 @@ def pages_key(story, outcomes: Sequence[Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def previous_pages(out: Path, key: str) -> list[Path] | None:
-    """The pages the last build composed, if they show exactly this and are all still there."""
+def read_manifest(folder: Path) -> ManifestRecord | None:
+    """The folder's manifest, validated like any record read back; None when there is none or
+    it is not storyboard's."""
+    path = folder / MANIFEST
     try:
-        manifest = json.loads((out / MANIFEST).read_text("utf-8"))
-    except (OSError, ValueError):
+        with open_regular(path) as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        return validated(ManifestRecord, parse_json(data, str(path), MAX_MANIFEST_BYTES),
+                         str(path))
+    except (OSError, RecordError):
         return None
-    if not isinstance(manifest, dict) or manifest.get("pages_key") != key:
+
+
+def previous_pages(out: Path, key: str) -> list[Path] | None:
+    """The pages the last build composed, if they show exactly this and are all still there
+    with the bytes it wrote (another process, or a person, may have changed them since)."""
+    manifest = read_manifest(out)
+    if manifest is None or manifest.pages_key != key or not manifest.pages:
         return None
-    names = manifest.get("pages", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return None
-    files = [out / name for name in names]
-    return files if files and all(f.is_file() for f in files) else None
+    files = [out / name for name in manifest.pages]
+    if all(manifest.digests.get(name) == sha256_of(out / name) for name in manifest.pages):
+        return files
+    return None
 
 
 def _version(package: str) -> str | None:
@@ -62,7 +75,7 @@ def _version(package: str) -> str | None:
 def manifest_record(*, story, story_path: Path, out_dir: Path, outcomes: Sequence[Any],
                     files: Sequence[Path], seconds: float, model_loaded: bool,
                     speedups: Sequence[str], options: RuntimeOptions,
-                    pages_key: str | None) -> dict[str, Any]:
+                    pages_key: str | None, digests: dict[str, str]) -> dict[str, Any]:
     """The manifest's content. ``outcomes``: one per panel (job, status, seconds, error,
     path) in story order."""
     def count(status: str) -> int:
@@ -101,6 +114,7 @@ def manifest_record(*, story, story_path: Path, out_dir: Path, outcomes: Sequenc
         "files": [str(p.relative_to(out_dir)) for p in files],
         "pages": [str(p.relative_to(out_dir)) for p in files if p.name != MANIFEST],
         "pages_key": pages_key,
+        "digests": dict(sorted(digests.items())),
     }
 
 

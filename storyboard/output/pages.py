@@ -27,6 +27,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..paths import atomic_write_bytes
 from ..story.schema import LayoutSpec
+from .manifest import PDF
+from .ownership import PAGE_MARK, PDF_CREATOR, page_mark
 
 # Noto Sans CJK's collection: 0 JP, 1 KR, 2 SC, 3 TC, 4 HK. SC covers the course's captions;
 # every face has the full CJK repertoire with its own regional glyph shapes.
@@ -225,27 +227,34 @@ def _draw_panel(page, draw, cell: Cell, x: int, y: int, cell_w: int, row_h: int,
         draw.text((x + b + m - box[0], top + b + m - box[1]), label, font=number_font, fill=ink)
 
 
-def write_pages(pages: list[Image.Image], out_dir: Path) -> list[Path]:
-    """page-N.png for each page and story.pdf with all of them; returns the paths written."""
+def write_pages(pages: list[Image.Image], out_dir: Path, story: str) -> list[Path]:
+    """page-N.png for each page and story.pdf with all of them; returns the paths written.
+    Each carries storyboard's mark (``ownership``), so a later build knows it may replace it
+    even when this one was killed before its manifest was written."""
     written = []
     for n, page in enumerate(pages, 1):
-        buf = io.BytesIO()
-        page.save(buf, format="PNG", optimize=False)
         path = out_dir / f"page-{n}.png"
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, page_png(page, page_mark(story, n, len(pages))))
         written.append(path)
-    for stale in sorted(out_dir.glob("page-*.png")):
-        suffix = stale.stem.removeprefix("page-")
-        if suffix.isdigit() and int(suffix) > len(pages):
-            stale.unlink()  # a story that got shorter leaves no orphan pages behind
     buf = io.BytesIO()
     # Fixed dates (SOURCE_DATE_EPOCH where set): the same pages give the same PDF bytes.
     when = time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH)))
     pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150,
-                  creationDate=when, modDate=when)
-    atomic_write_bytes(out_dir / "story.pdf", buf.getvalue())
-    written.append(out_dir / "story.pdf")
+                  creationDate=when, modDate=when, creator=PDF_CREATOR)
+    atomic_write_bytes(out_dir / PDF, buf.getvalue())
+    written.append(out_dir / PDF)
     return written
+
+
+def page_png(page: Image.Image, mark: str) -> bytes:
+    """A page (or contact sheet) as PNG bytes, with storyboard's mark in it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PAGE_MARK, mark)
+    buf = io.BytesIO()
+    page.save(buf, format="PNG", optimize=False, pnginfo=info)
+    return buf.getvalue()
 
 
 def contact_sheet(images: list[tuple[str, Image.Image]], columns: int = 4,

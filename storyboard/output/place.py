@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..paths import atomic_write_bytes
 from ..plan.jobs import PanelJob
+from ..story.records import PanelRecord
 from .cache import entry_problem
 from .pnginfo import read_panel_png, relabel
 
@@ -21,15 +22,18 @@ def materialize(source: Path, target: Path, job: PanelJob, story: str) -> Path:
     """Copy a cached PNG to ``target``, re-labelled for this story and panel if needed."""
     if target.is_file():
         # A damaged file (cut short by a kill or a full disk) is written again below.
-        sound = entry_problem(target, target.stat(), job.hash) is None
-        _, record = read_panel_png(target) if sound else (None, None)
-        if record and record.get("hash") == job.hash and record.get("panel") == job.panel \
-                and record.get("story") == story:
+        if entry_problem(target, target.stat(), job.hash) is None \
+                and _names(read_panel_png(target)[1], job, story):
             return target
-    _, record = read_panel_png(source)
-    if record and record.get("panel") == job.panel and record.get("story") == story:
+    if _names(read_panel_png(source)[1], job, story):
         data = source.read_bytes()
     else:
         data = relabel(source, job, story)
     atomic_write_bytes(target, data)
     return target
+
+
+def _names(record: PanelRecord | None, job: PanelJob, story: str) -> bool:
+    """Whether a (sound) panel PNG's record already says it is this panel of this story."""
+    return record is not None and (record.hash, record.panel, record.story) == (
+        job.hash, job.panel, story)

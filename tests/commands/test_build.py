@@ -110,7 +110,7 @@ def test_first_build_renders_all_and_writes_everything(story):
                                                                     "two.png"]
     assert (out / "page-1.png").is_file() and (out / "story.pdf").read_bytes()[:5] == b"%PDF-"
     manifest = json.loads((out / "manifest.json").read_text("utf-8"))
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert manifest["summary"]["rendered"] == 3 and manifest["summary"]["model_loaded"]
     assert [p["panel"] for p in manifest["panels"]] == ["one", "two", "three"]
     assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
@@ -202,7 +202,7 @@ def test_cache_is_shared_across_stories(story, tmp_path):
     from storyboard.output.pnginfo import read_panel_png
 
     _, record = read_panel_png(other.with_name("copy.out") / "panels" / "dos.png")
-    assert record["panel"] == "dos" and record["story"] == str(other.resolve())
+    assert record.panel == "dos" and record.story == str(other.resolve())
 
 
 def test_force_and_only(story):

@@ -82,3 +82,29 @@ def test_a_damaged_reroll_candidate_is_rendered_again(story, fresh_cache):
     again = reroll(story, "a", [100], options=QUIET, on_event=events.append)
     assert [o.status for _, o in again.candidates] == ["rendered"]
     assert any(e["event"] == "warning" and "seed 100" in e["message"] for e in events)
+
+
+def test_what_a_kill_left_behind_is_swept(story, fresh_cache):
+    """A kill between an atomic write's temporary file and its rename leaves the temporary
+    file; a model build killed half-way leaves its folder. The next build removes its own
+    folder's, `clean` the cache's; a file of the user's named almost alike stays."""
+    build(story, options=QUIET)
+    out = story.with_name("story.out")
+    left = [out / ".page-1.png.k3x9_a2b.tmp", out / "panels" / ".a.png.0a1b2c3d.tmp",
+            fresh_cache / "panels" / "ab" / ".ab12.png.zz99yy88.tmp",
+            fresh_cache / "roots" / ".0123.json.abcdefgh.tmp"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    half_model = fresh_cache / "loras" / ".tiny-lora.q1w2e3r4.tmp"
+    half_model.mkdir(parents=True)
+    (half_model / "weights.bin").write_bytes(b"half")
+    mine = [out / "page-1.png.tmp", out / ".hidden-notes.tmp", out / "panels" / "draft.tmp"]
+    for path in mine:
+        path.write_text("mine")
+    build(story, options=QUIET)
+    assert not any(p.exists() for p in left[:2]) and all(p.exists() for p in left[2:])
+    result = run_cli("clean")
+    assert result.exit_code == 0 and "3 temporary file(s)" in result.output
+    assert not any(p.exists() for p in left) and not half_model.exists()
+    assert all(p.read_text() == "mine" for p in mine)
