@@ -132,6 +132,12 @@ def open_regular(path: Path):
     return os.fdopen(fd, "rb")
 
 
+def read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit`` + 1 bytes of a regular file (one more tells the caller it was longer)."""
+    with open_regular(path) as fh:
+        return fh.read(limit + 1)
+
+
 def sha256_of(path: Path) -> str | None:
     """The sha256 of a regular file's bytes; None when it cannot be read as one."""
     digest = hashlib.sha256()

@@ -7,6 +7,7 @@ build would carry out (its batches and whether it compiles), the JSON Schema, a 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -14,11 +15,11 @@ from pathlib import Path
 import click
 
 from ..commands import load_and_compile
-from ..constants import DTYPES
+from ..constants import DTYPES, SCHEMA_ID
 from ..errors import StoryError, UserError
 from ..options import RuntimeOptions, resolve_dtype
 from ..output.cache import PanelCache, cache_key
-from ..paths import atomic_write_text
+from ..paths import atomic_write_text, read_bounded
 from ..plan import PanelJob, RenderPlan, plan_render
 from ..plan.batches import unique_jobs
 from ..plan.speed import COMPILE_PAYS_FROM, unet_work
@@ -164,6 +165,16 @@ def schema() -> None:
     click.echo(schema_text(), nl=False)
 
 
+def _is_our_schema(path: Path) -> bool:
+    """Whether ``path`` is a story schema storyboard wrote (any version)."""
+    try:
+        data = json.loads(read_bounded(path, 4 << 20))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and str(data.get("$id", "")).startswith(
+        SCHEMA_ID.rsplit("/", 1)[0])
+
+
 def schema_text() -> str:
     return json.dumps(StorySpec.model_json_schema(), ensure_ascii=False, indent=2) + "\n"
 
@@ -175,8 +186,14 @@ def init(path: str, force: bool) -> None:
     """Write a commented starter story to PATH (default: story.yaml), and its JSON Schema
     beside it as story.schema.json so editors complete and check keys."""
     target = Path(path)
-    if target.exists() and not force:
-        raise UserError(f"{path} already exists; use --force to overwrite it")
+    schema = target.with_name("story.schema.json")
+    # The schema beside it may be an older storyboard's (then it is refreshed) but never a
+    # file of the user's that happens to have that name.
+    taken = [str(p) for p in (target, schema) if os.path.lexists(p)
+             and not (p == schema and _is_our_schema(p))]
+    if taken and not force:
+        raise UserError(f"{' and '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; "
+                        "use --force to overwrite, or give another PATH")
     text = resources.files("storyboard").joinpath("starter.yaml").read_text("utf-8")
     atomic_write_text(target, text)
     atomic_write_text(target.with_name("story.schema.json"), schema_text())

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, did_you_mean
+from ..errors import StoryError, UserError, did_you_mean
 from ..options import RuntimeOptions
 from ..output.cache import PanelCache
+from ..output.geometry import layout_problems
 from ..output.locks import locked
 from ..plan import PanelJob, compile_story
 from ..plan.tokens import prompt_warnings
@@ -34,12 +35,23 @@ def default_out_dir(story: Path) -> Path:
 def load_and_compile(path: str | Path, model: str | None = None) -> tuple[Story, list[PanelJob]]:
     """Load, validate and compile; ``model`` replaces the story's model (e.g. `tiny-kolors`
     to try a story offline), validated like the story's own. The story's warnings include the
-    compiled prompts' token warnings."""
+    compiled prompts' token warnings; pages too big to compose are refused here."""
     story = load_story(path)
     if model:
         story = with_model(story, model)
     jobs = compile_story(story)
+    font = story.spec.layout.font
+    problems = layout_problems(story, jobs, str(story.resolve(font)) if font else None,
+                               _caption_lines)
+    if problems:  # pages too big to compose or write: said now, not after rendering
+        raise StoryError(problems)
     return with_warnings(story, prompt_warnings(story, jobs)), jobs
+
+
+def _caption_lines(caption: str, font_size: int, font: str | None, width: int) -> int:
+    from ..output.pages import caption_lines  # the imaging library, only near a limit
+
+    return caption_lines(caption, font_size, font, width)
 
 
 def select(jobs: list[PanelJob], only: Iterable[str] | None) -> list[PanelJob]:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import atomic_write_bytes, atomic_write_text, cache_root, open_regular
+from ..paths import atomic_write_bytes, atomic_write_text, cache_root, read_bounded
 from ..story.records import RecordError, RootsRecord, parse_json, validated
 
 ROOTS_VERSION = 1
@@ -104,7 +104,7 @@ class PanelCache:
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
                 record = validated(RootsRecord, parse_json(
-                    _read_bounded(path, MAX_ROOT_BYTES), str(path), MAX_ROOT_BYTES), str(path))
+                    read_bounded(path, MAX_ROOT_BYTES), str(path), MAX_ROOT_BYTES), str(path))
             except (OSError, RecordError):
                 stale.append(path)  # damaged: its story is rebuilt or re-rooted by its next build
                 continue
@@ -155,8 +155,3 @@ def entry_problem(path: Path, st: os.stat_result, key: str) -> str | None:
     names = {record.cache_key, record.hash, cache_key(record.hash, record.dtype)}
     return None if key in names else "it holds another panel"
 
-
-def _read_bounded(path: Path, limit: int) -> bytes:
-    """At most ``limit`` + 1 bytes of a regular file (one more tells the caller it was longer)."""
-    with open_regular(path) as fh:
-        return fh.read(limit + 1)

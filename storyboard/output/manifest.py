@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..options import RuntimeOptions
-from ..paths import atomic_write_text, open_regular, sha256_of
+from ..paths import atomic_write_text, read_bounded, sha256_of
 from ..story.records import ManifestRecord, RecordError, parse_json, validated
 
 MANIFEST = "manifest.json"
@@ -45,8 +45,7 @@ def read_manifest(folder: Path) -> ManifestRecord | None:
     it is not storyboard's."""
     path = folder / MANIFEST
     try:
-        with open_regular(path) as fh:
-            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        data = read_bounded(path, MAX_MANIFEST_BYTES)
         return validated(ManifestRecord, parse_json(data, str(path), MAX_MANIFEST_BYTES),
                          str(path))
     except (OSError, RecordError):

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..paths import atomic_write_bytes
 from ..story.schema import LayoutSpec
+from .geometry import cell_width, measure
 from .manifest import PDF
 from .ownership import PAGE_MARK, PDF_CREATOR, page_mark
 
@@ -147,40 +148,27 @@ def _page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
     font = load_font(layout.font, layout.font_size)
     title_font = load_font(layout.font, int(layout.font_size * 1.6), "Bold")
     number_font = load_font(layout.font, max(10, int(layout.font_size * 0.7)), "Bold")
-    columns = max(1, min(layout.columns, len(cells) or 1))
-    cell_w = layout.cell_width or max((c.image.width for c in cells if c.image), default=512)
-    line_h = int(layout.font_size * 1.45)
-    pad = max(4, layout.font_size // 3)
-    inner_w = cell_w - 2 * layout.border
-    background = _rgb(layout.background)
-    ink = _rgb(layout.text_color)
-
-    # Measure: each row is as tall as its tallest panel plus its longest caption.
-    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
-    captions = {c.panel: (wrap_text(c.caption, font, cell_w) if c.caption and
-                          layout.caption != "none" else []) for c in cells}
-    heights = []
-    for row in rows:
-        image_h = max((_scaled(c.image, inner_w)[1] if c.image else inner_w
-                       for c in row), default=0) + 2 * layout.border
-        text_h = max((len(captions[c.panel]) for c in row), default=0) * line_h
-        heights.append((image_h, text_h + (pad if text_h else 0)))
+    sizes = [c.image.size if c.image else None for c in cells]
+    captions = {c.panel: (wrap_text(c.caption, font, cell_width(sizes, layout))
+                          if c.caption and layout.caption != "none" else []) for c in cells}
     title_text = (title if layout.title is True else layout.title or "") \
         if layout.title is not False else ""
     if title_text and count > 1:
         title_text = f"{title_text} ({index + 1}/{count})"
-    title_h = int(layout.font_size * 1.6 * 1.45) + layout.gutter if title_text else 0
-    width = 2 * layout.margin + columns * cell_w + (columns - 1) * layout.gutter
-    height = (2 * layout.margin + title_h + sum(a + b for a, b in heights)
-              + max(len(rows) - 1, 0) * layout.gutter)
+    g = measure(sizes, [len(captions[c.panel]) for c in cells], layout, bool(title_text))
+    columns, cell_w, line_h, pad, width = g.columns, g.cell_width, g.line_height, g.pad, g.width
+    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+    heights = g.rows
+    background = _rgb(layout.background)
+    ink = _rgb(layout.text_color)
 
-    page = Image.new("RGB", (width, max(height, 2 * layout.margin + 1)), background)
+    page = Image.new("RGB", (width, g.height), background)
     draw = ImageDraw.Draw(page)
     if title_text:
         w = draw.textlength(title_text, font=title_font)
         draw.text(((width - w) / 2, layout.margin), title_text, font=title_font, fill=ink)
 
-    y = layout.margin + title_h
+    y = layout.margin + g.title_height
     for row, (image_h, text_h) in zip(rows, heights):
         for col, cell in enumerate(row):
             x = layout.margin + col * (cell_w + layout.gutter)
@@ -193,6 +181,12 @@ def _page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
                           fill=ink)
         y += image_h + text_h + layout.gutter
     return page
+
+
+def caption_lines(caption: str, font_size: int, font: str | None, width: int) -> int:
+    """How many lines ``caption`` takes in a cell ``width`` pixels wide (for
+    ``geometry.layout_problems``)."""
+    return len(wrap_text(caption, load_font(font, font_size), width))
 
 
 def _scaled(image: Image.Image, width: int) -> tuple[int, int]:

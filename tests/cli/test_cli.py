@@ -124,6 +124,18 @@ def test_init_writes_a_valid_story_and_refuses_to_overwrite(tmp_path):
     assert run_cli("init", "--force", cwd=tmp_path).exit_code == 0
 
 
+def test_init_never_overwrites_a_schema_file_of_the_users(tmp_path):
+    mine = tmp_path / "story.schema.json"
+    mine.write_text('{"title": "my own schema"}')
+    result = run_cli("init", "other.yaml", cwd=tmp_path)
+    assert result.exit_code == 2 and "story.schema.json" in result.output
+    assert mine.read_text() == '{"title": "my own schema"}' and not (tmp_path / "other.yaml").exists()
+    # storyboard's own schema (an older version's, say) is refreshed without --force.
+    mine.write_text(schema_text().replace("Stable id", "An older description"))
+    assert run_cli("init", "other.yaml", cwd=tmp_path).exit_code == 0
+    assert mine.read_text() == schema_text()
+
+
 def test_validate_and_plan_never_import_torch():
     code = (
         "import sys\n"

@@ -112,3 +112,68 @@ def test_a_full_disk_while_building_a_builtin_model_names_its_folder(tmp_path, m
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "models/tiny-sdxl-r2: file too large" in result.stderr
     assert not (tmp_path / "empty-cache" / "models" / "tiny-sdxl-r2").exists()
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """A small tmpfs mounted at a folder (root only; skipped where mounting is not allowed):
+    ``mounted(options)`` -> the folder. A real read-only or full file system, not a simulation."""
+    points = []
+
+    def mount(options: str):
+        point = tmp_path / f"fs{len(points)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        points.append(point)
+        return point
+
+    yield mount
+    for point in points:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+def test_a_read_only_output_folder_is_one_line_exit_1(story, mounted):
+    out = mounted("ro,size=1m") / "out"
+    result = storyboard("build", "--json", "-o", str(out), str(story))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    assert "read-only file system" in line.lower() and str(out) in line
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["event"] == "error" and last["exit_code"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+def test_a_disk_that_fills_mid_build_keeps_what_was_finished(story, mounted):
+    """A disk with room for the panels but not the pages: the build ends with one line naming
+    the file it could not write, exit 1; what it wrote is whole, no temporary file is left, and
+    once there is room the next build finishes. (The panels are rendered into the cache first,
+    elsewhere, so this is about the output folder's disk.)"""
+    from storyboard.commands import build
+    from storyboard.options import RuntimeOptions
+
+    build(story, options=RuntimeOptions(progress=False))
+    disk = mounted("size=256k")
+    out = disk / "out"
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - (32 << 10)))
+    result = storyboard("build", "-o", str(out), str(story))
+    assert result.returncode == 1, result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    assert "no space left on device" in line.lower() and str(out) in line
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    for png in out.rglob("*.png"):
+        from PIL import Image
+
+        with Image.open(png) as im:
+            im.verify()  # every file there is complete
+    filler.unlink()
+    again = storyboard("build", "--json", "-o", str(out), str(story))
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout.splitlines()[-1])
+    assert done["event"] == "done" and done["rendered"] == 0
