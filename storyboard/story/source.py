@@ -95,7 +95,13 @@ class SourceDoc:
 
 def read_source(path: str | Path) -> SourceDoc:
     """Read and parse a story file; raise ``StoryError`` listing everything wrong with it."""
-    name = str(path)
+    return parse_source(read_story_bytes(path), str(path), path=Path(path))
+
+
+def read_story_bytes(path: str | Path, name: str | None = None) -> bytes:
+    """A story file's bytes, refusing folders, pipes, devices and oversized files first;
+    messages name the file ``name`` (default: ``path``)."""
+    name = str(path) if name is None else name
     p = Path(path)
 
     def refuse(message: str) -> StoryError:
@@ -114,7 +120,7 @@ def read_source(path: str | Path) -> SourceDoc:
             raw = fh.read(C.MAX_FILE_BYTES + 1)  # bounded, even if the file grows meanwhile
     except OSError as exc:
         raise refuse(f"cannot read file: {exc.strerror or exc}") from None
-    return parse_source(raw, name, path=p)
+    return raw
 
 
 def parse_source(raw: bytes | str, name: str, *, path: Path | None = None) -> SourceDoc:
