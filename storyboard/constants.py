@@ -48,3 +48,15 @@ MAX_STEPS = 500
 MAX_GUIDANCE = 50.0
 MAX_LORA_WEIGHT = 10.0
 MAX_SEED = 2**64 - 1
+
+# --- training (`train:` sections and their reference pictures) ---
+MAX_TRAIN_STEPS = 100_000
+MAX_LORA_RANK = 256
+MAX_LORA_ALPHA = 1024.0
+MAX_TRAIN_BATCH = 64
+MAX_TRAIN_RESOLUTION = 2048
+MAX_MIN_SNR_GAMMA = 100.0
+MAX_PRIOR_IMAGES = 1_000
+MAX_TRAIN_IMAGES = 1_000  # pictures in one folder; past this the folder is refused
+MAX_PICTURE_BYTES = 128 << 20  # one reference picture's file (a 50-megapixel PNG fits)
+MAX_CAPTION_BYTES = 4 * MAX_TEXT_CHARS  # a caption .txt (UTF-8), before stripping

@@ -1,16 +1,17 @@
 """Every fact storyboard knows about a model family, in one table.
 
 In: nothing. Out: ``FAMILIES`` (name -> ``Family``), ``BUILTINS`` (built-in model name ->
-``Builtin``), and small look-ups over them. Validation, compilation, loading, LoRA conversion,
-token warnings and (later) training all read their family knowledge from here, so adding a
-family is one ``Family`` entry plus its tests (ARCHITECTURE.md, "How to add a family").
+``Builtin``), each with its training defaults (``TrainDefaults``), and small look-ups over
+them. Validation, compilation, loading, LoRA conversion, token warnings and training all read
+their family knowledge from here, so adding a family is one ``Family`` entry plus its tests
+(ARCHITECTURE.md, "How to add a family").
 
 Plain data only: no torch, no diffusers, so `validate` and `plan` can use it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # The released UNets, as their diffusers config.json files give them (the fields that shape
@@ -41,6 +42,38 @@ ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass(frozen=True)
+class TrainDefaults:
+    """What `storyboard train` uses where a character's `train:` section says nothing, and the
+    data filter its pictures go through."""
+
+    resolution: int  # pixels: the bucket area is resolution**2 (the model's native size)
+    steps: int = 1000
+    rank: int = 16
+    # None: alpha = rank, a LoRA scale of 1. diffusers' DreamBooth LoRA scripts train that way
+    # (lora_alpha=rank), their learning rate of 1e-4 is tuned for it, and a diffusers-format
+    # file carries no alphas: any loader reads it at scale 1, so the LoRA behaves the same in
+    # storyboard, diffusers, WebUI and ComfyUI. (The course's rank 16, alpha 4 is a scale of
+    # 0.25: the same update needs four times the learning rate.)
+    alpha: float | None = None
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    min_snr_gamma: float | None = 5.0  # Min-SNR loss weighting (Hang et al. 2023); None: MSE
+    mixed_precision: str = "bf16"  # no loss scaling, and SDXL's VAE does not overflow in it
+    checkpoint_every: int = 250  # steps
+    # The course's data filter (data-juicer): pictures smaller than this on their shorter side,
+    # or wider/taller than these aspect ratios (width / height), are left out with a warning.
+    min_side: int = 1024
+    min_aspect: float = 0.5
+    max_aspect: float = 2.0
+    min_images: int = 5  # fewer usable pictures than this: a warning (one is enough to run)
+    class_prompt: str = "a photo of a {class_word}"  # prior preservation's class pictures
+    prior_images: int = 100
+    prior_weight: float = 1.0
+    # None: the text encoders may be trained (`train_text_encoder: true`); else why not.
+    frozen_text_encoder: str | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     """One pipeline family."""
 
@@ -61,6 +94,7 @@ class Family:
     # folders and repos only).
     single_file_config: str | None = None
     single_file_marker: str | None = None
+    train: TrainDefaults = TrainDefaults(resolution=1024)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -69,13 +103,18 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            lora_accepts=frozenset({"sdxl", "sdxl-or-kolors"}),
            single_file_config="stabilityai/stable-diffusion-xl-base-1.0",
            # SDXL carries a second text encoder under `conditioner.embedders.1`
-           single_file_marker="conditioner.embedders.1."),
+           single_file_marker="conditioner.embedders.1.",
+           train=TrainDefaults(resolution=1024)),
     Family("kolors", "KolorsPipeline", 1024, 256, 2, "sentencepiece", ("text_encoder",),
-           _KOLORS_UNET, lora_accepts=frozenset({"kolors", "sdxl-or-kolors"})),
+           _KOLORS_UNET, lora_accepts=frozenset({"kolors", "sdxl-or-kolors"}),
+           train=TrainDefaults(resolution=1024, frozen_text_encoder=(
+               "Kolors' text encoder is ChatGLM3-6B, six billion parameters: storyboard trains "
+               "the UNet's LoRA only"))),
     Family("sd15", "StableDiffusionPipeline", 512, 77, 2, "clip", ("text_encoder",),
            _SD15_UNET, lora_accepts=frozenset({"sd15"}),
            single_file_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
-           single_file_marker="cond_stage_model."),
+           single_file_marker="cond_stage_model.",
+           train=TrainDefaults(resolution=512, min_side=512)),
 )}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
@@ -91,6 +130,9 @@ class Builtin:
     family: str
     recipe: int  # version of the recipe that builds it; part of every job hash
     native_size: int = 128  # pixels: small enough that a CPU renders a story in seconds
+    # Trains in seconds on a CPU, from small pictures: for tests and trying the workflow.
+    train: TrainDefaults = TrainDefaults(resolution=64, steps=20, rank=4, checkpoint_every=10,
+                                         min_side=32, mixed_precision="no", prior_images=4)
 
 
 BUILTINS: dict[str, Builtin] = {b.name: b for b in (
@@ -98,6 +140,15 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in (
     Builtin("tiny-sdxl", "sdxl", 2),
     Builtin("tiny-kolors", "kolors", 2),
 )}
+
+
+def train_defaults(builtin: str | None, family: str) -> TrainDefaults:
+    """The training defaults of a built-in model, else of its family. A built-in keeps its
+    family's rules on what may be trained (Kolors' ChatGLM stays frozen)."""
+    if builtin:
+        return replace(BUILTINS[builtin].train,
+                       frozen_text_encoder=FAMILIES[family].train.frozen_text_encoder)
+    return FAMILIES[family].train
 
 
 def family_of_pipeline(class_name: object) -> str | None:

@@ -25,6 +25,7 @@ def problems_from_pydantic(exc: ValidationError, doc: SourceDoc) -> list[Problem
     out = []
     for error in exc.errors(include_url=False):
         loc = tuple(part for part in error["loc"] if part not in ("text", "parts", "flag",
+                                                                   "{mapping}",
                                                                    "function-before[...]"))
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
         message, hint, key = _describe(error, loc)
@@ -49,7 +50,8 @@ def _describe(error: dict, loc: Loc) -> tuple[str, str | None, bool]:
         hint = "remove the quotes" if isinstance(value, str) and value.strip().isdigit() else None
         return f"expected an integer, got {_got(value)}", hint, False
     if kind in ("float_type", "float_parsing"):
-        return f"expected a number, got {_got(value)}", None, False
+        return f"expected a number, got {_got(value)}", \
+            "remove the quotes" if _is_number(value) else None, False
     if kind == "finite_number":
         return f"expected a finite number, got {_got(value)}", None, False
     if kind == "string_type" and loc == ("layout", "title"):
@@ -106,6 +108,14 @@ def _describe(error: dict, loc: Loc) -> tuple[str, str | None, bool]:
     msg = error["msg"]
     msg = msg.removeprefix("Value error, ")
     return f"{msg[:1].lower()}{msg[1:]}, got {_got(value)}", None, False
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a quoted number, such as '1e-4' or '0.5'."""
+    try:
+        return isinstance(value, str) and float(value) == float(value)  # not 'nan'
+    except ValueError:
+        return False
 
 
 def _fields_at(loc: Loc) -> list[str]:

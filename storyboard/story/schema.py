@@ -176,8 +176,116 @@ class LoraSpec(_Spec):
                           description="Strength; 1.0 is as trained.")
 
 
+def _train_shorthand(value: Any) -> Any:
+    return {"images": value} if isinstance(value, str) else value
+
+
+def _prior_kind(value: Any) -> str:
+    return "flag" if isinstance(value, bool) else "{mapping}"
+
+
+def _prior_is_a_switch_or_mapping(value: Any) -> Any:
+    if not isinstance(value, (bool, dict)):  # one message, not one per branch
+        raise _err("storyboard_prior", f"expected false, true or a mapping, got "
+                                       f"{describe_value(value)}",
+                   "e.g. `prior_preservation: {images: 100, weight: 1.0}`")
+    return value
+
+
+def _min_snr_is_a_number_or_false(value: Any) -> Any:
+    if value is None or value is False:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _err("storyboard_min_snr", f"expected a number or false, got "
+                                         f"{describe_value(value)}",
+                   "false trains with the plain loss; 5.0 is the usual Min-SNR gamma")
+    if not 0 < value <= C.MAX_MIN_SNR_GAMMA:
+        raise _err("storyboard_min_snr", f"must be > 0 and <= {C.MAX_MIN_SNR_GAMMA:g}, got "
+                                         f"{show_value(value)}",
+                   "false turns Min-SNR weighting off")
+    return float(value)
+
+
+def _per_family(attr: str) -> str:
+    """A training default as each family has it: '1000' or '1024 for sdxl, kolors; 512 for
+    sd15' (for the descriptions, read from the registry)."""
+    values: dict[Any, list[str]] = {}
+    for family in FAMILIES.values():
+        values.setdefault(getattr(family.train, attr), []).append(family.name)
+    def shown(value: float) -> str:
+        return f"{value:.0e}".replace("e-0", "e-") if 0 < value < 1e-3 else f"{value:g}"
+
+    if len(values) == 1:
+        return shown(next(iter(values)))
+    return "; ".join(f"{shown(value)} for {', '.join(names)}" for value, names in values.items())
+
+
+class PriorPreservationSpec(_Spec):
+    """Prior preservation: pictures of the plain class, rendered by storyboard with the base
+    model, trained on beside the character's so the class keeps its own look."""
+
+    images: int | None = Field(None, ge=1, le=C.MAX_PRIOR_IMAGES, description=(
+        f"How many class pictures; default {_per_family('prior_images')}."))
+    weight: float | None = Field(None, gt=0.0, le=C.MAX_LORA_WEIGHT, description=(
+        f"Weight of their loss against the character's; default "
+        f"{_per_family('prior_weight')}."))
+    prompt: Text | None = Field(None, description="What the class pictures show; default "
+                                                  "'a photo of a <class>'.")
+
+
+class TrainSpec(_Spec):
+    """Train this character's LoRA from a folder of its pictures (`storyboard train`). Settings
+    left out come from the model family; the trained LoRA joins the character's `loras`."""
+
+    images: str = Field(max_length=4096, description=(
+        "A folder of the character's pictures (png, jpg, webp), relative to the story file; a "
+        "picture's caption may sit beside it as <name>.txt."))
+    steps: int | None = Field(None, ge=1, le=C.MAX_TRAIN_STEPS,
+                              description=f"Optimizer steps; default "
+                                          f"{_per_family('steps')}.")
+    rank: int | None = Field(None, ge=1, le=C.MAX_LORA_RANK,
+                             description=f"LoRA rank; default {_per_family('rank')}.")
+    alpha: float | None = Field(None, gt=0.0, le=C.MAX_LORA_ALPHA, description=(
+        "LoRA alpha; default: the rank (a scale of 1, as diffusers trains)."))
+    learning_rate: float | None = Field(None, gt=0.0, le=1.0, description=(
+        f"Default {_per_family('learning_rate')}."))
+    batch_size: int | None = Field(None, ge=1, le=C.MAX_TRAIN_BATCH,
+                                   description=f"Pictures per step; default "
+                                               f"{_per_family('batch_size')}.")
+    resolution: int | None = Field(None, ge=C.MIN_SIZE_PX, le=C.MAX_TRAIN_RESOLUTION,
+                                   multiple_of=8, description=(
+                                       "Training pixels per side (pictures are bucketed by "
+                                       "aspect ratio to this area); default "
+                                       f"{_per_family('resolution')}."))
+    seed: Seed | None = Field(None, description="Default: derived from the story seed and the "
+                                                "character's token.")
+    checkpoint_every: int | None = Field(None, ge=1, le=C.MAX_TRAIN_STEPS, description=(
+        "Save a resumable checkpoint every this many steps; default "
+        f"{_per_family('checkpoint_every')}."))
+    min_snr_gamma: Annotated[Union[Annotated[float, Field(gt=0.0, le=C.MAX_MIN_SNR_GAMMA)],
+                                   Literal[False]] | None,
+                             BeforeValidator(_min_snr_is_a_number_or_false)] = Field(
+        None, description="Min-SNR loss weighting; false: the plain loss. Default "
+                          f"{_per_family('min_snr_gamma')}.")
+    min_side: int | None = Field(None, ge=1, le=C.MAX_SIZE_PX, description=(
+        "Pictures smaller than this on their shorter side are left out; default "
+        f"{_per_family('min_side')}."))
+    prior_preservation: Annotated[
+        Union[Annotated[bool, Tag("flag")], Annotated[PriorPreservationSpec, Tag("{mapping}")]],
+        Discriminator(_prior_kind),
+        BeforeValidator(_prior_is_a_switch_or_mapping,
+                        json_schema_input_type=Union[bool, PriorPreservationSpec]),
+    ] = Field(False, description="false, true (the defaults) or {images, weight, prompt}.")
+    weight: float = Field(1.0, ge=-C.MAX_LORA_WEIGHT, le=C.MAX_LORA_WEIGHT,
+                          description="The trained LoRA's strength in the character's panels.")
+    train_text_encoder: bool = Field(False, description=(
+        "Also train the text encoders; not for "
+        + ", ".join(f.name for f in FAMILIES.values() if f.train.frozen_text_encoder) + "."))
+
+
 class CharacterSpec(_Spec):
-    """A recurring character: identity token, class word, description and LoRAs."""
+    """A recurring character: identity token, class word, description, LoRAs, and how to train
+    its own."""
 
     name: str | None = Field(None, max_length=200, description="Display name; default: the id.")
     token: str | None = Field(None, max_length=64,
@@ -191,6 +299,10 @@ class CharacterSpec(_Spec):
         default_factory=list, max_length=16)
     negative: Text = Field("", description="Added to the negative prompt of panels with this "
                                            "character.")
+    train: Annotated[TrainSpec | None, BeforeValidator(
+        _train_shorthand, json_schema_input_type=Union[str, TrainSpec, None])] = Field(
+        None, description="Train a LoRA of this character from its pictures (a folder, or the "
+                          "full mapping).")
 
 
 PromptPart = Union[Text, Annotated[list[Text], Field(max_length=64)]]

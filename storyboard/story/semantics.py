@@ -3,8 +3,9 @@
 In: a story's plain data (read defensively: the schema pass may have failed on any part of it),
 its ``SourceDoc`` and the folder relative paths start from. Out: problems added to a
 ``Diagnostics``: unknown or duplicate ids, unknown characters and samplers, missing LoRA, model
-and font files (with did-you-mean hints from the folder), and warnings such as a character that
-appears in no panel.
+and font files and training-picture folders (with did-you-mean hints from the folder), a
+trained character without a token, and warnings such as a character that appears in no panel.
+The pictures themselves are checked later (``training.dataset``), once the story is valid.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnostic
                  key=True)
         if not isinstance(char, dict):
             continue
+        if char.get("train") is not None:
+            _check_train(cid, char, base_dir, error, warn, check_files=check_files)
         loras = char.get("loras")
         if not isinstance(loras, list):
             continue
@@ -137,6 +140,53 @@ def check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnostic
     if isinstance(layout, dict) and isinstance(layout.get("font"), str) and check_files:
         _check_file(layout["font"], base_dir, FONT_SUFFIXES, "font file", ("layout", "font"),
                     error)
+
+
+def _check_train(cid: str, char: dict, base_dir: Path, error, warn, *,
+                 check_files: bool) -> None:
+    """A `train:` section: its pictures folder exists, and the character has what captions and
+    prior preservation need (a token; a class)."""
+    train = char["train"]
+    here: Loc = ("characters", cid, "train")
+    token, class_word = char.get("token"), char.get("class")
+    if not (isinstance(token, str) and token.strip()):
+        error(here, f"character {cid!r} is trained but has no `token`",
+              "add e.g. `token: ohwx`: a rare word the LoRA learns as this character, and that "
+              "its prompts and captions carry", key=True)
+    if not (isinstance(class_word, str) and class_word.strip()):
+        prior = train.get("prior_preservation") if isinstance(train, dict) else None
+        if prior is True or isinstance(prior, dict):
+            error((*here, "prior_preservation"), "prior preservation needs the character's "
+                  "`class`", "its class pictures show a plain <class>, e.g. `class: girl`",
+                  key=True)
+        else:
+            warn(here, f"character {cid!r} is trained without a `class`", "a class word (e.g. "
+                 "`class: girl`) tells the model what kind of thing the token is", key=True)
+    folder = train if isinstance(train, str) else train.get("images") \
+        if isinstance(train, dict) else None
+    if isinstance(train, dict):
+        weight = train.get("weight")
+        if isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight == 0:
+            warn((*here, "weight"), "LoRA weight 0 has no effect")
+    if isinstance(folder, str) and check_files:
+        loc: Loc = here if isinstance(train, str) else (*here, "images")
+        check_images_folder(folder, base_dir, loc, error)
+
+
+def check_images_folder(fname: str, base_dir: Path, loc: Loc, error) -> None:
+    """A `train.images` folder: there, and a folder."""
+    path = base_dir / Path(fname).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        error(loc, f"images {fname!r} is a file, not a folder",
+              "give the folder the character's pictures are in")
+        return
+    hint = None
+    if path.parent.is_dir():
+        hint = did_you_mean(path.name, [p.name for p in path.parent.iterdir() if p.is_dir()])
+    error(loc, f"images folder not found: {fname!r} (looked in {_shown(path.parent)})",
+          hint or "paths are relative to the story file")
 
 
 def _check_file(fname: str, base_dir: Path, suffixes: tuple[str, ...], what: str, loc: Loc,
