@@ -12,7 +12,9 @@ a full disk, emptied, overwritten by something else) is reported, removed and re
 Layout under the cache root ($STORYBOARD_CACHE, else ~/.cache/storyboard):
   panels/<key[:2]>/<key>.png   one entry per distinct job; written atomically
   roots/<story-id>.json        the keys each story currently needs, so `storyboard clean` knows
-                               what is garbage (an entry no root names)
+                               what is garbage (an entry no root names); ``write_roots`` and
+                               ``read_roots`` also keep the trained LoRAs' roots
+                               (``training.store``)
 """
 
 from __future__ import annotations
@@ -87,32 +89,12 @@ class PanelCache:
 
     # -- roots: which stories need which entries -------------------------------------------
 
-    def _root_file(self, story: Path) -> Path:
-        story_id = hashlib.sha256(str(story.resolve()).encode()).hexdigest()[:16]
-        return self.root / "roots" / f"{story_id}.json"
-
     def set_roots(self, story: Path, keys: set[str]) -> None:
-        atomic_write_text(self._root_file(story), json.dumps(
-            {"version": ROOTS_VERSION, "story": str(story.resolve()), "keys": sorted(keys)},
-            indent=1))
+        write_roots(self.root / "roots", story, keys)
 
     def live_keys(self) -> tuple[set[str], list[Path]]:
         """Keys some existing story still needs, and root files of stories that are gone."""
-        live: set[str] = set()
-        stale: list[Path] = []
-        folder = self.root / "roots"
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            try:
-                record = validated(RootsRecord, parse_json(
-                    read_bounded(path, MAX_ROOT_BYTES), str(path), MAX_ROOT_BYTES), str(path))
-            except (OSError, RecordError):
-                stale.append(path)  # damaged: its story is rebuilt or re-rooted by its next build
-                continue
-            if not Path(record.story).is_file():
-                stale.append(path)
-                continue
-            live.update(record.keys)
-        return live, stale
+        return read_roots(self.root / "roots")
 
     def remove(self, key: str) -> int:
         path = self.path(key)
@@ -122,6 +104,33 @@ class PanelCache:
             return size
         except FileNotFoundError:
             return 0
+
+
+def write_roots(folder: Path, story: Path, keys: set[str]) -> None:
+    """Record in ``folder`` that ``story`` now needs ``keys`` (and no others)."""
+    story_id = hashlib.sha256(str(story.resolve()).encode()).hexdigest()[:16]
+    atomic_write_text(folder / f"{story_id}.json", json.dumps(
+        {"version": ROOTS_VERSION, "story": str(story.resolve()), "keys": sorted(keys)},
+        indent=1))
+
+
+def read_roots(folder: Path) -> tuple[set[str], list[Path]]:
+    """The keys the roots in ``folder`` name for stories that still exist, and the root files
+    of stories that are gone (or damaged: the story's next run records it again)."""
+    live: set[str] = set()
+    stale: list[Path] = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            record = validated(RootsRecord, parse_json(
+                read_bounded(path, MAX_ROOT_BYTES), str(path), MAX_ROOT_BYTES), str(path))
+        except (OSError, RecordError):
+            stale.append(path)
+            continue
+        if not Path(record.story).is_file():
+            stale.append(path)
+            continue
+        live.update(record.keys)
+    return live, stale
 
 
 def entry_problem(path: Path, st: os.stat_result, key: str) -> str | None:
