@@ -51,6 +51,12 @@ def converted_loras_dir() -> Path:
     return cache_root() / "loras"
 
 
+def trained_loras_dir(root: Path | None = None) -> Path:
+    """Characters' trained LoRAs, one folder per training key (``training.store``), in the
+    cache at ``root`` (default: ``cache_root()``)."""
+    return (root or cache_root()) / "trained"
+
+
 def compile_cache_dir() -> Path:
     """torch.compile's caches, so compiling is paid once per machine, not once per build."""
     return cache_root() / "inductor"

@@ -99,7 +99,7 @@ def test_validating_and_planning_imports_no_heavy_library():
     code = f"""
 import importlib, pkgutil, sys
 import storyboard
-for package in ("story", "plan", "output", "commands"):
+for package in ("story", "plan", "training", "output", "commands"):
     pkg = importlib.import_module("storyboard." + package)
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         importlib.import_module(info.name)

@@ -1,7 +1,8 @@
 """Commands that read a story and never import torch: validate, plan, schema, init.
 
 In: story paths and flags. Out: problems (exit 2), the compiled jobs with the render plan each
-build would carry out (its batches and whether it compiles), the JSON Schema, a starter story.
+build would carry out (its batches and whether it compiles) and the characters' LoRAs to train
+(and whether each is up to date), the JSON Schema, a starter story.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from ..plan import PanelJob, RenderPlan, plan_render
 from ..plan.batches import unique_jobs
 from ..plan.speed import COMPILE_PAYS_FROM, unet_work
 from ..story import Story, StorySpec
+from ..training.compile import check_training, has_training
+from ..training.store import LORA_FILE, TrainedStore
 from . import cli
 
 
@@ -103,13 +107,51 @@ def plan(story: str, as_json: bool, model: str | None, device: str, dtype: str |
     # As a build renders them: panels with the same settings once (plan.batches.unique_jobs).
     render = plan_render(unique_jobs(todo), options, device=device,
                          dtype=resolved) if todo else None
+    training = _training(loaded)
     if as_json:
-        click.echo(json.dumps(_plan_dict(jobs, render), ensure_ascii=False, indent=2))
+        click.echo(json.dumps(_plan_dict(jobs, render, training), ensure_ascii=False,
+                              indent=2))
         return
     _print_plan(loaded, jobs, render)
+    _print_training(training)
 
 
-def _plan_dict(jobs: list[PanelJob], render: RenderPlan | None) -> dict:
+def _training(story: Story) -> list[dict]:
+    """Each trained character's LoRA: its pictures, settings, key and what is on disk."""
+    if not has_training(story):  # the pictures are read only for a story that trains
+        return []
+    training = check_training(story)  # already checked by load_and_compile: memoised reads
+    store = TrainedStore.default()
+    return [{
+        "character": job.character,
+        "images": len(job.images),
+        "excluded": [{"path": e.path, "reason": e.reason}
+                     for e in training.datasets[job.character].excluded],
+        **{name: getattr(job.settings, name) for name in (
+            "steps", "rank", "alpha", "learning_rate", "batch_size", "resolution", "seed",
+            "min_snr_gamma", "train_text_encoder", "checkpoint_every", "mixed_precision")},
+        "prior": None if job.settings.prior is None else asdict(job.settings.prior),
+        "weight": job.weight,
+        "family": job.family,
+        "key": job.key,
+        "status": store.status(job),
+        "lora": str(store.folder(job.key) / LORA_FILE),
+    } for job in training.jobs]
+
+
+def _print_training(training: list[dict]) -> None:
+    if not training:
+        return
+    click.echo("\ntraining:")
+    for t in training:
+        left = f" ({len(t['excluded'])} left out)" if t["excluded"] else ""
+        click.echo(f"  {t['character']}  {t['images']} picture{'s' * (t['images'] != 1)}"
+                   f"{left}  {t['steps']} steps  rank {t['rank']}  "
+                   + click.style(t["key"][:12], dim=True) + f"  {t['status']}")
+
+
+def _plan_dict(jobs: list[PanelJob], render: RenderPlan | None,
+               training: list[dict]) -> dict:
     return {
         "jobs": [job.to_dict() | {"batch": render.batch_of(job) if render else None}
                  for job in jobs],
@@ -118,6 +160,7 @@ def _plan_dict(jobs: list[PanelJob], render: RenderPlan | None) -> dict:
             "batches": [batch.panels for batch in render.batches],
             "compiles": render.compiles, "speedups": [str(s) for s in render.speedups],
             "refusal": render.refusal},
+        "training": training,
     }
 
 

@@ -2,10 +2,11 @@
 
 In: story paths (optional), a dry-run switch, the cache. Out: a ``CleanReport`` (entries
 removed, bytes freed, stale files), having removed every cache entry that no existing story's
-last build or reroll recorded (their roots, output/cache.py), the roots of stories that are
-gone, and temporary files and half-built model folders that killed runs left in the cache;
-and, in the given stories' output folders, panel files storyboard wrote for panels the stories
-no longer have.
+last build or reroll recorded (their roots, output/cache.py), every trained LoRA folder that no
+existing story's last training recorded (its own roots, training/store.py), the roots of
+stories that are gone, and temporary files and half-built model folders that killed runs left
+in the cache; and, in the given stories' output folders, panel files storyboard wrote for
+panels the stories no longer have.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..output.cache import PanelCache
 from ..output.locks import locked
 from ..output.ownership import Outputs
 from ..paths import leftover_temporaries, remove_temporaries
+from ..training.store import TrainedStore
 from .build import PANELS_DIR
 from .common import default_out_dir, load_and_compile
 
@@ -28,6 +30,7 @@ class CleanReport:
     freed: int = 0
     stale_files: list[Path] = field(default_factory=list)
     temporaries: list[Path] = field(default_factory=list)  # left by runs that were killed
+    trained: list[str] = field(default_factory=list)  # keys of trained LoRAs removed
 
 
 def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | None = None,
@@ -35,11 +38,23 @@ def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | Non
     """Remove what no story needs; ``on_wait`` is told when another process holds the cache."""
     cache = cache or PanelCache.default()
     report = CleanReport()
-    # Exclusive: running builds and rerolls finish first, so nothing they just rendered (and
-    # have not yet recorded in their roots) is taken from under them.
+    # Exclusive: running builds, rerolls and trainings finish first, so nothing they just made
+    # (and have not yet recorded in their roots) is taken from under them.
     with locked(cache.root, on_wait=lambda: on_wait("the panel cache")):
         _clean(stories, dry_run, cache, report)
+        _clean_trained(TrainedStore(cache.root), dry_run, report)
     return report
+
+
+def _clean_trained(store: TrainedStore, dry_run: bool, report: CleanReport) -> None:
+    """Trained LoRAs (finished or not) that no existing story's last training recorded."""
+    live, stale_roots = store.live_keys()
+    for key in sorted(store.keys() - live):
+        report.trained.append(key)
+        report.freed += store.size(key) if dry_run else store.remove(key)
+    if not dry_run:
+        for root in stale_roots:
+            root.unlink(missing_ok=True)
 
 
 def _clean(stories: list[Path], dry_run: bool, cache: PanelCache, report: CleanReport) -> None:

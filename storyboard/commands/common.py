@@ -2,7 +2,8 @@
 
 In: a story path, an optional `--model` override, an optional panel selection and the caller's
 ``RuntimeOptions``. Out: a ``Run``: the validated (and, with `--model`, re-targeted) story, its
-compiled jobs with prompt-length warnings reported, the output folder, the cache, and the
+compiled jobs with prompt-length warnings reported (and, for a story that trains characters,
+its pictures checked: ``training.compile``), the output folder, the cache, and the
 options merged with the story's ``render:`` section, once. Every problem in the story is
 reported before any work starts.
 """
@@ -23,6 +24,7 @@ from ..output.locks import locked
 from ..plan import PanelJob, compile_story
 from ..plan.tokens import prompt_warnings
 from ..story import Story, load_story, with_model, with_warnings
+from ..training.compile import check_training, has_training
 
 Event = Callable[[dict[str, Any]], None]
 
@@ -35,7 +37,8 @@ def default_out_dir(story: Path) -> Path:
 def load_and_compile(path: str | Path, model: str | None = None) -> tuple[Story, list[PanelJob]]:
     """Load, validate and compile; ``model`` replaces the story's model (e.g. `tiny-kolors`
     to try a story offline), validated like the story's own. The story's warnings include the
-    compiled prompts' token warnings; pages too big to compose are refused here."""
+    compiled prompts' token warnings and, for a story that trains characters, its pictures'
+    (whose errors are refused with the story's); pages too big to compose are refused here."""
     story = load_story(path)
     if model:
         story = with_model(story, model)
@@ -45,7 +48,14 @@ def load_and_compile(path: str | Path, model: str | None = None) -> tuple[Story,
                                _caption_lines)
     if problems:  # pages too big to compose or write: said now, not after rendering
         raise StoryError(problems)
-    return with_warnings(story, prompt_warnings(story, jobs)), jobs
+    warnings = prompt_warnings(story, jobs)
+    if has_training(story):  # the pictures are read only for a story that trains
+        try:
+            warnings += check_training(story).warnings
+        except StoryError as exc:
+            raise StoryError(sorted([*story.warnings, *warnings, *exc.problems],
+                                    key=lambda p: (p.line or 0, p.col or 0))) from None
+    return with_warnings(story, warnings), jobs
 
 
 def _caption_lines(caption: str, font_size: int, font: str | None, width: int) -> int:

@@ -219,6 +219,24 @@ def checkpoint_family(path: Path) -> str | None:
     return family_of_checkpoint_keys(keys) if keys else None
 
 
+def known_family(ref: ModelRef) -> str | None:
+    """The family of ``ref`` as far as it is known before loading: the story's `family`, a
+    built-in's, a local folder's or checkpoint's (``model_ref`` read them), or a repo's
+    model_index.json when the Hugging Face cache already has it (nothing is downloaded)."""
+    if ref.family:
+        return ref.family
+    if ref.kind == "builtin":
+        return BUILTINS[ref.ref].family
+    if ref.kind != "repo":
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    hit = try_to_load_from_cache(ref.ref, "model_index.json", revision=ref.revision)
+    return _family_from_index(Path(hit).parent) if isinstance(hit, str) else None
+
+
 def _family_from_index(folder: Path) -> str | None:
     try:
         index = json.loads((folder / "model_index.json").read_text("utf-8"))
@@ -227,8 +245,8 @@ def _family_from_index(folder: Path) -> str | None:
     return family_of_pipeline(index.get("_class_name")) if isinstance(index, dict) else None
 
 
-__all__ = ["compile_story", "derive_seed", "model_ref", "checkpoint_family", "checkpoint_keys",
-           "file_sha256", "default_panel_size"]
+__all__ = ["compile_story", "derive_seed", "model_ref", "known_family", "checkpoint_family",
+           "checkpoint_keys", "file_sha256", "default_panel_size"]
 
 
 def default_panel_size(builtin: str | None, family: str | None) -> int:

@@ -1,9 +1,10 @@
-"""Records storyboard reads back, validated like a story: a panel PNG's job, a manifest, a root.
+"""Records storyboard reads back, validated like a story: a panel PNG's job, a manifest, a root,
+a trained LoRA's record.
 
 In: JSON text from a file that may or may not be storyboard's (a panel PNG's ``storyboard``
-chunk, ``OUT/manifest.json``, a cache root), and the file's name for messages. Out: a validated,
-frozen record (``PanelRecord``, ``ManifestRecord``, ``RootsRecord``) or ``RecordError`` saying
-what is wrong, in one line.
+chunk, ``OUT/manifest.json``, a cache root, a trained LoRA's ``done.json``), and the file's
+name for messages. Out: a validated, frozen record (``PanelRecord``, ``ManifestRecord``,
+``RootsRecord``, ``TrainedRecord``) or ``RecordError`` saying what is wrong, in one line.
 
 Nothing in such a file is trusted because storyboard might have written it: a PNG travels
 between people, and its record decides a file name (the panel id), the render's size, steps and
@@ -176,6 +177,27 @@ class RootsRecord(_Spec):
     version: Literal[1]
     story: Path_
     keys: list[Hex64] = Field(max_length=C.MAX_PANELS * 64)
+
+
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+
+
+class TrainedFile(_Spec):
+    sha256: Hex64
+    bytes: int = Field(ge=1, le=1 << 36)
+
+
+class TrainedRecord(_Spec):
+    """``trained/<key>/done.json`` in the cache (``training.store``): written last, when a LoRA
+    is trained, so a folder with a sound one holds finished files: which, with their sha256 and
+    size."""
+
+    model_config = {**_Spec.model_config, "extra": "ignore"}
+    version: Literal[1]
+    key: Hex64
+    steps: int = Field(ge=1, le=C.MAX_TRAIN_STEPS)
+    files: dict[FileName, TrainedFile] = Field(min_length=1, max_length=8)
+    storyboard: Short = ""
 
 
 def validated(model: type[_Spec], data: Any, what: str) -> Any:
