@@ -13,6 +13,7 @@ dicts, lists and scalars, recording where every key and value sits.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from .. import constants as C
 from ..errors import Diagnostics, Loc, Problem, StoryError
+from ..paths import file_problem
 
 # Tags a writer may spell out; anything else (python objects, custom constructors) is refused.
 _ALLOWED_TAGS = {
@@ -101,16 +103,20 @@ def read_source(path: str | Path) -> SourceDoc:
     def refuse(message: str) -> StoryError:
         return StoryError([Problem(name, None, None, (), message)])
 
+    problem = file_problem(p)  # a pipe or a device is refused before anything opens it
+    if problem:
+        raise refuse(problem)
     try:
-        st = p.stat()  # follows links; a FIFO or a device is refused before anything opens it
-        if stat.S_ISDIR(st.st_mode):
-            raise refuse("is a folder, expected a story file")
-        if not stat.S_ISREG(st.st_mode):
-            raise refuse("is not a regular file (a pipe, device or socket); a story is a file")
-        if st.st_size > C.MAX_FILE_BYTES:
-            raise refuse(f"file is {st.st_size:,} bytes; stories are limited to "
-                         f"{C.MAX_FILE_BYTES:,} bytes")
-        with p.open("rb") as fh:
+        # Non-blocking, and checked again once open: a file swapped for a pipe meanwhile is
+        # refused, not waited on.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise refuse("is not a regular file")
+            if st.st_size > C.MAX_FILE_BYTES:
+                raise refuse(f"file is {st.st_size:,} bytes; stories are limited to "
+                             f"{C.MAX_FILE_BYTES:,} bytes")
             raw = fh.read(C.MAX_FILE_BYTES + 1)  # bounded, even if the file grows meanwhile
     except OSError as exc:
         raise refuse(f"cannot read file: {exc.strerror or exc}") from None
