@@ -126,15 +126,21 @@ class Diagnostics:
     problems: list[Problem] = field(default_factory=list)
     dropped: int = 0
     _seen: set = field(default_factory=set, repr=False)
+    _errors: int = field(default=0, repr=False)
 
     def add(self, problem: Problem) -> None:
         if problem in self._seen:
             return
-        if len(self.problems) >= MAX_PROBLEMS:
+        # Warnings get half the room at most, so that an error always finds a place: a file
+        # with hundreds of warnings must still fail on its errors.
+        warnings = len(self.problems) - self._errors
+        if len(self.problems) >= MAX_PROBLEMS or (problem.severity != ERROR
+                                                  and warnings >= MAX_PROBLEMS // 2):
             self.dropped += 1
             return
         self._seen.add(problem)
         self.problems.append(problem)
+        self._errors += problem.severity == ERROR
 
     @property
     def errors(self) -> list[Problem]:
