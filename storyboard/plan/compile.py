@@ -23,7 +23,7 @@ from ..samplers import canonical_sampler
 from ..story import Story
 from ..story.schema import REPO_RE, CharacterSpec, PanelSpec
 from .jobs import LoraRef, ModelRef, PanelJob, with_hash
-from .templating import TemplateProblem, is_template, render
+from .templating import Budget, TemplateProblem, is_template, render
 
 # The built-in templates. A writer overrides them under `templates:`; these are what a story
 # gets otherwise, and `storyboard plan` shows their result.
@@ -75,9 +75,12 @@ def compile_story(story: Story) -> list[PanelJob]:
     negative_template = spec.templates.negative or DEFAULT_NEGATIVE_TEMPLATE
     default_size = default_panel_size(spec.model.builtin, spec.model.resolved_family)
     lora_cache: dict[str, str] = {}
+    budget = Budget()  # for all the story's templates together
 
     jobs = []
     for index, panel in enumerate(spec.panels):
+        if budget.exhausted:
+            break  # reported once, where it ran out
         loc: Loc = ("panels", index)
         present = [cast[cid] for cid in panel.characters]
         context = {**base_context, "characters": present}
@@ -85,7 +88,7 @@ def compile_story(story: Story) -> list[PanelJob]:
         def text(value: str, where: Loc) -> str:
             if not is_template(value):
                 return value
-            return _render(value, context, where, story, diag)
+            return _render(value, context, where, story, diag, budget)
 
         parts = ([panel.prompt] if isinstance(panel.prompt, str) else panel.prompt.parts())
         prompt_text = spec.style.separator.join(
@@ -99,10 +102,10 @@ def compile_story(story: Story) -> list[PanelJob]:
             "caption": panel.caption,
             "characters": list(panel.characters),
         }
-        prompt = _render(prompt_template, context, ("templates", "prompt"), story, diag,
+        prompt = _render(prompt_template, context, ("templates", "prompt"), story, diag, budget,
                          builtin=spec.templates.prompt is None)
         negative = _render(negative_template, context, ("templates", "negative"), story, diag,
-                           builtin=spec.templates.negative is None)
+                           budget, builtin=spec.templates.negative is None)
         loras = tuple(
             LoraRef(cid, str(path), lora_cache.setdefault(str(path), file_sha256(path)), l.weight)
             for cid in panel.characters
@@ -139,10 +142,12 @@ def _job(panel: PanelSpec, index: int, spec, prompt: str, negative: str, model: 
     return with_hash(job)
 
 
-def _render(source: str, context: dict, loc: Loc, story: Story, diag: Diagnostics, *,
-            builtin: bool = False) -> str:
+def _render(source: str, context: dict, loc: Loc, story: Story, diag: Diagnostics,
+            budget: Budget, *, builtin: bool = False) -> str:
+    if budget.exhausted:
+        return ""
     try:
-        result = render(source, context)
+        result = render(source, context, budget)
     except TemplateProblem as exc:
         where = "built-in template" if builtin else None
         pos = story.doc.pos(loc)
