@@ -145,6 +145,8 @@ def _check_file(fname: str, base_dir: Path, suffixes: tuple[str, ...], what: str
     if not fname.lower().endswith(suffixes):
         error(loc, f"{what} {fname!r} has an unsupported type",
               f"expected one of {', '.join(suffixes)}")
+    elif path.exists() and not path.is_file():  # never opened: a FIFO would block
+        error(loc, f"{what} {fname!r} is not a regular file (a folder, pipe or device)")
     elif not path.is_file():
         hint = None
         parent = path.parent
@@ -165,6 +167,8 @@ def check_model_path(fname: str, base_dir: Path, loc: Loc, error) -> None:
     elif path.is_file():
         if not fname.lower().endswith(CHECKPOINT_SUFFIXES):
             error(loc, f"model file {fname!r} is not a .safetensors or .ckpt checkpoint")
+    elif path.exists():  # never opened: a FIFO would block
+        error(loc, f"model file {fname!r} is not a regular file (a pipe or device)")
     else:
         error(loc, f"model not found: {fname!r} (looked in {_shown(path.parent)})",
               "paths are relative to the story file; for a Hugging Face model use `repo:`")
