@@ -319,6 +319,24 @@ def test_lora_inspect_shows_one_line_and_exits_2(tmp_path):
 
 
 @pytest.mark.usefixtures("fresh_cache")
+def test_a_checkpoint_with_a_deeply_nested_header_is_no_traceback(tmp_path):
+    """`validate` reads a checkpoint's header only to guess its family (it used to raise
+    RecursionError here); `build` refuses the file before diffusers sees it."""
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    write(tmp_path / "deep.safetensors", safetensors_bytes(deep))
+    story = tmp_path / "story.yaml"
+    story.write_text("version: 1\nmodel: {path: deep.safetensors}\n"
+                     "defaults: {steps: 1, width: 64, height: 64}\n"
+                     "panels:\n  - {id: a, prompt: a cat}\n", encoding="utf-8")
+    assert run_cli("validate", str(story)).exit_code == 0
+    result = run_cli("build", "-q", str(story), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "deep.safetensors is unreadable: not a readable .safetensors file: header nests " \
+           "too deeply" in result.output
+    assert "hf download" not in result.output
+
+
+@pytest.mark.usefixtures("fresh_cache")
 def test_build_refuses_hostile_loras_before_rendering(tmp_path):
     deep = lora_header(metadata={"lora_adapter_metadata": "[" * 100_000 + "]" * 100_000})
     write(tmp_path / "deep.safetensors", safetensors_bytes(deep, data=bytes(16)))
