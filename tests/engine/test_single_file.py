@@ -372,3 +372,13 @@ def test_a_broken_checkpoint_through_build_is_one_line_without_a_download_hint(t
     assert result.exit_code == 2, result.output
     assert "m.ckpt is unreadable" in result.output and "hf download" not in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_checkpoint_missing_a_component_is_one_line(made, tmp_path):
+    from safetensors.torch import save_file
+
+    folder, _ = made["sdxl"]
+    path = tmp_path / "part.safetensors"
+    save_file({"model.diffusion_model.x": torch.zeros(2)}, str(path))
+    message = _load(path, config=str(folder))
+    assert f"checkpoint {path} is not a whole sdxl pipeline: " in message
