@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import constants as C
+from .. import weightfiles
 from ..errors import Diagnostics, Loc, Problem
 from ..families import BUILTINS, FAMILIES, family_of_checkpoint_keys, family_of_pipeline
 from ..samplers import canonical_sampler
@@ -205,16 +206,13 @@ def model_ref(story: Story) -> ModelRef:
 
 
 def checkpoint_keys(path: Path) -> list[str] | None:
-    """Tensor names of a .safetensors file, from its JSON header alone (no tensors read)."""
+    """Tensor names of a .safetensors file, from its checked JSON header alone (no tensors
+    read); None when it is not a sound safetensors file (``weightfiles`` says why)."""
     try:
-        with path.open("rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            if not 2 <= size <= 100_000_000:
-                return None
-            header = json.loads(fh.read(size))
-    except (OSError, ValueError):
+        header = weightfiles.check(path) if path.suffix.lower() == ".safetensors" else None
+    except weightfiles.WeightFileError:
         return None
-    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+    return [k for k in header if k != "__metadata__"] if header is not None else None
 
 
 def checkpoint_family(path: Path) -> str | None:

@@ -172,7 +172,8 @@ def test_missing_or_broken_model_folder(tmp_path):
     with pytest.raises(ModelError, match="no model_index.json"):
         load_model(ModelRef("folder", str(tmp_path)), QUIET)
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ModelError, match="not a readable safetensors"):
+    with pytest.raises(ModelError, match="bad.safetensors is unreadable: not a readable "
+                                         ".safetensors"):
         load_model(ModelRef("file", str(tmp_path / "bad.safetensors")), QUIET)
 
 
