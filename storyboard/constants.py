@@ -42,6 +42,12 @@ MAX_NUMBER_CHARS = 64
 MAX_PANELS = 1_000
 MAX_TEXT_CHARS = 8_000  # a prompt, negative prompt or caption, before and after templating
 MAX_TEMPLATE_CHARS = 8_000
+# What all of a story's templates may cost together (plan/sandbox.py: Budget): rendering work,
+# in units of about one value visited, and syntax-tree nodes compiled (Jinja compiles about ten
+# thousand a second). Both many times what a thousand-panel story with a template per panel
+# needs; each about a second at most.
+MAX_TEMPLATE_WORK = 1_000_000
+MAX_TEMPLATE_NODES = 100_000
 MAX_SIZE_PX = 4096
 MIN_SIZE_PX = 64
 MAX_STEPS = 500

@@ -25,16 +25,25 @@ WARNING = "warning"
 
 
 def format_loc(loc: Sequence[str | int]) -> str:
-    """``("panels", 3, "seed")`` -> ``panels[3].seed``; odd keys are quoted."""
+    """``("panels", 3, "seed")`` -> ``panels[3].seed``; odd keys are quoted, and escaped where
+    they could pass for another (``characters['\\u212a1']``, not ``characters.K1``)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.replace("_", "a").replace("-", "a").isalnum():
+        elif part.isascii() and part.replace("_", "a").replace("-", "a").isalnum():
             out += f".{part}" if out else part
         else:
-            out += f"[{part!r}]"
+            out += f"[{show_text(part)}]"
     return out
+
+
+def show_text(text: str) -> str:
+    """``text`` quoted for a message: as written (Chinese stays Chinese), but escaped when it
+    holds something invisible, or mixes ASCII letters with others (a look-alike spoof)."""
+    mixed = not text.isascii() and any(ch.isascii() and ch.isalnum() for ch in text)
+    hidden = not text.isprintable() or any(unicodedata.category(ch) == "Cf" for ch in text)
+    return ascii(text) if mixed or hidden else repr(text)
 
 
 def did_you_mean(word: object, choices: Iterable[str]) -> str | None:
@@ -53,11 +62,12 @@ def did_you_mean(word: object, choices: Iterable[str]) -> str | None:
     return None
 
 
-def show_value(value: object, limit: int = 60) -> str:
-    """A short, safe rendering of a user's value for messages."""
+def show_value(value: object, limit: int = 60, *, escape: bool = False) -> str:
+    """A short, safe rendering of a user's value for messages; ``escape``: everything not ASCII
+    as its code (``'\\u212a1'``), where a look-alike would pass for another letter."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
         return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
-    text = repr(value)
+    text = ascii(value) if escape else repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
@@ -129,15 +139,21 @@ class Diagnostics:
     problems: list[Problem] = field(default_factory=list)
     dropped: int = 0
     _seen: set = field(default_factory=set, repr=False)
+    _errors: int = field(default=0, repr=False)
 
     def add(self, problem: Problem) -> None:
         if problem in self._seen:
             return
-        if len(self.problems) >= MAX_PROBLEMS:
+        # Warnings get half the room at most, so that an error always finds a place: a file
+        # with hundreds of warnings must still fail on its errors.
+        warnings = len(self.problems) - self._errors
+        if len(self.problems) >= MAX_PROBLEMS or (problem.severity != ERROR
+                                                  and warnings >= MAX_PROBLEMS // 2):
             self.dropped += 1
             return
         self._seen.add(problem)
         self.problems.append(problem)
+        self._errors += problem.severity == ERROR
 
     @property
     def errors(self) -> list[Problem]:

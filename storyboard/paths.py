@@ -6,7 +6,8 @@ cache (one root, every subfolder named here), reads that refuse anything but a r
 (``open_regular``), and atomic writes: a temporary file in the same
 folder, flushed and synced, then renamed over the destination, so an interrupted write never
 leaves a half-written file behind. New files get the permissions the user's umask asks for (as
-``open()`` would give them); a replaced file keeps its own.
+``open()`` would give them); a replaced file keeps its own. And, for a path a user gave, why it
+cannot be read as a file, in words (``file_problem``).
 
 No torch; every phase may use it.
 """
@@ -84,6 +85,34 @@ def _mode_for(path: Path) -> int:
         return path.stat().st_mode & 0o7777  # a replaced file keeps its permissions
     except OSError:
         return 0o666 & ~_current_umask()  # mkstemp's 0600 is not what the user asked for
+
+
+MISSING = "no such file"
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a regular file, in words that say what it is (``MISSING``
+    when nothing is there); None when it can. Never opens it: a named pipe would block."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode  # follows links
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return MISSING
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop: following its links never reaches a file"
+        if exc.errno == errno.ENOTDIR:
+            return f"{MISSING} (a part of the path is a file, not a folder)"
+        return (exc.strerror or str(exc)).lower()
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "something")
+    return f"is {kind}, not a regular file"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

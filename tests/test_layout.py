@@ -103,7 +103,7 @@ for package in ("story", "plan", "training", "output", "commands"):
     pkg = importlib.import_module("storyboard." + package)
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         importlib.import_module(info.name)
-for name in ("errors", "constants", "samplers", "families", "paths", "options"):
+for name in ("errors", "constants", "samplers", "families", "paths", "options", "weightfiles"):
     importlib.import_module("storyboard." + name)
 from storyboard.commands import load_and_compile
 from storyboard.options import RuntimeOptions

@@ -8,8 +8,6 @@ In: click parameters (``runtime_flags`` adds them to a command). Out: ``runtime_
 
 from __future__ import annotations
 
-import stat
-from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +15,7 @@ import click
 from ..constants import DTYPES
 from ..errors import UserError
 from ..options import RuntimeOptions
+from ..paths import file_problem
 
 _FLAGS = [
     click.option("--model", "model", default=None,
@@ -74,14 +73,9 @@ def only_list(only: str | None) -> list[str] | None:
 
 
 def user_paths(*paths: str) -> None:
-    """Refuse, with one line, a file argument that is not there or is not a regular file."""
+    """Refuse, with one line that says what it is, a file argument that is not a readable
+    regular file (missing, a folder, a pipe, a symlink loop)."""
     for path in paths:
-        try:
-            mode = Path(path).stat().st_mode
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
-        except OSError as exc:
-            raise UserError(f"{path}: {exc.strerror or exc}") from None
-        if not stat.S_ISREG(mode):
-            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-            raise UserError(f"{path}: {what}; expected a file")
+        problem = file_problem(path)
+        if problem:
+            raise UserError(f"{path}: {problem}")

@@ -8,6 +8,7 @@ or the same weights as a .safetensors file that diffusers or WebUI/ComfyUI load.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -84,15 +85,22 @@ def lora_inspect(file: str, as_json: bool, model: str | None) -> None:
               help="LoRA alpha (scale = alpha / rank); default: the file's, else the rank.")
 @click.option("--family", type=click.Choice(FAMILY_NAMES), default=None,
               help="The model the LoRA is for; refused if the file says otherwise.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @_LORA_MODEL
 def lora_convert(src: str, dst: str, to: str, alpha: float | None, family: str | None,
-                 model: str | None) -> None:
+                 force: bool, model: str | None) -> None:
     """Convert SRC (any format) into a .safetensors DST that diffusers or WebUI/ComfyUI load."""
     from ..loras import LoraFormatError, convert_lora
 
     user_paths(src)
     if not dst.endswith(".safetensors"):
         raise UserError(f"{dst}: the output must be a .safetensors file")
+    if os.path.lexists(dst):
+        if os.path.exists(dst) and os.path.samefile(src, dst):
+            raise UserError(f"{dst} is the file being converted; give another output name")
+        if not force:
+            raise UserError(f"{dst} already exists; use --force to replace it, or give another "
+                            "output name")
     try:
         out = convert_lora(src, dst, to=to, alpha=alpha, family=family,
                            unet_config=_unet_config(model))

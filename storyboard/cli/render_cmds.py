@@ -59,7 +59,7 @@ def build(story: str, out: str | None, only: str | None, force: bool, **flags) -
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: STORY's name + .out, beside it).")
 @click.option("--only", default=None, help="Comma-separated panel ids to render.")
-@click.option("--from-png", "from_png", type=click.Path(exists=True, dir_okay=False),
+@click.option("--from-png", "from_png", type=click.Path(dir_okay=False),
               default=None, help="Render again the job a storyboard panel PNG records "
                                  "(written beside it as NAME.rerender.png unless -o is given).")
 @runtime_flags
@@ -70,6 +70,7 @@ def render(story: str | None, out: str | None, only: str | None, from_png: str |
         if story or only or flags["model"]:
             raise UserError("--from-png renders the PNG's own job; give no STORY, --only or "
                             "--model")
+        user_paths(from_png)
         _rerender(from_png, out, flags)
         return
     if not story:
@@ -158,12 +159,13 @@ def clean(stories: tuple[str, ...], dry_run: bool) -> None:
 
 
 @cli.command()
-@click.argument("png", type=click.Path(exists=True, dir_okay=False))
+@click.argument("png", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the storyboard record as JSON.")
 def inspect(png: str, as_json: bool) -> None:
     """Print the generation parameters a panel PNG carries."""
     from ..output.pnginfo import read_panel_png
 
+    user_paths(png)
     try:
         parameters, record = read_panel_png(Path(png))
     except OSError as exc:

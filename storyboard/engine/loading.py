@@ -8,7 +8,9 @@ Every source goes through diffusers' own loaders: ``from_pretrained`` for Huggin
 (with revision and variant; ``HF_HUB_OFFLINE`` and the Hugging Face cache are respected), local
 diffusers folders and the built-in tiny models; ``from_single_file`` for one `.safetensors` /
 `.ckpt` checkpoint (SD1.5 and SDXL). Which pipeline class and which single-file configs: from
-``families``.
+``families``. A single file is checked first (``check_checkpoint``: ``weightfiles``, and the
+globals a pickle asks for); a file diffusers still cannot read is called unreadable, with the
+reason, never blamed on missing configs.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import weightfiles
 from ..errors import UserError
-from ..families import FAMILIES, FAMILY_NAMES, family_of_pipeline
+from ..families import FAMILIES, FAMILY_NAMES, family_of_checkpoint_keys, family_of_pipeline
 from ..options import RuntimeOptions, resolve_dtype
-from ..plan.compile import checkpoint_family, checkpoint_keys
 from ..plan.jobs import ModelRef
 from .environment import prepare, quiet_loading
 
@@ -99,13 +101,60 @@ def family_from_checkpoint(path: Path) -> str:
     if path.suffix.lower() != ".safetensors":
         raise ModelError(f"cannot tell the family of {path.name}; set `model.family` "
                          "(sdxl or sd15)")
-    if checkpoint_keys(path) is None:
-        raise ModelError(f"{path}: not a readable safetensors checkpoint")
-    family = checkpoint_family(path)
+    header = check_checkpoint(path)
+    family = family_of_checkpoint_keys([k for k in header or {} if k != "__metadata__"])
     if family is None:
         raise ModelError(f"{path.name} is not an SD1.5 or SDXL checkpoint (its keys match "
                          "neither); Kolors loads only from a diffusers folder or repo")
     return family
+
+
+def check_checkpoint(path: Path) -> dict | None:
+    """Refuse a single-file checkpoint diffusers should not be given (``weightfiles``: not a
+    regular file, a broken safetensors header, a legacy pickle or a zip bomb; a pickle asking
+    for globals the weights-only loader refuses). Its safetensors header, or None."""
+    try:
+        header = weightfiles.check(path)
+    except weightfiles.WeightFileError as exc:
+        if exc.problem == "no such file":
+            raise ModelError(f"checkpoint not found: {path}") from None
+        raise ModelError(f"checkpoint {path} is unreadable: {exc.problem}") from None
+    if header is not None:
+        return header
+    import torch
+
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch 2.5+
+    try:
+        unsafe = scan(str(path)) if scan else []
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle
+        raise ModelError(f"checkpoint {path} is unreadable: {_first_line(exc)}") from None
+    if unsafe:
+        raise ModelError(f"checkpoint {path}: {weightfiles.refused_global(sorted(unsafe)[0])}"
+                         f"{f' (and {len(unsafe) - 1} more)' if len(unsafe) > 1 else ''}; "
+                         "re-save its tensors where you trust it, preferably as .safetensors")
+    return None
+
+
+def _unreadable(exc: BaseException) -> str | None:
+    """Why diffusers could not read a local checkpoint's weights (it wraps the reason in an
+    OSError), or None when ``exc`` is about something else (the configs)."""
+    if "Unable to load weights from checkpoint file" not in str(exc) and "git-lfs" not in str(exc):
+        return None
+    causes = []
+    while exc is not None and len(causes) < 20:
+        causes.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for cause in reversed(causes):
+        if type(cause).__name__ == "UnpicklingError":
+            return weightfiles.pickle_refusal(str(cause))
+    deepest = next((c for c in reversed(causes) if not isinstance(c, UnicodeDecodeError)),
+                   causes[0])
+    return _first_line(deepest)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _missing_repo(ref: ModelRef, exc: BaseException) -> ModelError:
@@ -137,6 +186,7 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     prepare()
     import diffusers
     import torch
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     from . import builtin
 
@@ -149,8 +199,8 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
         folder = Path(ref.ref)
         if not (folder / "model_index.json").is_file():
             raise ModelError(f"{folder} is not a diffusers model folder (no model_index.json)")
-    elif ref.kind == "file" and not Path(ref.ref).is_file():
-        raise ModelError(f"checkpoint not found: {ref.ref}")
+    elif ref.kind == "file":
+        check_checkpoint(Path(ref.ref))
 
     # 2. Which pipeline class, device and dtype.
     family = detect_family(ref, folder)
@@ -180,7 +230,13 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
                 try:
                     pipe = pipeline_cls.from_single_file(ref.ref, config=config, **kwargs)
                 except OSError as exc:
-                    raise _missing_configs(ref, config, exc) from None
+                    reason = _unreadable(exc)
+                    if reason is None:
+                        raise _missing_configs(ref, config, exc) from None
+                    raise ModelError(f"checkpoint {ref.ref} is unreadable: {reason}") from None
+                except SingleFileComponentError as exc:
+                    raise ModelError(f"checkpoint {ref.ref} is not a whole {family} pipeline: "
+                                     f"{_first_line(exc)}") from None
             elif ref.kind == "repo":
                 pipe = pipeline_cls.from_pretrained(ref.ref, revision=ref.revision, **kwargs)
             else:

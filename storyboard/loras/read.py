@@ -34,27 +34,33 @@ files (>= 0.34) keep the adapter's ``LoraConfig`` per component in the safetenso
 with no stored alpha keeps ``alpha=None`` here (the readers' rule "alpha = rank" is applied when
 converting).
 
-Pickles are only ever opened with ``torch.load(weights_only=True, map_location="cpu")``; one
-that needs anything more is refused with ``LoraFormatError`` and nothing in it runs. A PyTorch
+Every file is checked by ``storyboard.weightfiles`` before anything reads it: a regular file,
+a sound safetensors header, a pickle in torch's zip format whose entries unpack to no more than
+the file holds. Pickles are then only ever opened with ``torch.load(weights_only=True,
+map_location="cpu")``, reading the checked file; one that needs anything more is refused with
+``LoraFormatError`` naming the global it asked for, and nothing in it runs. Stored LoRA configs
+(metadata, ``adapter_config.json``) are read with bounds and their fields checked. A PyTorch
 Lightning checkpoint (``{"state_dict": ..., "epoch": ...}``) is unwrapped. DoRA, LoHa, LoKr,
 LoCon-Tucker and full-diff adapters are refused: only plain LoRA is supported.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import weightfiles
+from ..weightfiles import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
+
 if TYPE_CHECKING:
     import torch
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+SUFFIXES = (SAFETENSORS_SUFFIX,) + PICKLE_SUFFIXES
 
 
 class LoraFormatError(ValueError):
@@ -70,40 +76,28 @@ class LoraFormatError(ValueError):
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The file's tensors by key, and its safetensors metadata (empty for pickles)."""
+    """The file's tensors by key, and its safetensors metadata (empty for pickles). The file is
+    checked first (``storyboard.weightfiles``): a regular file, a sound safetensors header or a
+    torch zip that unpacks to no more than it holds."""
     import torch
 
-    if not path.is_file():
-        raise LoraFormatError(path, "no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                metadata = dict(fh.metadata() or {})
-                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-        except Exception as exc:  # noqa: BLE001 - any parse failure is the file's fault
-            raise LoraFormatError(path, f"not a readable .safetensors file ({_first_line(exc)})"
-                                  ) from None
-        return tensors, metadata
-    if suffix not in PICKLE_SUFFIXES:
-        raise LoraFormatError(path, f"unsupported file type {suffix or path.name!r}; "
-                                    f"expected one of {', '.join(SUFFIXES)}")
-    import pickle
-
     try:
-        # weights_only=True: tensors, numbers, strings and containers only. Never False.
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"(?:Unsupported global|Unsupported operand)[^\n]*", str(exc))
-        what = found.group(0).strip() if found else _first_line(exc)
-        raise LoraFormatError(
-            path, "this pickle needs more than tensors to load (" + what[:200] + "); it was "
-            "refused without running anything in it. Re-save just the tensors (a dict of "
-            "name -> tensor), preferably as .safetensors") from None
-    except Exception as exc:  # noqa: BLE001 - truncated or foreign files
-        raise LoraFormatError(path, f"not a readable PyTorch file ({_first_line(exc)})") from None
+        with weightfiles.opened(path) as (fh, header):
+            if header is not None:
+                return _read_safetensors(path), dict(header.get("__metadata__") or {})
+            try:
+                # weights_only=True: tensors, numbers, strings and containers only. Never False.
+                # The open, checked file is what torch reads: nothing can replace it meanwhile.
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                raise LoraFormatError(path, weightfiles.pickle_refusal(str(exc)) + ". Re-save "
+                                      "just the tensors (a dict of name -> tensor), preferably "
+                                      "as .safetensors") from None
+            except Exception as exc:  # noqa: BLE001 - truncated or foreign files
+                raise LoraFormatError(path, f"not a readable PyTorch file ({_first_line(exc)})"
+                                      ) from None
+    except weightfiles.WeightFileError as exc:
+        raise LoraFormatError(path, exc.problem) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # PyTorch Lightning: {"state_dict": ..., "epoch": ...}
     if not isinstance(obj, Mapping):
@@ -114,6 +108,17 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise LoraFormatError(path, "is not a LoRA state dict: non-tensor entries "
                                     + ", ".join(repr(b) for b in bad[:5]))
     return dict(obj), {}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return {key: fh.get_tensor(key) for key in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the file's fault
+        raise LoraFormatError(path, f"not a readable .safetensors file ({_first_line(exc)})"
+                              ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -298,24 +303,33 @@ def _parse_ab(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, 
     return raw
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a stored LoraConfig is a few hundred bytes
+_REPEATED_GROUP = re.compile(r"\)[*+{]")  # (a+)+ and friends can take forever to match
+
+
 def _apply_stored_config(raw: _Raw, metadata: dict[str, str]) -> None:
     """Alphas from diffusers' safetensors metadata or a PEFT adapter_config.json."""
-    configs: dict[str, dict[str, Any]] = {}  # component ("unet", ...) or "" -> LoraConfig dict
-    if metadata.get("lora_adapter_metadata"):
-        try:
-            flat = json.loads(metadata["lora_adapter_metadata"])
-        except ValueError:
-            raise LoraFormatError(raw.path, "has unreadable lora_adapter_metadata") from None
-        for key, value in flat.items():
-            component, _, name = key.partition(".")
-            configs.setdefault(component, {})[name] = value
+    configs: dict[str, Any] = {}  # component ("unet", ...) or "" -> LoraConfig dict
     beside = raw.path.parent / "adapter_config.json"
-    if raw.format == "peft" and raw.path.name.startswith("adapter_model") and beside.is_file():
-        try:
-            configs[""] = json.loads(beside.read_text("utf-8"))
-        except ValueError:
-            raise LoraFormatError(beside, "is not valid JSON") from None
-        raw.notes.append(f"alpha from {beside.name}")
+    try:
+        if metadata.get("lora_adapter_metadata"):
+            flat = weightfiles.loads_bounded(metadata["lora_adapter_metadata"],
+                                             MAX_CONFIG_BYTES, raw.path,
+                                             "its lora_adapter_metadata")
+            if not isinstance(flat, dict):
+                raise LoraFormatError(raw.path, "its lora_adapter_metadata is not a JSON object")
+            for key, value in flat.items():
+                component, _, name = key.partition(".")
+                configs.setdefault(component, {})[name] = value
+            for config in configs.values():
+                _check_config(raw.path, config)
+        if raw.format == "peft" and raw.path.name.startswith("adapter_model") and \
+                beside.is_file():
+            configs[""] = _check_config(beside, weightfiles.bounded_json(
+                beside, MAX_CONFIG_BYTES, "an adapter_config.json"))
+            raw.notes.append(f"alpha from {beside.name}")
+    except weightfiles.WeightFileError as exc:
+        raise LoraFormatError(exc.path, exc.problem) from None
     if not configs:
         return
     for module, layer in raw.layers.items():
@@ -332,3 +346,28 @@ def _apply_stored_config(raw: _Raw, metadata: dict[str, str]) -> None:
             layer.alpha = float(alpha)
         if config.get("use_rslora"):
             raw.alpha_rule = "alpha/sqrt(rank)"
+
+
+def _check_config(path: Path, config: Any) -> dict[str, Any]:
+    """``config``, a stored LoraConfig whose alpha fields are numbers and whose alpha patterns
+    are regular expressions that match in linear time."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(config, dict):
+        raise LoraFormatError(path, "its stored LoRA config is not a JSON object")
+    if config.get("lora_alpha") is not None and not number(config["lora_alpha"]):
+        raise LoraFormatError(path, "its stored lora_alpha is not a number")
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict) or not all(number(v) for v in patterns.values()):
+        raise LoraFormatError(path, "its stored alpha_pattern is not a map of numbers")
+    for pattern in patterns:
+        if len(pattern) > 500 or _REPEATED_GROUP.search(pattern):
+            raise LoraFormatError(path, f"alpha_pattern {pattern[:80]!r} is too long or repeats "
+                                        "a group (it could take forever to match)")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise LoraFormatError(path, f"alpha_pattern {pattern[:80]!r} is not a regular "
+                                        f"expression ({exc})") from None
+    return config

@@ -47,11 +47,19 @@ class Outputs:
 
     folder: Path
     recorded: dict[str, str] = field(default_factory=dict)  # name -> sha256 of its bytes
+    # Names a schema-1 manifest (storyboard before digests and marks) lists: its files are
+    # known by name only.
+    listed: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, folder: Path) -> Outputs:
         manifest = read_manifest(folder)
-        return cls(folder, dict(manifest.digests) if manifest else {})
+        if manifest is None:
+            return cls(folder)
+        listed = frozenset(manifest.files) | frozenset(
+            p["file"] for p in manifest.panels if isinstance(p.get("file"), str)) \
+            if manifest.schema_version == 1 else frozenset()
+        return cls(folder, dict(manifest.digests), listed)
 
     def owns(self, name: str) -> bool:
         """Whether the file at ``name`` (relative to the folder) may be replaced or removed:
@@ -68,7 +76,7 @@ class Outputs:
         if name in self.recorded and (sha256_of(path) == self.recorded[name]
                                       or _damaged(path)):
             return True  # what it wrote, or what is left of it after a crash or a full disk
-        return _marked(path)
+        return name in self.listed or _marked(path)
 
     def kept(self) -> dict[str, str]:
         """The records of files storyboard wrote before that are still there: a build that

@@ -1,7 +1,7 @@
 """Phase 2, compile: a validated ``Story`` in; render jobs and a render plan out. No torch.
 
 - ``jobs``: ``PanelJob`` / ``ModelRef`` / ``LoraRef`` and the content hash;
-- ``templating``: the sandboxed Jinja that expands prompts;
+- ``templating``: the Jinja that expands prompts; ``sandbox``: what it may reach and cost;
 - ``compile``: story -> one ``PanelJob`` per panel (``compile_story``);
 - ``tokens``: warnings for prompts longer than the text encoder reads;
 - ``batches``: which panels share a pipeline call (pure);

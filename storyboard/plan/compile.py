@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import constants as C
+from .. import weightfiles
 from ..errors import Diagnostics, Loc, Problem
 from ..families import BUILTINS, FAMILIES, family_of_checkpoint_keys, family_of_pipeline
 from ..samplers import canonical_sampler
 from ..story import Story
 from ..story.schema import REPO_RE, CharacterSpec, PanelSpec
 from .jobs import LoraRef, ModelRef, PanelJob, with_hash
-from .templating import TemplateProblem, is_template, render
+from .templating import Budget, TemplateProblem, is_template, render
 
 # The built-in templates. A writer overrides them under `templates:`; these are what a story
 # gets otherwise, and `storyboard plan` shows their result.
@@ -75,9 +76,12 @@ def compile_story(story: Story) -> list[PanelJob]:
     negative_template = spec.templates.negative or DEFAULT_NEGATIVE_TEMPLATE
     default_size = default_panel_size(spec.model.builtin, spec.model.resolved_family)
     lora_cache: dict[str, str] = {}
+    budget = Budget()  # for all the story's templates together
 
     jobs = []
     for index, panel in enumerate(spec.panels):
+        if budget.exhausted:
+            break  # reported once, where it ran out
         loc: Loc = ("panels", index)
         present = [cast[cid] for cid in panel.characters]
         context = {**base_context, "characters": present}
@@ -85,7 +89,7 @@ def compile_story(story: Story) -> list[PanelJob]:
         def text(value: str, where: Loc) -> str:
             if not is_template(value):
                 return value
-            return _render(value, context, where, story, diag)
+            return _render(value, context, where, story, diag, budget)
 
         parts = ([panel.prompt] if isinstance(panel.prompt, str) else panel.prompt.parts())
         prompt_text = spec.style.separator.join(
@@ -99,10 +103,10 @@ def compile_story(story: Story) -> list[PanelJob]:
             "caption": panel.caption,
             "characters": list(panel.characters),
         }
-        prompt = _render(prompt_template, context, ("templates", "prompt"), story, diag,
+        prompt = _render(prompt_template, context, ("templates", "prompt"), story, diag, budget,
                          builtin=spec.templates.prompt is None)
         negative = _render(negative_template, context, ("templates", "negative"), story, diag,
-                           builtin=spec.templates.negative is None)
+                           budget, builtin=spec.templates.negative is None)
         loras = tuple(
             LoraRef(cid, str(path), lora_cache.setdefault(str(path), file_sha256(path)), l.weight)
             for cid in panel.characters
@@ -139,10 +143,12 @@ def _job(panel: PanelSpec, index: int, spec, prompt: str, negative: str, model: 
     return with_hash(job)
 
 
-def _render(source: str, context: dict, loc: Loc, story: Story, diag: Diagnostics, *,
-            builtin: bool = False) -> str:
+def _render(source: str, context: dict, loc: Loc, story: Story, diag: Diagnostics,
+            budget: Budget, *, builtin: bool = False) -> str:
+    if budget.exhausted:
+        return ""
     try:
-        result = render(source, context)
+        result = render(source, context, budget)
     except TemplateProblem as exc:
         where = "built-in template" if builtin else None
         pos = story.doc.pos(loc)
@@ -200,16 +206,13 @@ def model_ref(story: Story) -> ModelRef:
 
 
 def checkpoint_keys(path: Path) -> list[str] | None:
-    """Tensor names of a .safetensors file, from its JSON header alone (no tensors read)."""
+    """Tensor names of a .safetensors file, from its checked JSON header alone (no tensors
+    read); None when it is not a sound safetensors file (``weightfiles`` says why)."""
     try:
-        with path.open("rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            if not 2 <= size <= 100_000_000:
-                return None
-            header = json.loads(fh.read(size))
-    except (OSError, ValueError):
+        header = weightfiles.check(path) if path.suffix.lower() == ".safetensors" else None
+    except weightfiles.WeightFileError:
         return None
-    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+    return [k for k in header if k != "__metadata__"] if header is not None else None
 
 
 def checkpoint_family(path: Path) -> str | None:

@@ -55,6 +55,8 @@ def validate_doc(doc: SourceDoc, base_dir: Path, *, check_files: bool = True) ->
         diag.add(doc.problem((), f"expected a mapping of story keys at the top, got "
                                  f"{kind_of(data)}", "a story starts with `version: 1`"))
         diag.raise_if_errors()
+    for warning in doc.warnings:
+        diag.add(warning)
     spec = None
     try:
         spec = StorySpec.model_validate(data)

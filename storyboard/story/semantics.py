@@ -11,19 +11,23 @@ The pictures themselves are checked later (``training.dataset``), once the story
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import ERROR, WARNING, Diagnostics, Loc, did_you_mean, show_value
+from ..errors import ERROR, WARNING, Diagnostics, Loc, did_you_mean
+from ..paths import MISSING, file_problem
 from ..samplers import canonical_sampler, sampler_names
 from .schema import (
+    BIDI_CONTROLS,
     CHECKPOINT_SUFFIXES,
     FONT_SUFFIXES,
-    ID_RE,
     LORA_SUFFIXES,
     REPO_RE,
-    WINDOWS_RESERVED,
+    char_name,
+    id_problem,
     model_shorthand,
+    show_id,
 )
 from .source import SourceDoc
 
@@ -64,11 +68,11 @@ def check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnostic
                 first = doc.pos(("panels", j, "id")).line
                 other = panels[j]["id"]
                 if other == pid:
-                    error(("panels", i, "id"), f"duplicate panel id {pid!r} (first used on line "
-                                               f"{first})", "every panel needs its own id")
+                    error(("panels", i, "id"), f"duplicate panel id {show_id(pid)} (first used "
+                                               f"on line {first})", "every panel needs its own id")
                 else:
-                    error(("panels", i, "id"), f"panel id {pid!r} differs from {other!r} (line "
-                                               f"{first}) only in case",
+                    error(("panels", i, "id"), f"panel id {show_id(pid)} differs from "
+                                               f"{show_id(other)} (line {first}) only in case",
                           "their files would overwrite each other on macOS and Windows")
             else:
                 seen[pid.lower()] = i
@@ -87,19 +91,17 @@ def check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnostic
                     hint = did_you_mean(cid, characters) or (
                         f"defined characters: {', '.join(characters)}" if characters
                         else "define it under `characters:` first")
-                    error(loc, f"unknown character {cid!r}", hint)
+                    error(loc, f"unknown character {show_id(cid)}", hint)
                 elif cid in listed:
-                    error(loc, f"character {cid!r} is listed twice")
+                    error(loc, f"character {show_id(cid)} is listed twice")
                 listed.add(cid)
                 used.add(cid)
 
     for cid, char in characters.items():
-        if not isinstance(cid, str) or not ID_RE.fullmatch(cid) \
-                or cid.lower() in WINDOWS_RESERVED:
-            error(("characters", str(cid)), f"invalid character id {show_value(cid)}: use 1-64 "
-                  "letters, digits, '-' or '_', starting with a letter or digit",
-                  "ids name LoRA adapters and files, so dots, slashes and spaces are not "
-                  "allowed", key=True)
+        problem = id_problem(cid, "character id") if isinstance(cid, str) else \
+            (f"invalid character id {cid!r}: ids are text", "put quotes around it")
+        if problem:
+            error(("characters", str(cid)), *problem, key=True)
         elif cid not in used:
             warn(("characters", cid), f"character {cid!r} is defined but appears in no panel",
                  key=True)
@@ -140,6 +142,38 @@ def check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnostic
     if isinstance(layout, dict) and isinstance(layout.get("font"), str) and check_files:
         _check_file(layout["font"], base_dir, FONT_SUFFIXES, "font file", ("layout", "font"),
                     error)
+
+    # Bidirectional controls: an error in ids (the schema's, and above); in any other text a
+    # warning, for the text may show differently from what the model gets.
+    for loc, text in _texts(data):
+        found = list(dict.fromkeys(_BIDI_RE.findall(text)))
+        if found and not _names_an_id(loc):
+            what = "bidirectional controls" if found[1:] else "a bidirectional control"
+            warn(loc, f"contains {', '.join(map(char_name, found))}, {what}: the text may "
+                      "show differently from what the model gets",
+                 "remove it, unless this text is right-to-left and needs it; it is invisible "
+                 "in most editors")
+
+
+_BIDI_RE = re.compile("[" + "".join(sorted(BIDI_CONTROLS)) + "]")
+
+
+def _texts(data: Any) -> Any:
+    """(location, text) of every text value in the story, without recursion."""
+    pending: list[tuple[Loc, Any]] = [((), data)]
+    while pending:
+        loc, value = pending.pop()
+        if isinstance(value, str):
+            yield loc, value
+        elif isinstance(value, dict):
+            pending.extend(((*loc, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            pending.extend(((*loc, i), v) for i, v in enumerate(value))
+
+
+def _names_an_id(loc: Loc) -> bool:
+    """Whether the text at ``loc`` is an id, or names one: checked as such elsewhere."""
+    return loc[:1] == ("panels",) and len(loc) >= 3 and loc[2] in ("id", "characters")
 
 
 def _check_train(cid: str, char: dict, base_dir: Path, error, warn, *,
@@ -192,10 +226,13 @@ def check_images_folder(fname: str, base_dir: Path, loc: Loc, error) -> None:
 def _check_file(fname: str, base_dir: Path, suffixes: tuple[str, ...], what: str, loc: Loc,
                 error) -> None:
     path = base_dir / Path(fname).expanduser()
+    problem = file_problem(path)
     if not fname.lower().endswith(suffixes):
         error(loc, f"{what} {fname!r} has an unsupported type",
               f"expected one of {', '.join(suffixes)}")
-    elif not path.is_file():
+    elif problem and problem != MISSING:
+        error(loc, f"{what} {fname!r}: {problem}")
+    elif problem:
         hint = None
         parent = path.parent
         if parent.is_dir():
@@ -212,9 +249,11 @@ def check_model_path(fname: str, base_dir: Path, loc: Loc, error) -> None:
             error(loc, f"model folder {fname!r} has no model_index.json",
                   "point `path` at a diffusers folder (saved with save_pretrained) or a "
                   "single .safetensors checkpoint")
-    elif path.is_file():
+    elif (problem := file_problem(path)) is None:
         if not fname.lower().endswith(CHECKPOINT_SUFFIXES):
             error(loc, f"model file {fname!r} is not a .safetensors or .ckpt checkpoint")
+    elif problem != MISSING:
+        error(loc, f"model {fname!r}: {problem}")
     else:
         error(loc, f"model not found: {fname!r} (looked in {_shown(path.parent)})",
               "paths are relative to the story file; for a Hugging Face model use `repo:`")

@@ -7,12 +7,14 @@ bombs (counted by their *expanded* size, in values and in characters, while stre
 parser's events, so a "billion laughs" costs microseconds); numbers with absurdly many digits;
 duplicate keys (all of them reported, with the line of the first occurrence). Only then is the
 document composed (ruamel.yaml's libyaml-based C parser when available) and turned into plain
-dicts, lists and scalars, recording where every key and value sits.
+dicts, lists and scalars, recording where every key and value sits, with a warning for each
+integer other YAML tools would read otherwise (``seed: 0755``: 755 here, octal 493 in YAML 1.1).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from .. import constants as C
 from ..errors import Diagnostics, Loc, Problem, StoryError
+from ..paths import file_problem
 
 # Tags a writer may spell out; anything else (python objects, custom constructors) is refused.
 _ALLOWED_TAGS = {
@@ -75,6 +78,7 @@ class SourceDoc:
     positions: dict[Loc, Pos] = field(default_factory=dict)
     key_positions: dict[Loc, Pos] = field(default_factory=dict)
     block_scalars: set[Loc] = field(default_factory=set)  # values written with | or >
+    warnings: list[Problem] = field(default_factory=list)  # numbers other tools read otherwise
 
     def pos(self, loc: Loc, *, key: bool = False) -> Pos:
         """Position of the value at ``loc`` (or its key), else of the nearest enclosing value."""
@@ -107,16 +111,20 @@ def read_story_bytes(path: str | Path, name: str | None = None) -> bytes:
     def refuse(message: str) -> StoryError:
         return StoryError([Problem(name, None, None, (), message)])
 
+    problem = file_problem(p)  # a pipe or a device is refused before anything opens it
+    if problem:
+        raise refuse(problem)
     try:
-        st = p.stat()  # follows links; a FIFO or a device is refused before anything opens it
-        if stat.S_ISDIR(st.st_mode):
-            raise refuse("is a folder, expected a story file")
-        if not stat.S_ISREG(st.st_mode):
-            raise refuse("is not a regular file (a pipe, device or socket); a story is a file")
-        if st.st_size > C.MAX_FILE_BYTES:
-            raise refuse(f"file is {st.st_size:,} bytes; stories are limited to "
-                         f"{C.MAX_FILE_BYTES:,} bytes")
-        with p.open("rb") as fh:
+        # Non-blocking, and checked again once open: a file swapped for a pipe meanwhile is
+        # refused, not waited on.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise refuse("is not a regular file")
+            if st.st_size > C.MAX_FILE_BYTES:
+                raise refuse(f"file is {st.st_size:,} bytes; stories are limited to "
+                             f"{C.MAX_FILE_BYTES:,} bytes")
             raw = fh.read(C.MAX_FILE_BYTES + 1)  # bounded, even if the file grows meanwhile
     except OSError as exc:
         raise refuse(f"cannot read file: {exc.strerror or exc}") from None
@@ -362,7 +370,31 @@ def _plain(node: Any, loc: Loc, doc: SourceDoc, constructor: Any) -> Any:
             doc.positions[child] = _pos(value_node)
             items.append(_plain(value_node, child, doc, constructor))
         return items
-    return _plain_scalar(constructor.construct_object(node))
+    value = _plain_scalar(constructor.construct_object(node))
+    if type(value) is int and not node.style:
+        note = number_note(node.value, value)
+        if note:
+            name = f"{loc[-1]} " if loc and isinstance(loc[-1], str) else ""
+            doc.warnings.append(doc.problem(loc, name + note, severity="warning"))
+    return value
+
+
+def number_note(text: str, value: int) -> str | None:
+    """What is ambiguous about an integer written as ``text`` (and read as ``value``), when
+    YAML 1.1 tools (PyYAML, most scripts) or strict YAML 1.2 ones would read it otherwise."""
+    sign, digits = ("-" if text.startswith("-") else ""), text.lstrip("+-")
+    octal = digits.replace("_", "")
+    if len(octal) > 1 and octal.startswith("0") and octal.isdigit() and value:
+        other = (f"as octal {sign}{int(octal, 8)}" if set(octal) <= set("01234567")
+                 else "as text")
+        return (f"{text} has a leading zero: read as {value} (decimal); YAML 1.1 tools read it "
+                f"{other}; write {value}")
+    if digits[:2] in ("0o", "0O"):
+        return f"{text} is read as {value} (octal); YAML 1.1 tools read it as text; write {value}"
+    if digits[:2] in ("0b", "0B") or ("_" in digits and digits[:2] not in ("0x", "0X")):
+        return (f"{text} is read as {value}; strict YAML 1.2 tools read it as text; "
+                f"write {value}")
+    return None
 
 
 class _NodeProblem(Exception):

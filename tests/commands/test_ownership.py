@@ -156,3 +156,23 @@ def test_reroll_and_rerender_refuse_the_users_files(story, tmp_path, fresh_cache
     result = run_cli("render", "--from-png", str(panel))
     assert result.exit_code == 2 and "a.rerender.png" in result.output
     assert (out / "panels" / "a.rerender.png").read_bytes() == beside
+
+
+def test_a_folder_built_before_digests_and_marks_is_still_storyboards(story):
+    """Output folders from storyboard before manifest schema 2 have pages without a mark and
+    a manifest listing file names only: those names stay storyboard's to replace."""
+    from storyboard.output.ownership import PAGE_MARK
+
+    build(story, options=QUIET)
+    out = story.with_name("story.out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    del manifest["digests"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with Image.open(out / "page-1.png") as im:  # an old page: no mark
+        assert PAGE_MARK in im.info
+        im.convert("RGB").save(out / "page-1.png")
+    report = build(story, options=QUIET, force=True)
+    assert report.exit_code == 0
+    with Image.open(out / "page-1.png") as im:
+        assert PAGE_MARK in im.info

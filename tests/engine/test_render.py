@@ -172,7 +172,8 @@ def test_missing_or_broken_model_folder(tmp_path):
     with pytest.raises(ModelError, match="no model_index.json"):
         load_model(ModelRef("folder", str(tmp_path)), QUIET)
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ModelError, match="not a readable safetensors"):
+    with pytest.raises(ModelError, match="bad.safetensors is unreadable: not a readable "
+                                         ".safetensors"):
         load_model(ModelRef("file", str(tmp_path / "bad.safetensors")), QUIET)
 
 
@@ -619,7 +620,7 @@ def test_inspect_and_render_from_png(tmp_path):
     a = np.asarray(Image.open(png)).astype(int)
     b = np.asarray(Image.open(redo)).astype(int)
     assert np.abs(a - b).max() <= BATCH_TOLERANCE
-    assert read_panel_png(redo)[1]["hash"] == read_panel_png(png)[1]["hash"]
+    assert read_panel_png(redo)[1].hash == read_panel_png(png)[1].hash
 
 
 def test_render_from_png_refuses_foreign_or_tampered_files(tmp_path):
@@ -635,7 +636,7 @@ def test_render_from_png_refuses_foreign_or_tampered_files(tmp_path):
     story = write_story(tmp_path, PANELS4)
     run_cli("render", "-q", "--only", "a", str(story))
     png = tmp_path / "story.out" / "panels" / "a.png"
-    _, record = read_panel_png(png)
+    record = read_panel_png(png)[1].model_dump()
     record["job"]["seed"] += 1
     info = PngInfo()
     info.add_text("storyboard", json.dumps(record))

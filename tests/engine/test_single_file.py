@@ -14,6 +14,7 @@ Findings pinned by these tests (diffusers 0.42):
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -285,3 +286,99 @@ def test_config_only_for_single_files(tmp_path):
     with pytest.raises(StoryError) as info:
         load_story(story)
     assert "'config' only applies to a single-file checkpoint" in info.value.format_message()
+
+
+# --- checkpoints that are damaged or hostile -----------------------------------------------------
+
+
+def _load(path: Path, **kwargs):
+    from storyboard.engine.loading import ModelError, load_model
+    from storyboard.options import RuntimeOptions
+    from storyboard.plan.jobs import ModelRef
+
+    with pytest.raises(ModelError) as info:
+        load_model(ModelRef("file", str(path), family="sdxl", **kwargs),
+                   RuntimeOptions(progress=False))
+    return info.value.message
+
+
+def _damaged_pickle(path: Path) -> Path:
+    """A zip as torch.save writes it whose data.pkl is garbage."""
+    import io
+    import zipfile
+
+    source = io.BytesIO()
+    torch.save({"model.diffusion_model.x": torch.zeros(2)}, source)
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, b"\x80\x02garbage" if info.filename.endswith("data.pkl")
+                         else src.read(info))
+    return path
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("echo the pickle ran > pwned",))
+
+
+def test_a_cut_short_checkpoint_is_unreadable_not_a_missing_config(made, tmp_path):
+    """Named with its family, a damaged file reached diffusers, whose OSError was taken for
+    missing configs: the message said to `hf download` them."""
+    _, ckpt = made["sdxl"]
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    message = _load(cut)
+    assert f"checkpoint {cut} is unreadable: not a readable .safetensors file: " in message
+    assert "cover" in message or "outside" in message
+    assert "hf download" not in message and "configs" not in message
+
+
+def test_a_damaged_or_hostile_pickle_checkpoint_says_so(made, tmp_path, monkeypatch):
+    folder, _ = made["sdxl"]
+    damaged = _damaged_pickle(tmp_path / "damaged.ckpt")
+    message = _load(damaged)
+    assert f"checkpoint {damaged} is unreadable: " in message and "hf download" not in message
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": _System()}}, evil)
+    assert "asks to run or construct `os.system`, which a weights file never needs" in \
+        _load(evil)
+    # Without torch's static scan (torch < 2.5), diffusers' own refusal is unwrapped.
+    monkeypatch.delattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
+    message = _load(evil, config=str(folder))
+    assert "is unreadable: refused: the file asks to run or construct `os.system`" in message
+    message = _load(damaged, config=str(folder))
+    assert "is unreadable: refused by torch's weights-only loader (Unsupported operand" \
+        in message and "hf download" not in message
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_a_checkpoint_that_is_no_regular_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    assert "pipe.safetensors is unreadable: is a named pipe (FIFO), not a regular file" in \
+        _load(tmp_path / "pipe.safetensors")
+    (tmp_path / "folder.ckpt").mkdir()
+    assert "folder.ckpt is unreadable: is a folder" in _load(tmp_path / "folder.ckpt")
+    assert "checkpoint not found" in _load(tmp_path / "missing.safetensors")
+
+
+def test_a_broken_checkpoint_through_build_is_one_line_without_a_download_hint(tmp_path):
+    from click.testing import CliRunner
+
+    from storyboard.cli import cli
+
+    _damaged_pickle(tmp_path / "m.ckpt")
+    story = _story(tmp_path, "  path: m.ckpt\n  family: sdxl\n")
+    result = CliRunner().invoke(cli, ["build", "-q", str(story)])
+    assert result.exit_code == 2, result.output
+    assert "m.ckpt is unreadable" in result.output and "hf download" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_checkpoint_missing_a_component_is_one_line(made, tmp_path):
+    from safetensors.torch import save_file
+
+    folder, _ = made["sdxl"]
+    path = tmp_path / "part.safetensors"
+    save_file({"model.diffusion_model.x": torch.zeros(2)}, str(path))
+    message = _load(path, config=str(folder))
+    assert f"checkpoint {path} is not a whole sdxl pipeline: " in message

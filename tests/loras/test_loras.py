@@ -716,3 +716,11 @@ def test_cli_lora_inspect_and_convert(pipes, tmp_path):
     assert "Traceback" not in result.output
     result = runner.invoke(cli, ["lora", "convert", str(ckpt), str(tmp_path / "x.bin")])
     assert result.exit_code == 2 and ".safetensors" in result.output
+    # An existing output is not replaced without --force, and never the input itself.
+    before = out.read_bytes()
+    args = ["lora", "convert", str(ckpt), str(out), "--to", "kohya", "--model", "tiny-kolors"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and "--force" in result.output and out.read_bytes() == before
+    assert runner.invoke(cli, args + ["--force"]).exit_code == 0
+    result = runner.invoke(cli, ["lora", "convert", str(out), str(out), "--force"])
+    assert result.exit_code == 2 and "being converted" in result.output

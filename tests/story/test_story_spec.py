@@ -87,7 +87,7 @@ def test_several_files_all_reported():
 def test_missing_story_file(tmp_path):
     result = run_cli("validate", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2
-    assert "cannot read file" in result.output
+    assert "nope.yaml: no such file" in result.output
 
 
 def test_yaml_anchors_and_merge_keys_are_fine(story_file):
