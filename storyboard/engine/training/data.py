@@ -4,7 +4,8 @@ In: the loaded pipeline (its VAE, tokenizers and text encoders), pictures with t
 the training resolution. Out: ``Examples`` (each picture resized into its aspect-ratio bucket
 and encoded once by the VAE, with SDXL's size/crop conditioning; each distinct caption encoded
 once by the pipeline's own ``encode_prompt``, so training sees exactly what rendering feeds the
-UNet) and ``Examples.batch``, the UNet inputs of a batch of them.
+UNet; or, when the text encoders train, at every batch) and ``Examples.batch``, the UNet inputs
+of a batch of them.
 
 Latents are the VAE posterior's mean (no sampling: nothing random happens before the first
 step), scaled by the VAE's ``scaling_factor`` (less its ``shift_factor``, where one is set),
@@ -14,7 +15,7 @@ does: it overflows in fp16) encodes in float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ class Examples:
     latents: list[Any]
     embeddings: dict[str, tuple[Any, Any]]  # caption -> (prompt_embeds, pooled or None)
     time_ids: bool  # whether the UNet takes SDXL's added time ids
+    live: Callable[[str], tuple[Any, Any]] | None = None  # encodes at every batch instead
+
+    def embedding(self, caption: str) -> tuple[Any, Any]:
+        return self.live(caption) if self.live is not None else self.embeddings[caption]
 
     def order(self, batch_size: int, seed: int, name: str) -> BatchOrder:
         return BatchOrder(tuple(p.plan.bucket for p in self.pictures), batch_size, seed, name)
@@ -58,10 +63,11 @@ class Examples:
 
         pictures = [self.pictures[i] for i in indices]
         latents = torch.stack([self.latents[i] for i in indices])
-        prompt = torch.cat([self.embeddings[p.caption][0] for p in pictures])
+        embedded = {c: self.embedding(c) for c in dict.fromkeys(p.caption for p in pictures)}
+        prompt = torch.cat([embedded[p.caption][0] for p in pictures])
         if not self.time_ids:
             return UNetInputs(latents, prompt, None)
-        pooled = torch.cat([self.embeddings[p.caption][1] for p in pictures])
+        pooled = torch.cat([embedded[p.caption][1] for p in pictures])
         ids = torch.tensor([p.plan.time_ids for p in pictures], dtype=pooled.dtype,
                            device=pooled.device)
         return UNetInputs(latents, prompt, {"text_embeds": pooled, "time_ids": ids})
@@ -94,8 +100,9 @@ def pixels(picture: Picture):
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def encode(pipe, pictures: Sequence[Picture], device: str) -> Examples:
-    """VAE latents of every picture and text embeddings of every distinct caption."""
+def encode(pipe, pictures: Sequence[Picture], device: str, live_text: bool = False) -> Examples:
+    """VAE latents of every picture and text embeddings of every distinct caption (with
+    ``live_text``, none: they are computed at every batch, through text encoders that learn)."""
     import torch
 
     vae = pipe.vae
@@ -115,10 +122,11 @@ def encode(pipe, pictures: Sequence[Picture], device: str) -> Examples:
         finally:
             if upcast:
                 vae.to(dtype)
-        embeddings = {c: caption_embedding(pipe, c, device)
-                      for c in sorted({p.caption for p in pictures})}
+        embeddings = {} if live_text else {c: caption_embedding(pipe, c, device)
+                                           for c in sorted({p.caption for p in pictures})}
     time_ids = getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
-    return Examples(tuple(pictures), latents, embeddings, time_ids)
+    live = (lambda caption: caption_embedding(pipe, caption, device)) if live_text else None
+    return Examples(tuple(pictures), latents, embeddings, time_ids, live)
 
 
 def caption_embedding(pipe, caption: str, device: str) -> tuple[Any, Any]:

@@ -1,11 +1,11 @@
 """The trained LoRA as files: diffusers' format, and a kohya copy for WebUI / ComfyUI.
 
-In: the pipeline whose UNet carries the PEFT adapter, the model family, a folder and the facts
-to record. Out: ``lora.safetensors``, written by the pipeline class's own ``save_lora_weights``
-from ``get_peft_model_state_dict``, with the adapter's ``LoraConfig`` as
-``lora_adapter_metadata`` (lora_B is not scaled: the alpha is in the config); and
-``lora.kohya.safetensors``, the same weights through ``storyboard.loras.convert_lora(to=
-"kohya")`` (SGM names, ``.alpha`` tensors). Both carry
+In: the pipeline whose UNet (and CLIP text encoders, when they train) carries the PEFT adapter,
+the model family, a folder and the facts to record. Out: ``lora.safetensors``, written by the
+pipeline class's own ``save_lora_weights`` from ``get_peft_model_state_dict``, with each
+adapter's ``LoraConfig`` as ``lora_adapter_metadata`` (lora_B is not scaled: the alpha is in
+the config); and ``lora.kohya.safetensors``, the same weights through
+``storyboard.loras.convert_lora(to="kohya")`` (SGM names, ``.alpha`` tensors). Both carry
 ``storyboard.*`` metadata (base model, family, token, class word, steps, rank, alpha, picture
 count, the job key as the dataset's hash) in the safetensors header, and both are written
 atomically.
@@ -41,11 +41,15 @@ KOHYA_FILE = "lora.kohya.safetensors"
 
 def lora_layers(module) -> dict[str, Any]:
     """A module's adapter weights (``<module>.lora_A.weight`` / ``lora_B.weight``; fp32,
-    detached, on the CPU)."""
+    detached, on the CPU). A CLIP text encoder's under the names every LoRA file uses
+    (``text_model.encoder.layers...``), also where transformers (5) has dropped ``text_model``
+    from its own module names."""
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    flat = hasattr(module, "encoder") and not hasattr(module, "text_model")
+    return {(f"text_model.{k}" if flat and k.startswith("encoder.") else k):
+            v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def adapter_metadata(module) -> dict[str, Any]:

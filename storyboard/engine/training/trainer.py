@@ -10,7 +10,9 @@ current weights as a state dict or a file, and the live pipeline, for a contact 
 
 DreamBooth-style LoRA (diffusers' ``train_dreambooth_lora_sdxl.py`` recipe): PEFT LoRA on the
 UNet's attention projections (``families.FAMILIES[family].lora_targets``), everything else
-frozen; latents and text embeddings computed once (``data``); aspect-ratio buckets
+frozen unless ``train_text_encoder`` adds a LoRA to each CLIP text encoder's attention too (same
+rank, alpha and learning rate; Kolors' ChatGLM always stays frozen); latents computed once, and
+text embeddings once unless the encoders learn (``data``); aspect-ratio buckets
 (``training.buckets``); min-SNR-weighted MSE (``objective``); AdamW (fused on CUDA; bitsandbytes'
 8-bit AdamW on request); LoRA parameters in float32 (``cast_training_params``) under autocast
 when ``mixed_precision`` asks for fp16/bf16 (with a gradient scaler for fp16); gradient
@@ -52,6 +54,8 @@ MAX_GRAD_NORM = 1.0
 # the backward pass instead of keeping them (a guess, to be measured on real GPUs).
 CHECKPOINTING_BELOW = 16 * 2**30
 OPTIMIZERS = ("adamw", "adamw8bit")
+# CLIP's attention projections: what diffusers' DreamBooth scripts adapt in a text encoder.
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
     ``gradient_checkpointing``: None decides by free GPU memory."""
     import torch
     from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
@@ -146,25 +150,40 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
                                     init_lora_weights="gaussian",
                                     target_modules=list(FAMILIES[job.family].lora_targets)))
     cast_training_params(unet, dtype=torch.float32)
-    unet.train()
+    modules = {"unet": unet}
+    if settings.train_text_encoder:  # CLIP: a LoRA on its attention projections too
+        for i, name in enumerate(FAMILIES[job.family].text_encoders, start=1):
+            encoder = modules[name] = getattr(pipe, name)
+            with torch.random.fork_rng(devices=forked):
+                torch.manual_seed(settings.seed + i)
+                # What transformers' add_adapter does, which (transformers 5) asks for a newer
+                # peft than storyboard needs.
+                inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                                                   init_lora_weights="gaussian",
+                                                   target_modules=list(TEXT_TARGETS)),
+                                        encoder, export.ADAPTER)
+            cast_training_params(encoder, dtype=torch.float32)
+    _training(modules, True)
     if gradient_checkpointing is None:
         gradient_checkpointing = device.startswith("cuda") and \
             torch.cuda.mem_get_info(torch.device(device))[0] < CHECKPOINTING_BELOW
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    parameters = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+    parameters = {f"{name}.{n}": p for name, module in modules.items()
+                  for n, p in module.named_parameters() if p.requires_grad}
 
     # 3. Latents and text embeddings, once; the batch orders.
     emit({"event": "train_phase", "phase": "encoding", "pictures": len(job.images),
           "class_pictures": len(prior_images)})
     factor = data.vae_factor(pipe)
+    live = settings.train_text_encoder  # embeddings change as the encoders learn
     instance = data.encode(pipe, data.plan_pictures(
-        data.read_items(job.images), settings.resolution, factor), device)
+        data.read_items(job.images), settings.resolution, factor), device, live)
     prior = None
     if settings.prior is not None:
         prior = data.encode(pipe, data.plan_pictures(
             data.measure(prior_images, settings.prior.prompt), settings.resolution, factor),
-            device)
+            device, live)
     orders = [instance.order(settings.batch_size, settings.seed, "instance")]
     if prior is not None:
         orders.append(prior.order(settings.batch_size, settings.seed, "prior"))
@@ -188,7 +207,6 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
             emit({"event": "warning", "message": f"{restored}; training from the start"})
     scheduler = objective.noise_scheduler(pipe)
     facts = _facts(job)
-    modules = {"unet": unet}
 
     # 5. Train.
     emit({"event": "train_phase", "phase": "training", "steps": settings.steps,
@@ -215,16 +233,16 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
                 path = state.save_checkpoint(out, job.key, done, losses, trainable)
                 emit({"event": "train_checkpoint", "step": done, "path": str(path)})
             if on_checkpoint is not None:
-                unet.eval()
+                _training(modules, False)
                 try:
                     on_checkpoint(CheckpointView(done, settings.steps, losses[-1], pipe,
                                                  modules, facts))
                 finally:
-                    unet.train()
+                    _training(modules, True)
 
     # 6. The files; the checkpoint is not needed any more.
     emit({"event": "train_phase", "phase": "saving"})
-    unet.eval()
+    _training(modules, False)
     lora_file = export.save_diffusers(pipe, modules, out / export.LORA_FILE, facts)
     kohya_file = export.save_kohya(lora_file, out / export.KOHYA_FILE, job.family,
                                    unet.config, facts)
@@ -251,13 +269,18 @@ def _check(job: TrainJob, prior_images: Sequence[str | Path], optimizer: str,
         raise ValueError("prior preservation is on, but no class pictures were given")
     if settings.prior is None and prior_images:
         raise ValueError("class pictures were given, but prior preservation is off")
-    if settings.train_text_encoder:
-        raise UserError("training the text encoders is not supported yet; set "
-                        "train_text_encoder: false")
+    if settings.train_text_encoder and FAMILIES[job.family].tokenizer != "clip":
+        raise UserError(f"a {job.family} model's text encoder is not CLIP and stays frozen; "
+                        "set train_text_encoder: false")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {optimizer!r}")
     if optimizer == "adamw8bit" and not device.startswith("cuda"):
         raise UserError(f"8-bit AdamW (bitsandbytes) needs a CUDA GPU, not {device}; use adamw")
+
+
+def _training(modules: dict[str, Any], on: bool) -> None:
+    for module in modules.values():
+        module.train(on)
 
 
 def _optimizer(parameters: list[Any], lr: float, device: str, kind: str):

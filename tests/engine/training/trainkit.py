@@ -36,10 +36,14 @@ def settings(**changes) -> TrainSettings:
     return replace(base, **changes)
 
 
-def job(images, model="tiny-sdxl", **changes) -> TrainJob:
-    family = BUILTINS[model].family
-    ref = ModelRef("builtin", model, family=family,
-                   fingerprint=f"recipe-{BUILTINS[model].recipe}")
+def builtin(model: str) -> ModelRef:
+    return ModelRef("builtin", model, family=BUILTINS[model].family,
+                    fingerprint=f"recipe-{BUILTINS[model].recipe}")
+
+
+def job(images, model: str | ModelRef = "tiny-sdxl", **changes) -> TrainJob:
+    ref = builtin(model) if isinstance(model, str) else model
+    family = ref.family
     return with_key(TrainJob(character="ohwx", token="ohwx", class_word="girl", family=family,
                              model=ref, images=tuple(images), settings=settings(**changes),
                              weight=1.0))
@@ -67,7 +71,8 @@ def held_out_loss(pipe, images, seed=1234, draws=8) -> float:
     return float(torch.stack(losses).mean())
 
 
-def held_out_with_loras(story_path: Path, model: str, images) -> tuple[float, dict[str, float]]:
+def held_out_with_loras(story_path: Path, model: str | ModelRef,
+                        images) -> tuple[float, dict[str, float]]:
     """``held_out_loss`` of the base model, and with each character's LoRA of the story at
     ``story_path`` (loaded through storyboard's own adapters, live), by panel id."""
     from storyboard.engine.adapters import Adapters
@@ -77,7 +82,7 @@ def held_out_with_loras(story_path: Path, model: str, images) -> tuple[float, di
     from storyboard.story import load_story
 
     jobs = {j.panel: j for j in compile_story(load_story(story_path))}
-    loaded = load_model(ModelRef("builtin", model), QUIET)
+    loaded = load_model(builtin(model) if isinstance(model, str) else model, QUIET)
     adapters = Adapters(loaded, merge=False)
     adapters.load(list(jobs.values()))
     adapters.activate(())  # loaded adapters arrive switched on
