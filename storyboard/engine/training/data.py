@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...errors import UserError
 from ...training.buckets import BatchOrder, CropPlan, assign, bucket_sizes, bucket_step, crop_plan
 from ...training.images import open_picture
 
@@ -90,9 +91,9 @@ def pixels(picture: Picture):
     plan = picture.plan
     with open_picture(picture.path) as im:
         if (im.height, im.width) != plan.original_size:
-            raise ValueError(f"{picture.path}: {im.width}x{im.height}, but the job says "
-                             f"{plan.original_size[1]}x{plan.original_size[0]} (changed since "
-                             "it was checked?)")
+            raise UserError(f"{picture.path} is {im.width}x{im.height}, but was "
+                            f"{plan.original_size[1]}x{plan.original_size[0]} when the dataset "
+                            "was checked: check it again")
         im = im.resize(plan.resized, Image.Resampling.LANCZOS)
         im = im.crop((plan.left, plan.top, plan.left + plan.bucket.width,
                       plan.top + plan.bucket.height))

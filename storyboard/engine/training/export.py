@@ -69,7 +69,7 @@ def save_diffusers(pipe, modules: Mapping[str, Any], path: Path,
         kwargs[f"{name}_lora_layers"] = lora_layers(module)
         kwargs[f"{name}_lora_adapter_metadata"] = adapter_metadata(module)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as work:
+    with _scratch(path) as work:
         type(pipe).save_lora_weights(work, weight_name=LORA_FILE, **kwargs)
         with safe_open(str(Path(work) / LORA_FILE), "pt") as fh:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -85,7 +85,7 @@ def save_kohya(diffusers_file: Path, path: Path, family: str, unet_config: Any,
 
     from ...loras import convert_lora
 
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as work:
+    with _scratch(path) as work:
         converted = convert_lora(diffusers_file, Path(work) / KOHYA_FILE, to="kohya",
                                  family=family, unet_config=unet_config)
         with safe_open(str(converted), "pt") as fh:
@@ -93,6 +93,12 @@ def save_kohya(diffusers_file: Path, path: Path, family: str, unet_config: Any,
             metadata = dict(fh.metadata() or {})
     write_safetensors(path, tensors, {**metadata, **facts})
     return path
+
+
+def _scratch(path: Path):
+    """A temporary folder beside ``path``, named as ``paths.TEMPORARY`` expects, so one a kill
+    leaves behind is swept like an atomic write's temporary file."""
+    return tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
 
 
 def write_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:

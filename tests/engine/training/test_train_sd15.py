@@ -75,7 +75,8 @@ def test_sd15_with_its_text_encoder_learns_and_renders(tmp_path):
 def test_sdxl_text_encoders_train_and_export_under_standard_names(tmp_path):
     """Both SDXL CLIP encoders get a LoRA; the files name them as every tool does
     (``text_encoder[_2].text_model.encoder...``, kohya's ``lora_te1_`` / ``lora_te2_``), and
-    storyboard loads them into the model."""
+    storyboard loads them into the model. (Also through bf16 autocast and gradient
+    checkpointing, the paths a GPU takes, here on the CPU.)"""
     from safetensors import safe_open
 
     from storyboard.engine.adapters import Adapters
@@ -84,8 +85,15 @@ def test_sdxl_text_encoders_train_and_export_under_standard_names(tmp_path):
     from storyboard.story import load_story
 
     job = trainkit.job(trainkit.pictures(tmp_path / "pictures", [(64, 64)]), steps=3,
-                       train_text_encoder=True)
-    result = train_lora(job, tmp_path / "out", device="cpu")
+                       train_text_encoder=True, mixed_precision="bf16")
+    seen = []
+
+    def look(view):
+        seen.append(view.pipeline.unet.is_gradient_checkpointing)
+
+    result = train_lora(job, tmp_path / "out", device="cpu", gradient_checkpointing=True,
+                        on_checkpoint=look)
+    assert result.dtype == "fp32" and all(np.isfinite(result.losses)) and seen == [True]
     prefixes = {}
     for path in result.files:
         with safe_open(str(path), "pt") as fh:
