@@ -1,0 +1,89 @@
+"""Training checkpoints: everything a killed training needs to go on as if it never stopped.
+
+In: the trainable parameters (LoRA weights, by name), the optimizer, the gradient scaler (fp16
+only), the CPU generator that draws noise and timesteps, the step, the losses so far and the
+job's key. Out: one file, ``checkpoint.pt`` in the training's folder, replaced atomically
+(``paths.atomic_write_via``: a kill while writing leaves the previous checkpoint); and
+``load_checkpoint``, which puts all of it back, or says why it cannot (another job's
+checkpoint, an unreadable file).
+
+The batch order needs no state of its own: ``training.buckets.BatchOrder`` gives the batch of
+any step from the seed. Read back with ``torch.load(weights_only=True)``: a checkpoint holds
+tensors, numbers and strings only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...paths import atomic_write_via
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+
+
+@dataclass
+class Trainable:
+    """What a checkpoint saves and restores."""
+
+    parameters: dict[str, Any]  # qualified name -> trainable parameter (fp32)
+    optimizer: Any
+    generator: Any  # torch.Generator (CPU): noise and timesteps
+    scaler: Any = None  # torch.amp.GradScaler when training in fp16
+
+
+@dataclass(frozen=True)
+class Restored:
+    step: int
+    losses: tuple[float, ...]
+
+
+def save_checkpoint(folder: Path, key: str, step: int, losses: list[float],
+                    state: Trainable) -> Path:
+    import torch
+
+    blob = {
+        "format": FORMAT, "job": key, "step": step, "losses": list(losses),
+        "parameters": {n: p.detach().to("cpu", copy=True) for n, p in state.parameters.items()},
+        "optimizer": state.optimizer.state_dict(),
+        "generator": state.generator.get_state(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+    }
+    path = folder / CHECKPOINT
+    atomic_write_via(path, lambda tmp: torch.save(blob, tmp))
+    return path
+
+
+def load_checkpoint(folder: Path, key: str, state: Trainable) -> Restored | str:
+    """Restore ``state`` from the folder's checkpoint; the reason when there is none to use."""
+    import torch
+
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        return "no checkpoint"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start again
+        return f"checkpoint {path} is unreadable ({type(exc).__name__})"
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        return f"checkpoint {path} is of another format"
+    if blob.get("job") != key:
+        return f"checkpoint {path} belongs to another training (job {blob.get('job')!s:.12})"
+    saved = blob["parameters"]
+    if saved.keys() != state.parameters.keys() or any(
+            saved[n].shape != p.shape for n, p in state.parameters.items()):
+        return f"checkpoint {path} does not match the model's LoRA layers"
+    with torch.no_grad():
+        for name, parameter in state.parameters.items():
+            parameter.copy_(saved[name])
+    state.optimizer.load_state_dict(blob["optimizer"])
+    state.generator.set_state(blob["generator"])
+    if state.scaler is not None and blob["scaler"] is not None:
+        state.scaler.load_state_dict(blob["scaler"])
+    return Restored(step=int(blob["step"]), losses=tuple(float(x) for x in blob["losses"]))
+
+
+def remove_checkpoint(folder: Path) -> None:
+    (folder / CHECKPOINT).unlink(missing_ok=True)
