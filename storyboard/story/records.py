@@ -25,9 +25,8 @@ from .. import constants as C
 from ..errors import UserError
 from ..families import FAMILY_NAMES
 from ..samplers import sampler_names
-from .schema import (
-    Guidance, PanelId, Pixels, Seed, Steps, Text, _check_id, _Spec,
-)
+from .fields import _check_id
+from .schema import Guidance, PanelId, Pixels, Seed, Steps, Text, _Spec
 
 # A record storyboard writes: three texts of MAX_TEXT_CHARS (up to 4 UTF-8 bytes each, or a
 # 12-character JSON escape) and a few hundred bytes besides. Past this it is not ours.

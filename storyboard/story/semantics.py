@@ -18,17 +18,11 @@ from typing import Any
 from ..errors import ERROR, WARNING, Diagnostics, Loc, did_you_mean
 from ..paths import MISSING, file_problem
 from ..samplers import canonical_sampler, sampler_names
-from .schema import (
-    BIDI_CONTROLS,
-    CHECKPOINT_SUFFIXES,
-    FONT_SUFFIXES,
-    LORA_SUFFIXES,
-    REPO_RE,
-    char_name,
-    id_problem,
-    model_shorthand,
-    show_id,
+from .fields import (
+    BIDI_CONTROLS, CHECKPOINT_SUFFIXES, FONT_SUFFIXES, LORA_SUFFIXES, REPO_RE, char_name,
+    id_problem, show_id,
 )
+from .schema import model_shorthand
 from .source import SourceDoc
 
 
