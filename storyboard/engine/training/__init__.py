@@ -6,7 +6,7 @@
   once; batches as the UNet takes them.
 - ``objective``: noise, timesteps and the min-SNR-weighted loss of one batch.
 - ``state``: checkpoints (LoRA weights, optimizer, generator, step), written atomically.
-- ``export``: ``lora.safetensors`` (diffusers) and ``lora.kohya.safetensors``, with metadata.
+- ``export``: ``lora.safetensors`` (diffusers) and ``lora-kohya.safetensors``, with metadata.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ In: the pipeline whose UNet (and CLIP text encoders, when they train) carries th
 the model family, a folder and the facts to record. Out: ``lora.safetensors``, written by the
 pipeline class's own ``save_lora_weights`` from ``get_peft_model_state_dict``, with each
 adapter's ``LoraConfig`` as ``lora_adapter_metadata`` (lora_B is not scaled: the alpha is in
-the config); and ``lora.kohya.safetensors``, the same weights through
+the config); and ``lora-kohya.safetensors``, the same weights through
 ``storyboard.loras.convert_lora(to="kohya")`` (SGM names, ``.alpha`` tensors). Both carry
 ``storyboard.*`` metadata (base model, family, token, class word, steps, rank, alpha, picture
 count, the job key as the dataset's hash) in the safetensors header, and both are written
@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ...paths import atomic_write_bytes
+from ...training.store import KOHYA_FILE, LORA_FILE  # the names the store reads: one source
 
 ADAPTER = "default"  # the adapter name diffusers' add_adapter gives
-LORA_FILE = "lora.safetensors"
-KOHYA_FILE = "lora.kohya.safetensors"
 
 
 def lora_layers(module) -> dict[str, Any]:

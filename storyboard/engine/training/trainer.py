@@ -6,7 +6,7 @@ caller), and two callbacks: ``on_event`` (progress, plain dicts like the rendere
 ``on_checkpoint`` (a ``CheckpointView`` every ``checkpoint_every`` steps and at the end: the
 current weights as a state dict or a file, and the live pipeline, for a contact sheet). Out: a
 ``TrainResult`` (files, losses, steps, seconds, where it resumed from), ``lora.safetensors``
-(diffusers) and ``lora.kohya.safetensors`` in the folder (``export``).
+(diffusers) and ``lora-kohya.safetensors`` in the folder (``export``).
 
 DreamBooth-style LoRA (diffusers' ``train_dreambooth_lora_sdxl.py`` recipe): PEFT LoRA on the
 UNet's attention projections (``families.FAMILIES[family].lora_targets``), everything else

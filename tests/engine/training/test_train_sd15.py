@@ -99,7 +99,7 @@ def test_sdxl_text_encoders_train_and_export_under_standard_names(tmp_path):
         with safe_open(str(path), "pt") as fh:
             prefixes[path.name] = {k.split(".")[0].split("_text_model")[0] for k in fh.keys()}
     assert prefixes["lora.safetensors"] == {"unet", "text_encoder", "text_encoder_2"}
-    assert {"lora_te1", "lora_te2"} <= prefixes["lora.kohya.safetensors"]
+    assert {"lora_te1", "lora_te2"} <= prefixes["lora-kohya.safetensors"]
     info = inspect_lora(result.kohya_file, unet_config=builtin_folder("tiny-sdxl"))
     assert info.family == "sdxl" and info.text_encoder
     story = trainkit.story(tmp_path, "tiny-sdxl", {"dif": str(result.lora_file),
