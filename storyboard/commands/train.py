@@ -1,0 +1,134 @@
+"""`storyboard train`: each character's LoRA, trained where missing or stale, reused otherwise.
+
+In: a story path, the characters to train (all with a `train:` section when none are named),
+``RuntimeOptions`` (device, dtype), ``force`` (train again from scratch) and an event callback.
+Out: a ``TrainReport`` (per character: trained or reused, the LoRA file, seconds, the last loss)
+and, in the cache, ``trained/<key>/`` as ``training.store`` lays it out.
+
+Like a build, training reads top to bottom: load and validate the story and its pictures (every
+problem before any work); select; record which trained LoRAs the story needs (so `clean` keeps
+them); then, holding the cache shared (``clean`` waits) and each LoRA's folder alone (two
+processes never train the same LoRA at once; the second finds it finished), train what is not
+finished. Torch is imported only when something is trained.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError, did_you_mean
+from ..options import RuntimeOptions
+from ..output.locks import locked
+from ..story import load_story
+from ..training.compile import check_training
+from ..training.jobs import TrainJob
+from ..training.store import LORA_FILE, TrainedStore
+from .common import Event
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    character: str
+    key: str
+    status: str  # "trained" | "reused"
+    lora: Path
+    seconds: float = 0.0
+    final_loss: float | None = None
+
+
+@dataclass
+class TrainReport:
+    """What `storyboard train` did; owns the exit code."""
+
+    story: Path
+    outcomes: list[TrainOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
+    def summary(self) -> str:
+        trained = [o.character for o in self.outcomes if o.status == "trained"]
+        reused = [o.character for o in self.outcomes if o.status == "reused"]
+        parts = [f"trained {', '.join(trained)}" if trained else "",
+                 f"reused {', '.join(reused)} (up to date)" if reused else ""]
+        return f"{'; '.join(p for p in parts if p)} in {self.seconds:.1f}s"
+
+
+def select_characters(jobs: Iterable[TrainJob], names: Iterable[str] | None) -> list[TrainJob]:
+    """The jobs of the characters ``names`` (all without them); unknown names are an error."""
+    jobs = list(jobs)
+    if not names:
+        return jobs
+    known = {job.character: job for job in jobs}
+    wanted = list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        hint = did_you_mean(unknown[0], known) or f"characters with `train:`: {', '.join(known)}"
+        raise UserError(f"no character {', '.join(map(repr, unknown))} with a `train:` section "
+                        f"in this story; {hint}")
+    return [known[n] for n in wanted]
+
+
+def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
+          options: RuntimeOptions | None = None, force: bool = False,
+          on_event: Event | None = None, store: TrainedStore | None = None) -> TrainReport:
+    t0 = time.perf_counter()
+    emit = on_event or (lambda event: None)
+    options = options or RuntimeOptions()
+    story_path = Path(story_path)
+    # 1. Load and validate the story and every picture it trains on.
+    story = load_story(story_path)
+    training = check_training(story)
+    for warning in training.warnings:
+        emit({"event": "warning", "message": warning.format()})
+    if not training.jobs:
+        raise UserError(f"{story_path}: no character has a `train:` section; add one (see "
+                        "`storyboard schema`) or name a LoRA file under `loras:`")
+    # 2. Select.
+    jobs = select_characters(training.jobs, characters)
+    store = store or TrainedStore.default()
+    report = TrainReport(story_path)
+
+    def waiting(what: str):
+        return lambda: emit({"event": "waiting",
+                             "message": f"another storyboard is using {what}; waiting for it"})
+
+    # 3. Held: the cache shared (clean waits), each LoRA's folder alone.
+    with locked(store.root, shared=True, on_wait=waiting("the cache")):
+        store.set_roots(story_path, {job.key for job in training.jobs})
+        for job in jobs:
+            folder = store.folder(job.key)
+            with locked(folder, on_wait=waiting(f"the LoRA of {job.character}")):
+                if not force and store.finished(job) is not None:
+                    report.outcomes.append(TrainOutcome(job.character, job.key, "reused",
+                                                        folder / LORA_FILE))
+                    emit({"event": "train_reused", "character": job.character,
+                          "key": job.key})
+                    continue
+                report.outcomes.append(_train_one(job, folder, options, force, emit, store))
+    report.seconds = time.perf_counter() - t0
+    emit({"event": "done", "trained": sum(o.status == "trained" for o in report.outcomes),
+          "reused": sum(o.status == "reused" for o in report.outcomes),
+          "seconds": round(report.seconds, 2)})
+    return report
+
+
+def _train_one(job: TrainJob, folder: Path, options: RuntimeOptions, force: bool, emit: Event,
+               store: TrainedStore) -> TrainOutcome:
+    if job.settings.prior is not None:
+        raise UserError(f"characters.{job.character}.train.prior_preservation: class pictures "
+                        "are not rendered by this version yet; leave it out")
+    from ..engine.training.trainer import train_lora
+
+    emit({"event": "train_start", "character": job.character, "key": job.key,
+          "steps": job.settings.steps, "pictures": len(job.images)})
+    result = train_lora(job, folder, device=options.device, dtype=options.dtype or "auto",
+                        on_event=emit, resume=not force)
+    store.mark_done(job)  # the last write: the folder is finished
+    return TrainOutcome(job.character, job.key, "trained", result.lora_file, result.seconds,
+                        result.final_loss)
