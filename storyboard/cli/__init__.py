@@ -8,6 +8,7 @@ them into click's exits here, and nowhere else.
 - ``story_cmds``: validate, plan, schema, init (never import torch);
 - ``render_cmds``: build, render, reroll, pin, clean, inspect;
 - ``lora``: the `lora` group (inspect, convert);
+- ``train_cmds``: train;
 - ``flags``: the options every rendering command shares, turned into ``RuntimeOptions``;
 - ``progress``: progress for people, silence for scripts, JSON lines for tools.
 """
@@ -103,6 +104,6 @@ def main() -> None:
 
 
 # The commands register themselves on `cli` when their modules load.
-from . import lora, render_cmds, story_cmds  # noqa: E402, F401
+from . import lora, render_cmds, story_cmds, train_cmds  # noqa: E402, F401
 
 __all__ = ["cli", "main"]

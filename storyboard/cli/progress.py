@@ -46,6 +46,15 @@ class Progress:
             # Through tqdm, so the bar is redrawn below the line instead of through it.
             tqdm.write("compiling the UNet (minutes for a batch shape's first compile on this "
                        "machine, cached after; --no-compile renders without)", file=sys.stderr)
+        elif kind == "train_start":
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=event["steps"], unit="step", leave=False,
+                            desc=f"training {event['character']}")
+        elif kind == "train_step" and self.bar is not None:
+            self.bar.update(event["step"] - self.bar.n)  # a resumed run starts past 0
+            self.bar.set_postfix_str(f"loss {event['loss']:.4f}")
         elif kind == "oom_split":
             click.echo(f"out of GPU memory; retrying {', '.join(event['panels'])} in smaller "
                        "batches", err=True)

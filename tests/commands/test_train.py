@@ -83,3 +83,19 @@ def _job(story: Path):
     from storyboard.training.compile import compile_training
 
     return compile_training(load_story(story))[0]
+
+
+def test_the_command_line_trains_then_says_it_reused(story, fresh_cache):
+    import json
+
+    from conftest import run_cli
+
+    result = run_cli("train", "--device", "cpu", str(story))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("s") and "trained mira" in result.output
+    result = run_cli("train", "--json", str(story), "mira")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.output.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["reused"] == 1
+    result = run_cli("train", str(story), "mina")
+    assert result.exit_code == 2 and "did you mean 'mira'" in result.output
