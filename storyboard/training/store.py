@@ -55,6 +55,17 @@ KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 CHECKPOINT_RE = re.compile(r"^step-([0-9]{1,9})$")
 
 
+def latest_checkpoint_step(folder: Path) -> int | None:
+    """The step of the newest complete checkpoint in a training's folder, or None (the
+    trainer's ``state`` reads and writes them; a temporary folder never matches the name)."""
+    try:
+        with os.scandir(folder / CHECKPOINTS) as entries:
+            steps = [int(m.group(1)) for e in entries if (m := CHECKPOINT_RE.fullmatch(e.name))]
+    except OSError:
+        return None
+    return max(steps, default=None)
+
+
 def checkpoint_name(step: int) -> str:
     """The folder name of the checkpoint after ``step`` steps: ``step-000250``."""
     return f"step-{step:06d}"
@@ -96,13 +107,7 @@ class TrainedStore:
 
     def latest_checkpoint(self, key: str) -> int | None:
         """The step of the newest complete checkpoint in ``key``'s folder, or None."""
-        try:
-            with os.scandir(self.folder(key) / CHECKPOINTS) as entries:
-                steps = [int(m.group(1)) for e in entries
-                         if (m := CHECKPOINT_RE.fullmatch(e.name))]
-        except OSError:
-            return None
-        return max(steps, default=None)
+        return latest_checkpoint_step(self.folder(key))
 
     def status(self, job: TrainJob) -> str:
         """"up to date", "to train" or "partly trained (step N of M)", from the disk alone."""

@@ -2,10 +2,11 @@
 
 In: the trainable parameters (LoRA weights, by name), the optimizer, the gradient scaler (fp16
 only), the CPU generator that draws noise and timesteps, the step, the losses so far and the
-job's key. Out: one file, ``checkpoint.pt`` in the training's folder, replaced atomically
-(``paths.atomic_write_via``: a kill while writing leaves the previous checkpoint); and
-``load_checkpoint``, which puts all of it back, or says why it cannot (another job's
-checkpoint, an unreadable file).
+job's key. Out: ``checkpoints/step-NNNNNN/state.pt`` in the training's folder, in the layout
+``training.store`` reads (so `plan` can say "partly trained (step N of M)" without torch): built
+in a temporary folder and renamed when whole, the previous step's removed after, so a kill
+leaves one complete checkpoint; and ``load_checkpoint``, which puts the newest back, or says why
+it cannot (another job's checkpoint, an unreadable file).
 
 The batch order needs no state of its own: ``training.buckets.BatchOrder`` gives the batch of
 any step from the seed. Read back with ``torch.load(weights_only=True)``: a checkpoint holds
@@ -18,9 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...paths import atomic_write_via
+import os
+import shutil
+import tempfile
 
-CHECKPOINT = "checkpoint.pt"
+from ...training.store import (
+    CHECKPOINT_RE, CHECKPOINTS, checkpoint_name, latest_checkpoint_step,
+)
+
+STATE = "state.pt"
 FORMAT = 1
 
 
@@ -51,17 +58,33 @@ def save_checkpoint(folder: Path, key: str, step: int, losses: list[float],
         "generator": state.generator.get_state(),
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
     }
-    path = folder / CHECKPOINT
-    atomic_write_via(path, lambda tmp: torch.save(blob, tmp))
-    return path
+    root = folder / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        torch.save(blob, work / STATE)
+        with open(work / STATE, "rb") as fh:
+            os.fsync(fh.fileno())
+        if final.exists():  # the same step saved again (a resumed run): replace it
+            shutil.rmtree(final)
+        os.rename(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    for old in root.iterdir():
+        if CHECKPOINT_RE.fullmatch(old.name) and old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final / STATE
 
 
 def load_checkpoint(folder: Path, key: str, state: Trainable) -> Restored | str:
     """Restore ``state`` from the folder's checkpoint; the reason when there is none to use."""
     import torch
 
-    path = folder / CHECKPOINT
-    if not path.is_file():
+    step = latest_checkpoint_step(folder)
+    path = folder / CHECKPOINTS / checkpoint_name(step) / STATE if step is not None else None
+    if path is None or not path.is_file():
         return "no checkpoint"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -86,4 +109,4 @@ def load_checkpoint(folder: Path, key: str, state: Trainable) -> Restored | str:
 
 
 def remove_checkpoint(folder: Path) -> None:
-    (folder / CHECKPOINT).unlink(missing_ok=True)
+    shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 import trainkit  # noqa: E402
 from storyboard.engine.builtin import builtin_folder  # noqa: E402
 from storyboard.engine.loading import load_model  # noqa: E402
-from storyboard.engine.training import data, state, train_lora  # noqa: E402
+from storyboard.engine.training import data, train_lora  # noqa: E402
 from storyboard.errors import UserError  # noqa: E402
 from storyboard.loras import inspect_lora  # noqa: E402
 from storyboard.plan import ModelRef  # noqa: E402
@@ -129,4 +129,4 @@ def test_what_is_refused_before_loading_a_model(tmp_path):
 
     with pytest.raises(ValueError, match="no key"):
         train_lora(replace(job, key=""), tmp_path, device="cpu")
-    assert not any(tmp_path.glob("*.safetensors")) and not (tmp_path / state.CHECKPOINT).exists()
+    assert not any(tmp_path.glob("*.safetensors")) and not (tmp_path / "checkpoints").exists()

@@ -26,6 +26,7 @@ from conftest import run_cli  # noqa: E402
 from storyboard.engine.builtin import builtin_folder  # noqa: E402
 from storyboard.engine.training import train_lora  # noqa: E402
 from storyboard.loras import inspect_lora, to_diffusers  # noqa: E402
+from storyboard.training.store import latest_checkpoint_step  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("session_cache")
 
@@ -140,7 +141,10 @@ def test_a_killed_training_resumes_to_the_same_bytes(run, tmp_path):
 
     with pytest.raises(Killed):
         train_lora(job, tmp_path, device="cpu", on_checkpoint=kill)
-    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "lora.safetensors").exists()
+    # One complete checkpoint, in the layout the store reads: `plan` can say how far it got.
+    assert [p.parent.name for p in (tmp_path / "checkpoints").glob("step-*/state.pt")] == \
+        ["step-000040"]
+    assert latest_checkpoint_step(tmp_path) == 40 and not (tmp_path / "lora.safetensors").exists()
     events = []
     resumed = train_lora(job, tmp_path, device="cpu", on_event=events.append)
     assert resumed.resumed_from == 40
@@ -148,4 +152,4 @@ def test_a_killed_training_resumes_to_the_same_bytes(run, tmp_path):
     assert resumed.losses == result.losses
     for mine, theirs in zip(resumed.files, result.files):
         assert mine.read_bytes() == theirs.read_bytes(), mine.name
-    assert not (tmp_path / "checkpoint.pt").exists()  # done: the checkpoint is gone
+    assert not (tmp_path / "checkpoints").exists()  # done: the checkpoint is gone
