@@ -12,6 +12,10 @@ from pathlib import Path
 # Tests never reach the network. huggingface_hub reads this once, when first imported, so it is
 # set here, before anything imports diffusers.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# torch's CPU threads spin while they wait for work; on a small machine shared with the CLI's
+# subprocesses (or other test runs) that spinning starves everyone: training steps measured up to
+# 100x slower. Passive waiting changes no result, only who gets the cores. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 from click.testing import CliRunner
