@@ -20,6 +20,7 @@ from ..errors import StoryError, UserError, did_you_mean
 from ..options import RuntimeOptions
 from ..output.cache import PanelCache
 from ..output.geometry import layout_problems
+from ..output.glyphs import glyph_warnings
 from ..output.locks import locked
 from ..plan import PanelJob, compile_story
 from ..plan.tokens import prompt_warnings
@@ -44,11 +45,11 @@ def load_and_compile(path: str | Path, model: str | None = None) -> tuple[Story,
         story = with_model(story, model)
     jobs = compile_story(story)
     font = story.spec.layout.font
-    problems = layout_problems(story, jobs, str(story.resolve(font)) if font else None,
-                               _caption_lines)
+    font_path = str(story.resolve(font)) if font else None
+    problems = layout_problems(story, jobs, font_path, _caption_lines)
     if problems:  # pages too big to compose or write: said now, not after rendering
         raise StoryError(problems)
-    warnings = prompt_warnings(story, jobs)
+    warnings = prompt_warnings(story, jobs) + glyph_warnings(story, jobs, font_path)
     if has_training(story):  # the pictures are read only for a story that trains
         try:
             warnings += check_training(story).warnings

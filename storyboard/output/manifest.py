@@ -24,6 +24,10 @@ MANIFEST = "manifest.json"
 PDF = "story.pdf"
 MANIFEST_SCHEMA_VERSION = 2  # 2: "digests", the sha256 of every file the build wrote
 MAX_MANIFEST_BYTES = 64 << 20
+# How pages are drawn, in pages_key: a storyboard that draws them differently (not only a new
+# layout key) recomposes pages an older one wrote. 2: captions attached to their panels, no
+# upscaling, titles that fit.
+PAGES_FORMAT = 2
 
 
 def pages_key(story, outcomes: Sequence[Any]) -> str:
@@ -33,7 +37,7 @@ def pages_key(story, outcomes: Sequence[Any]) -> str:
     if font:
         st = story.resolve(font).stat()
         font_stamp = [st.st_size, st.st_mtime_ns]
-    blob = json.dumps({"v": __version__, "layout": story.spec.layout.model_dump(),
+    blob = json.dumps({"v": __version__, "format": PAGES_FORMAT, "layout": story.spec.layout.model_dump(),
                        "font": font_stamp, "title": story.spec.title,
                        "panels": [[o.job.panel, o.job.hash if o.path else None, o.job.caption]
                                   for o in outcomes]}, sort_keys=True, ensure_ascii=False)

@@ -1,15 +1,18 @@
 """Compose rendered panels into captioned comic pages.
 
 In: the panels in story order (image, number, caption; an image may be missing), the story's
-``LayoutSpec`` and title. Out: PIL page images, and ``write_pages`` saving them as
+``LayoutSpec`` and title. Out: ``Page`` plans (what is drawn where, in pixels, from
+``geometry.measure``), PIL page images rasterized from them, and ``write_pages`` saving them as
 ``page-1.png``, ``page-2.png``, ... plus ``story.pdf``, each written atomically.
 
-A page is a grid: ``columns`` cells per row, each ``cell_width`` wide; a panel is scaled to the
-cell's width and centred in its row without distortion; captions wrap to the cell width (CJK
-text breaks between characters, Latin text between words, with the usual rules that keep closing
-punctuation off the start of a line) and are never cut: a row grows to fit its longest caption.
-The default font is Noto Sans CJK (from the ``manimgx-fonts-cjk`` package, SIL OFL 1.1), so
-Chinese, Japanese and Korean captions always render.
+A page is a grid: ``columns`` cells per row, each ``cell_width`` wide; a panel fits its cell
+without distortion and is never scaled past its own pixels (unless ``upscale``); each caption
+is attached to its own panel (below, above or inside it) and wraps to the cell width (CJK text
+breaks between characters, with no lone character on a last line where one can move down,
+Latin text between words, with the usual rules that keep closing punctuation off the start of
+a line) and is never cut: a row grows to fit its longest caption. The title shrinks, then
+wraps, to fit the page. The default font is Noto Sans CJK (from the ``manimgx-fonts-cjk``
+package, SIL OFL 1.1), so Chinese, Japanese and Korean captions always render.
 """
 
 from __future__ import annotations
@@ -20,20 +23,20 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from ..paths import atomic_write_bytes
 from ..story.schema import LayoutSpec
-from .geometry import cell_width, measure
+from .geometry import (
+    INSIDE_PAD, Box, PageGeometry, caption_width, cell_width, fits_inside, font_size, line_height,
+    measure, panel_size, title_size,
+)
+from .glyphs import CJK_FACE, builtin_font
 from .manifest import PDF
 from .ownership import PAGE_MARK, PDF_CREATOR, page_mark
 
-# Noto Sans CJK's collection: 0 JP, 1 KR, 2 SC, 3 TC, 4 HK. SC covers the course's captions;
-# every face has the full CJK repertoire with its own regional glyph shapes.
-_CJK_FACE = 2
 # The date a PDF says it was made, unless SOURCE_DATE_EPOCH says otherwise: 1980-01-01, as
 # reproducible zips and wheels use. The pages' content decides their bytes, not the clock.
 REPRODUCIBLE_EPOCH = 315532800
@@ -60,8 +63,7 @@ def load_font(path: str | None, size: int, weight: str = "Regular") -> ImageFont
             raise UserError(f"layout.font: cannot read {path} as a font ({exc}); give a "
                             ".ttf, .otf or .ttc file, or leave `font` out for the built-in "
                             "Noto Sans CJK") from None
-    font_file = resources.files("manimgx_fonts_cjk") / "NotoSansCJK-VF.otf.ttc"
-    font = ImageFont.truetype(str(font_file), size, index=_CJK_FACE)
+    font = ImageFont.truetype(builtin_font(), size, index=CJK_FACE)
     font.set_variation_by_name(weight)
     return font
 
@@ -102,6 +104,7 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
     """Lines of ``text`` that each fit ``width`` pixels; explicit newlines are kept."""
     lines: list[str] = []
     for paragraph in text.split("\n"):
+        start = len(lines)
         line = ""
         for unit in _units(paragraph):
             candidate = line + unit
@@ -117,7 +120,26 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
                 lines.append(line.rstrip())
                 line = unit.lstrip()
         lines.append(line.rstrip())
+        _no_orphan(lines, start, font, width)
     return lines
+
+
+def _no_orphan(lines: list[str], start: int, font: ImageFont.FreeTypeFont, width: int) -> None:
+    """A paragraph (``lines[start:]``) whose last line is one lone wide character (with any
+    punctuation attached to it) takes the previous line's last unit down with it, when the
+    previous line keeps at least two and the new last line still fits: CJK typesetting avoids
+    such orphans."""
+    if len(lines) - start < 2:
+        return
+    last = _units(lines[-1])
+    if len(last) != 1 or not _breakable(last[0][0]):
+        return
+    previous = _units(lines[-2])
+    if len(previous) < 3 or previous[-1] == " " or not _breakable(previous[-1][0]):
+        return
+    moved = previous[-1] + lines[-1]
+    if font.getlength(moved) <= width:
+        lines[-2], lines[-1] = "".join(previous[:-1]).rstrip(), moved
 
 
 def _split_long(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
@@ -136,89 +158,176 @@ def _rgb(color: str) -> tuple[int, int, int]:
     return Image.new("RGB", (1, 1), color).getpixel((0, 0))
 
 
+@dataclass(frozen=True)
+class Text:
+    """One line of text, ``x`` its left edge and ``y`` its baseline, in page pixels."""
+    x: float
+    y: int
+    text: str
+    size: int
+    weight: str  # "Regular" or "Bold"
+    color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Picture:
+    box: Box
+    image: Image.Image  # already at the box's size
+
+
+@dataclass(frozen=True)
+class Fill:
+    box: Box
+    color: tuple[int, int, int]
+
+
+@dataclass
+class Page:
+    """A page as what is drawn where, in pixels: ``rasterize`` makes the PNG of it and
+    ``pdf.write_pdf`` the PDF page (pictures as images, text as text), so both show the
+    same."""
+    width: int
+    height: int
+    background: tuple[int, int, int]
+    items: list[Text | Picture | Fill]
+    font: str | None  # the layout's font file; None: the built-in one
+    geometry: PageGeometry
+
+    def image(self) -> Image.Image:
+        return rasterize(self)
+
+
 def compose_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Image.Image]:
+    """The pages as images (``plan_pages`` says what is drawn)."""
+    return [rasterize(page) for page in plan_pages(cells, layout, title)]
+
+
+def plan_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Page]:
     per_page = layout.panels_per_page or max(len(cells), 1)
-    pages = [cells[i:i + per_page] for i in range(0, len(cells), per_page)] or [[]]
-    return [_page(page_cells, layout, title, n, len(pages))
-            for n, page_cells in enumerate(pages)]
+    chunks = [cells[i:i + per_page] for i in range(0, len(cells), per_page)] or [[]]
+    return [plan_page(chunk, layout, title, n, len(chunks)) for n, chunk in enumerate(chunks)]
 
 
-def _page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
-          count: int) -> Image.Image:
-    font = load_font(layout.font, layout.font_size)
-    title_font = load_font(layout.font, int(layout.font_size * 1.6), "Bold")
-    number_font = load_font(layout.font, max(10, int(layout.font_size * 0.7)), "Bold")
-    sizes = [c.image.size if c.image else None for c in cells]
-    captions = {c.panel: (wrap_text(c.caption, font, cell_width(sizes, layout))
-                          if c.caption and layout.caption != "none" else []) for c in cells}
-    title_text = (title if layout.title is True else layout.title or "") \
+def page_title(layout: LayoutSpec, title: str, index: int, count: int) -> str:
+    text = (title if layout.title is True else layout.title or "") \
         if layout.title is not False else ""
-    if title_text and count > 1:
-        title_text = f"{title_text} ({index + 1}/{count})"
-    g = measure(sizes, [len(captions[c.panel]) for c in cells], layout, bool(title_text))
-    columns, cell_w, line_h, pad, width = g.columns, g.cell_width, g.line_height, g.pad, g.width
-    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
-    heights = g.rows
-    background = _rgb(layout.background)
+    return f"{text} ({index + 1}/{count})" if text and count > 1 else text
+
+
+def fit_title(text: str, font_path: str | None, largest: int, smallest: int,
+              width: int) -> tuple[int, list[str]]:
+    """The title's size and lines: as large as fits ``width`` on one line, shrinking from
+    ``largest`` down to ``smallest`` (the captions' size), then wrapped at that size; the
+    "(n/N)" suffix is one unit and never splits."""
+    size = largest
+    while size > smallest and load_font(font_path, size, "Bold").getlength(text) > width:
+        size = max(smallest, int(size * 0.92))
+    return size, wrap_text(text, load_font(font_path, size, "Bold"), width)
+
+
+def plan_page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
+              count: int) -> Page:
+    sizes = [c.image.size if c.image else None for c in cells]
+    cell_w = cell_width(sizes, layout)
+    fs = font_size(layout, cell_w)
+    font = load_font(layout.font, fs)
+    show = layout.caption != "none"
+    captions = [wrap_text(c.caption, font, caption_width(s, cell_w, layout))
+                if c.caption and show else [] for c, s in zip(cells, sizes)]
+    if layout.caption == "inside":  # one that would cover most of its panel goes below it
+        captions = [lines if fits_inside(len(lines) * line_height(fs),
+                                         panel_size(s, cell_w - 2 * layout.border, layout)[1], fs)
+                    else wrap_text(c.caption, font, cell_w)
+                    for c, s, lines in zip(cells, sizes, captions)]
+    title_text = page_title(layout, title, index, count)
+    columns = max(1, min(layout.columns, len(cells) or 1))
+    inner = columns * cell_w + (columns - 1) * layout.gutter
+    t_size, t_lines = fit_title(title_text, layout.font, title_size(layout, cell_w), fs,
+                                inner) if title_text else (0, [])
+    g = measure(sizes, [len(c) for c in captions], layout, len(t_lines), t_size or None)
     ink = _rgb(layout.text_color)
+    background = _rgb(layout.background)
+    items: list[Text | Picture | Fill] = []
+    t_font = load_font(layout.font, g.title_size, "Bold")
+    for k, line in enumerate(t_lines):
+        x = (g.width - t_font.getlength(line)) / 2
+        items.append(Text(x, layout.margin + k * g.title_line_height + _ascent(t_font), line,
+                          g.title_size, "Bold", ink))
+    for cell, box, lines in zip(cells, g.cells, captions):
+        items += _panel_items(cell, box.panel, layout, g, ink)
+        if box.caption is None:
+            continue
+        c = box.caption
+        if c.y < box.panel.y + box.panel.h:  # inside its panel, on a band
+            band = int(g.font_size * INSIDE_PAD)
+            items.append(Fill(Box(c.x - band, c.y - band // 2, c.w + 2 * band,
+                                  c.h + band + band // 2), background))  # the panel's foot
+        for k, line in enumerate(lines):
+            items.append(Text(c.x + (c.w - font.getlength(line)) / 2,
+                              box.text_top + k * g.line_height + _ascent(font), line, g.font_size,
+                              "Regular", ink))
+    return Page(g.width, g.height, background, items, layout.font, g)
 
-    page = Image.new("RGB", (width, g.height), background)
-    draw = ImageDraw.Draw(page)
-    if title_text:
-        w = draw.textlength(title_text, font=title_font)
-        draw.text(((width - w) / 2, layout.margin), title_text, font=title_font, fill=ink)
 
-    y = layout.margin + g.title_height
-    for row, (image_h, text_h) in zip(rows, heights):
-        for col, cell in enumerate(row):
-            x = layout.margin + col * (cell_w + layout.gutter)
-            image_y = y + (text_h if layout.caption == "above" else 0)
-            text_y = y if layout.caption == "above" else y + image_h + pad
-            _draw_panel(page, draw, cell, x, image_y, cell_w, image_h, layout, number_font, ink)
-            for k, line in enumerate(captions[cell.panel]):
-                w = draw.textlength(line, font=font)
-                draw.text((x + (cell_w - w) / 2, text_y + k * line_h), line, font=font,
-                          fill=ink)
-        y += image_h + text_h + layout.gutter
-    return page
+def _ascent(font: ImageFont.FreeTypeFont) -> int:
+    return font.getmetrics()[0]
+
+
+def _panel_items(cell: Cell, box: Box, layout: LayoutSpec, g: PageGeometry,
+                 ink) -> list[Text | Picture | Fill]:
+    b = layout.border
+    inner = Box(box.x + b, box.y + b, box.w - 2 * b, box.h - 2 * b)
+    items: list[Text | Picture | Fill] = []
+    if b:
+        items.append(Fill(box, _rgb(layout.border_color)))
+    grey = (120, 120, 120)
+    if cell.image is not None:
+        image = cell.image.convert("RGB")
+        if image.size != (inner.w, inner.h):
+            image = image.resize((inner.w, inner.h), Image.LANCZOS)
+        items.append(Picture(inner, image))
+    else:  # not rendered: a grey square that says so
+        items.append(Fill(inner, (235, 235, 235)))
+        size = max(6, min(g.font_size, inner.w // 8))
+        font = load_font(layout.font, size, "Bold")
+        for k, line in enumerate((cell.panel, "not rendered")):
+            items.append(Text(inner.x + (inner.w - font.getlength(line)) / 2,
+                              inner.y + inner.h // 2 + (k - 1) * line_height(size)
+                              + _ascent(font), line, size, "Bold", grey))
+    if layout.panel_numbers:
+        # As large as the captions' numbers, but never more than a quarter of the panel.
+        size = max(6, min(int(g.font_size * 0.7), inner.w // 4, inner.h // 4))
+        font = load_font(layout.font, size, "Bold")
+        label = str(cell.number)
+        m = max(2, size // 3)
+        items.append(Fill(Box(inner.x, inner.y, int(font.getlength(label)) + 2 * m,
+                              line_height(size) + m), _rgb(layout.background)))
+        items.append(Text(inner.x + m, inner.y + m // 2 + _ascent(font), label, size,
+                          "Bold", ink))
+    return items
+
+
+def rasterize(page: Page) -> Image.Image:
+    """The page as a PIL image."""
+    image = Image.new("RGB", (page.width, page.height), page.background)
+    draw = ImageDraw.Draw(image)
+    for item in page.items:
+        if isinstance(item, Picture):
+            image.paste(item.image, (item.box.x, item.box.y))
+        elif isinstance(item, Fill):
+            b = item.box
+            draw.rectangle([b.x, b.y, b.x + b.w - 1, b.y + b.h - 1], fill=item.color)
+        else:
+            draw.text((item.x, item.y), item.text, font=load_font(page.font, item.size,
+                                                                  item.weight),
+                      fill=item.color, anchor="ls")
+    return image
 
 
 def caption_lines(caption: str, font_size: int, font: str | None, width: int) -> int:
     """How many lines ``caption`` takes in a cell ``width`` pixels wide (for
     ``geometry.layout_problems``)."""
     return len(wrap_text(caption, load_font(font, font_size), width))
-
-
-def _scaled(image: Image.Image, width: int) -> tuple[int, int]:
-    return width, max(1, round(image.height * width / image.width))
-
-
-def _draw_panel(page, draw, cell: Cell, x: int, y: int, cell_w: int, row_h: int,
-                layout: LayoutSpec, number_font, ink) -> None:
-    b = layout.border
-    inner_w = cell_w - 2 * b
-    if cell.image is not None:
-        w, h = _scaled(cell.image, inner_w)
-        image = cell.image.convert("RGB").resize((w, h), Image.LANCZOS)
-    else:
-        w = h = inner_w
-        image = Image.new("RGB", (w, h), (235, 235, 235))
-        ImageDraw.Draw(image).text((w / 2, h / 2), f"{cell.panel}\nnot rendered",
-                                   font=number_font, fill=(120, 120, 120), anchor="mm",
-                                   align="center")
-    top = y + (row_h - h - 2 * b) // 2
-    if b:
-        draw.rectangle([x, top, x + w + 2 * b - 1, top + h + 2 * b - 1],
-                       fill=_rgb(layout.border_color))
-    page.paste(image, (x + b, top + b))
-    if layout.panel_numbers:
-        label = str(cell.number)
-        box = draw.textbbox((0, 0), label, font=number_font)
-        lw, lh = box[2] - box[0], box[3] - box[1]
-        m = max(4, layout.font_size // 4)
-        draw.rectangle([x + b, top + b, x + b + lw + 2 * m, top + b + lh + 2 * m],
-                       fill=_rgb(layout.background))
-        draw.text((x + b + m - box[0], top + b + m - box[1]), label, font=number_font, fill=ink)
 
 
 def write_pages(pages: list[Image.Image], out_dir: Path, story: str) -> list[Path]:
@@ -258,4 +367,4 @@ def contact_sheet(images: list[tuple[str, Image.Image]], columns: int = 4,
                         font_size=18, title=False, border=1, panel_numbers=True)
     cells = [Cell(panel=f"c{i}", number=i + 1, image=im, caption=label)
              for i, (label, im) in enumerate(images)]
-    return _page(cells, layout, "", 0, 1)
+    return rasterize(plan_page(cells, layout, "", 0, 1))

@@ -357,18 +357,24 @@ class LayoutSpec(_Spec):
     columns: int = Field(2, ge=1, le=16)
     panels_per_page: int | None = Field(None, ge=1, le=C.MAX_PANELS,
                                         description="Default: all panels on one page.")
-    cell_width: Pixels | None = Field(None, description="Width of each panel on the page; "
-                                                        "default: the widest panel.")
+    cell_width: Pixels | None = Field(None, description="Width of each cell on the page; "
+                                      "default: the widest panel's. Panels fit inside it.")
     gutter: int = Field(16, ge=0, le=512, description="Pixels between panels.")
     margin: int = Field(32, ge=0, le=1024, description="Pixels around the page.")
     background: Color = "#ffffff"
     text_color: Color = "#111111"
     border: int = Field(2, ge=0, le=64, description="Panel border width in pixels.")
     border_color: Color = "#111111"
-    caption: Literal["below", "above", "none"] = "below"
+    caption: Literal["below", "above", "inside", "none"] = Field(
+        "below", description="Where each caption goes, attached to its own panel: right below "
+        "it, right above it, inside it (on a band at its foot), or none.")
     font: str | None = Field(None, max_length=4096,
                              description="A .ttf/.otf/.ttc file; default: the bundled CJK font.")
-    font_size: int = Field(28, ge=6, le=256)
+    font_size: int | None = Field(None, ge=6, le=256, description=(
+        "Caption size in pixels (the title is 1.6 times it, shrunk to fit the page); default: "
+        "relative to the cell width (28 in a 512-pixel cell)."))
+    upscale: bool = Field(False, description="Scale panels up to fill a cell wider than they "
+                          "are; default: never past their own pixels, which only blurs them.")
     title: Annotated[
         Union[Annotated[bool, Tag("flag")], Annotated[Annotated[str, Field(max_length=200)],
                                                       Tag("text")]],

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from storyboard.output.geometry import MAX_PAGE_SIDE, measure
+from storyboard.output.geometry import MAX_PAGE_SIDE, font_size, measure
 from storyboard.output.pages import Cell, compose_pages, wrap_text, load_font
 from storyboard.story.schema import LayoutSpec
 
@@ -34,11 +34,11 @@ def test_the_measured_page_is_the_drawn_page(layout, sizes, captions):
     cells = [Cell(f"p{i}", i + 1, Image.new("RGB", s) if s else None, c)
              for i, (s, c) in enumerate(zip(sizes, captions))]
     (page,) = compose_pages(cells, layout, "Title")
-    font = load_font(None, layout.font_size)
-    width = layout.cell_width or max(s[0] for s in sizes if s)
+    width = layout.cell_width or max(s[0] + 2 * layout.border for s in sizes if s)
+    font = load_font(None, font_size(layout, width))
     lines = [len(wrap_text(c, font, width)) if c and layout.caption != "none" else 0
              for c in captions]
-    g = measure([c.image.size if c.image else None for c in cells], lines, layout, True)
+    g = measure([c.image.size if c.image else None for c in cells], lines, layout, 1)
     assert page.size == (g.width, g.height)
     # Nothing drawn is cut off and no slack is left: the bottom margin is blank, and ink
     # (a caption's last line, or a panel's border) reaches down to just above it.

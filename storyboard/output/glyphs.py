@@ -1,0 +1,83 @@
+"""Which characters of a story's captions and title the page font cannot draw.
+
+In: the story, its compiled jobs, and the layout's font file (None: the built-in Noto Sans
+CJK). Out: one warning per caption (and the title) that has such characters, at the caption's
+file:line, naming them; the page would show them as empty boxes (emoji, most symbols), so the
+writer hears it at `validate`, not from the printed page.
+
+Only the font's character map is read (fontTools, lazily: no outlines, no imaging library), and
+only when some text has a character outside printable ASCII, which every font draws, or when
+the font is the story's own.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+
+from ..errors import WARNING, Problem
+from ..story.fields import char_name
+
+# Noto Sans CJK's collection: 0 JP, 1 KR, 2 SC, 3 TC, 4 HK. SC covers the course's captions;
+# every face has the full CJK repertoire with its own regional glyph shapes.
+CJK_FACE = 2
+
+
+def builtin_font() -> str:
+    return str(resources.files("manimgx_fonts_cjk") / "NotoSansCJK-VF.otf.ttc")
+
+
+@lru_cache(maxsize=8)
+def _charmap(path: str, face: int) -> frozenset[int]:
+    from fontTools.ttLib import TTFont
+
+    kwargs = {"fontNumber": face} if path.lower().endswith((".ttc", ".otc")) else {}
+    with TTFont(path, lazy=True, **kwargs) as font:
+        return frozenset(font.getBestCmap() or {})
+
+
+def _drawn_without_glyph(ch: str) -> bool:
+    """Characters no font needs a glyph for: line breaks, spaces, and the invisible marks
+    that only modify a neighbour (variation selectors, joiners)."""
+    return ch in "\n\t " or unicodedata.category(ch) in ("Cc", "Cf", "Mn", "Zs") \
+        or 0xFE00 <= ord(ch) <= 0xFE0F
+
+
+def missing_glyphs(text: str, font: str | None) -> list[str]:
+    """The distinct characters of ``text`` the font has no glyph for, in order of appearance."""
+    if font is None and all(" " <= ch <= "~" or ch == "\n" for ch in text):
+        return []
+    try:
+        cmap = _charmap(font, 0) if font else _charmap(builtin_font(), CJK_FACE)
+    except Exception:  # noqa: BLE001 - an unreadable font is reported when pages load it
+        return []
+    return list(dict.fromkeys(ch for ch in text
+                              if ord(ch) not in cmap and not _drawn_without_glyph(ch)))
+
+
+def glyph_warnings(story, jobs: Sequence, font: str | None) -> list[Problem]:
+    """A warning for each caption (and the title) with characters ``font`` cannot draw."""
+    layout = story.spec.layout
+    texts = []
+    if layout.title is not False:
+        title = story.spec.title if layout.title is True else layout.title
+        texts.append((("layout", "title") if isinstance(layout.title, str) else ("title",),
+                      "the title", title or ""))
+    if layout.caption != "none":
+        texts += [(("panels", job.index, "caption"), f"panel {job.panel!r}: the caption",
+                   job.caption) for job in jobs]
+    problems = []
+    which = "the layout's font" if font else "the built-in font (Noto Sans CJK)"
+    for loc, what, text in texts:
+        missing = missing_glyphs(text, font)
+        if not missing:
+            continue
+        named = ", ".join(f"{ch!r} ({char_name(ch)})" for ch in missing[:4])
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        problems.append(story.doc.problem(
+            loc, f"{what} has characters {which} cannot draw: {named}{more}; the page "
+            "would show empty boxes for them",
+            "remove them, or set `layout.font` to a font that has them", severity=WARNING))
+    return problems
