@@ -164,7 +164,7 @@ def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
     """The story's pages from its panels' files (a placeholder where a panel is missing)."""
     from PIL import Image
 
-    from ..output.pages import Cell, compose_pages, write_pages
+    from ..output.pages import Cell, plan_pages, write_pages
 
     cells = []
     for n, outcome in enumerate(outcomes, 1):
@@ -176,4 +176,4 @@ def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
     layout = story.spec.layout
     if layout.font:  # relative to the story file, like every path in it
         layout = layout.model_copy(update={"font": str(story.resolve(layout.font))})
-    return write_pages(compose_pages(cells, layout, story.spec.title), out, story_id)
+    return write_pages(plan_pages(cells, layout, story.spec.title), out, story_id)

@@ -2,9 +2,11 @@
 
 In: the story's ``LayoutSpec``, each panel's pixel size and caption line count (or the story
 and its compiled jobs, for ``layout_problems``). Out: ``PageGeometry`` (the one measurement
-``pages`` draws by), ``page_count``, and the problems of a layout whose pages would exceed
-what can be composed and written, each with a hint, so `validate`, `plan` and `build` refuse it
-before anything is rendered instead of failing in the PDF writer or running out of memory.
+``pages`` draws by: every cell's panel and caption box, the title's size), ``sheet`` (a
+``page_size``'s pixels at ``dpi``), ``page_count``, and the problems of a layout whose pages
+would exceed what can be composed and written, each with a hint, so `validate`, `plan` and
+`build` refuse it before anything is rendered instead of failing in a writer or running out of
+memory.
 
 No imaging library unless a page comes near a limit: the caption line counts used first are an
 upper bound computed from the text alone (one line per character at worst); only a page whose
@@ -17,11 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import Problem
+from ..story.fields import page_inches
 from ..story.schema import LayoutSpec
 
-# A page must stay writable and readable: the PDF writer embeds each page as a JPEG (at most
-# 65,535 pixels a side; Pillow stops at 65,500), and Pillow refuses to open images over
-# 89,478,485 pixels as possible decompression bombs (about 270 MB of RGB to compose).
+# A page must stay writable and readable: Pillow refuses to open images over 89,478,485 pixels
+# as possible decompression bombs (about 270 MB of RGB to compose), and a page PNG over 65,500
+# pixels a side cannot be saved as JPEG or opened by many comic readers (the CBZ's pages).
 MAX_PAGE_SIDE = 65_500
 MAX_PAGE_PIXELS = 89_478_485
 
@@ -69,6 +72,14 @@ class PageGeometry:
     def fits(self) -> bool:
         return (max(self.width, self.height) <= MAX_PAGE_SIDE
                 and self.width * self.height <= MAX_PAGE_PIXELS)
+
+
+def sheet(layout: LayoutSpec) -> tuple[int, int] | None:
+    """The page's pixels with a ``page_size`` (its inches at ``dpi``), else None."""
+    if layout.page_size is None:
+        return None
+    w, h = page_inches(layout.page_size)
+    return round(w * layout.dpi), round(h * layout.dpi)
 
 
 def font_size(layout: LayoutSpec, cell_w: int) -> int:
@@ -147,7 +158,8 @@ def measure(sizes: Sequence[tuple[int, int] | None], caption_lines: Sequence[int
         panel_h = max(drawn[i][1] + 2 * b for i in row)
         row_h = max(drawn[i][1] + 2 * b + below[i] for i in row)
         for k, i in enumerate(row):
-            x = m + k * (cell_w + gutter)
+            col = columns - 1 - k if layout.direction == "rtl" else k
+            x = m + col * (cell_w + gutter)
             w, h = drawn[i]
             px = x + (cell_w - w - 2 * b) // 2
             if layout.caption == "above":
@@ -216,6 +228,16 @@ def layout_problems(story, jobs: Sequence, font: str | None,
         t_lines = lines(title, title_size(layout, cell_w), font, inner) if title else 0
         return measure(sizes, [exact[i] for i in chunk], layout, t_lines)
 
+    fixed = sheet(layout)
+    if fixed is not None:  # every page is the sheet, whatever is on it
+        g = measure([], [], layout, 0)
+        g = PageGeometry(g.columns, g.cell_width, g.font_size, g.line_height, g.pad, (), 0, 0,
+                         0, *fixed)
+        if g.fits():
+            return []
+        return [story.doc.problem(("layout", "dpi"), f"a {layout.page_size} page at "
+                                  f"{layout.dpi} dpi would be {g.width:,} x {g.height:,} pixels,"
+                                  " too big to compose or write", "lower `dpi`")]
     per_page = layout.panels_per_page or max(len(jobs), 1)
     too_big = [(first // per_page + 1, g) for first in range(0, len(jobs), per_page)
                if not (g := page(first, per_page)).fits()]

@@ -35,9 +35,11 @@ from ..paths import open_regular, sha256_of
 from .pnginfo import png_text, read_panel_png
 
 PAGE_MARK = "storyboard-page"  # the PNG text chunk every page and contact sheet carries
-# What storyboard's PDFs say in their document information, as Pillow encodes it (UTF-16BE).
+# What storyboard's PDFs say in their document information: as fpdf2 writes it (output/pdf.py),
+# and as Pillow wrote it (UTF-16BE) in the PDFs of storyboard before it.
 PDF_CREATOR = "storyboard"
-_PDF_MARK = b"/Creator (\xfe\xff" + PDF_CREATOR.encode("utf-16-be") + b")"
+_PDF_MARKS = (b"/Creator (" + PDF_CREATOR.encode() + b")",
+              b"/Creator (\xfe\xff" + PDF_CREATOR.encode("utf-16-be") + b")")
 _PDF_TAIL = 64 << 10  # the information dictionary comes after the pages
 
 
@@ -112,7 +114,8 @@ def _marked(path: Path) -> bool:
         if path.suffix == ".pdf":
             with open_regular(path) as fh:
                 fh.seek(max(0, os.fstat(fh.fileno()).st_size - _PDF_TAIL))
-                return _PDF_MARK in fh.read(_PDF_TAIL)
+                tail = fh.read(_PDF_TAIL)
+                return any(mark in tail for mark in _PDF_MARKS)
         if path.name == MANIFEST:
             return read_manifest(path.parent) is not None
     except (OSError, RecordError):

@@ -18,28 +18,25 @@ package, SIL OFL 1.1), so Chinese, Japanese and Korean captions always render.
 from __future__ import annotations
 
 import io
-import os
-import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from ..paths import atomic_write_bytes
+from ..story.fields import page_inches
 from ..story.schema import LayoutSpec
 from .geometry import (
-    INSIDE_PAD, Box, PageGeometry, caption_width, cell_width, fits_inside, font_size, line_height,
-    measure, panel_size, title_size,
+    INSIDE_PAD, Box, CellGeometry, PageGeometry, caption_width, cell_width, fits_inside, font_size, line_height,
+    measure, panel_size, sheet, title_size,
 )
 from .glyphs import CJK_FACE, builtin_font
 from .manifest import PDF
-from .ownership import PAGE_MARK, PDF_CREATOR, page_mark
+from .ownership import PAGE_MARK, page_mark
+from .pdf import write_pdf
 
-# The date a PDF says it was made, unless SOURCE_DATE_EPOCH says otherwise: 1980-01-01, as
-# reproducible zips and wheels use. The pages' content decides their bytes, not the clock.
-REPRODUCIBLE_EPOCH = 315532800
 _NO_LINE_START = set("，。、！？；：”’）》」』】〕〉…‥・ー—―-~～%）)]}.,!?;:'\"·")
 _NO_LINE_END = set("“‘（《「『【〔〈([{")
 
@@ -192,6 +189,10 @@ class Page:
     items: list[Text | Picture | Fill]
     font: str | None  # the layout's font file; None: the built-in one
     geometry: PageGeometry
+    dpi: int = 300  # its pixels per inch on paper
+    title: str = ""  # the story's, for the PDF's document information
+    direction: str = "ltr"
+    inches: tuple[float, float] | None = None  # the sheet's exact size, with a page_size
 
     def image(self) -> Image.Image:
         return rasterize(self)
@@ -203,9 +204,62 @@ def compose_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Ima
 
 
 def plan_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Page]:
+    """Every page of a story, all the same size: the ``page_size`` sheet, else the biggest
+    page's (a shorter last page keeps its content at the top), as a printed book's pages are."""
     per_page = layout.panels_per_page or max(len(cells), 1)
     chunks = [cells[i:i + per_page] for i in range(0, len(cells), per_page)] or [[]]
-    return [plan_page(chunk, layout, title, n, len(chunks)) for n, chunk in enumerate(chunks)]
+    pages = [plan_page(chunk, layout, title, n, len(chunks)) for n, chunk in enumerate(chunks)]
+    width, height = max(p.width for p in pages), max(p.height for p in pages)
+    return [placed(p, width, height, centre_y=False) for p in pages]
+
+
+def plan_page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
+              count: int) -> Page:
+    """One page; with a ``page_size``, its content scaled (cells, text, gutters and borders
+    alike; down only, unless ``upscale``) to fit the sheet inside the margin, and centred."""
+    page = _plan(cells, layout, title, index, count)
+    fixed = sheet(layout)
+    if fixed is None:
+        return page
+    (width, height), m = fixed, layout.margin
+    scale = min((width - 2 * m) / max(1, page.width - 2 * m),
+                (height - 2 * m) / max(1, page.height - 2 * m))
+    scale = scale if layout.upscale else min(1.0, scale)
+    while scale != 1.0 and scale > 0.01:
+        page = _plan(cells, _scaled(layout, page.geometry, scale), title, index, count)
+        if page.width <= width and page.height <= height:
+            break
+        scale *= 0.97  # rounding (whole pixels, whole font sizes) overshot: a little smaller
+    return replace(placed(page, width, height), inches=page_inches(layout.page_size))
+
+
+def _scaled(layout: LayoutSpec, g: PageGeometry, scale: float) -> LayoutSpec:
+    return layout.model_copy(update={
+        "cell_width": max(8, int(g.cell_width * scale)),
+        "font_size": max(6, int(g.font_size * scale)),
+        "gutter": round(layout.gutter * scale),
+        "border": max(1, round(layout.border * scale)) if layout.border else 0,
+        "upscale": True})  # the cell is now the size the panels are meant to be drawn at
+
+
+def placed(page: Page, width: int, height: int, centre_y: bool = True) -> Page:
+    """``page`` on a ``width`` x ``height`` one, centred across (and down, unless not)."""
+    dx = (width - page.width) // 2
+    dy = (height - page.height) // 2 if centre_y else 0
+    if (dx, dy, width, height) == (0, 0, page.width, page.height):
+        return page
+
+    def move(box: Box | None) -> Box | None:
+        return None if box is None else Box(box.x + dx, box.y + dy, box.w, box.h)
+
+    items = [Text(i.x + dx, i.y + dy, i.text, i.size, i.weight, i.color) if isinstance(i, Text)
+             else Picture(move(i.box), i.image) if isinstance(i, Picture)
+             else Fill(move(i.box), i.color) for i in page.items]
+    g = page.geometry
+    cells = tuple(CellGeometry(move(c.panel), move(c.caption), c.text_top + dy)
+                  for c in g.cells)
+    return replace(page, width=width, height=height, items=items,
+                   geometry=replace(g, cells=cells, width=width, height=height))
 
 
 def page_title(layout: LayoutSpec, title: str, index: int, count: int) -> str:
@@ -225,8 +279,7 @@ def fit_title(text: str, font_path: str | None, largest: int, smallest: int,
     return size, wrap_text(text, load_font(font_path, size, "Bold"), width)
 
 
-def plan_page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
-              count: int) -> Page:
+def _plan(cells: list[Cell], layout: LayoutSpec, title: str, index: int, count: int) -> Page:
     sizes = [c.image.size if c.image else None for c in cells]
     cell_w = cell_width(sizes, layout)
     fs = font_size(layout, cell_w)
@@ -266,7 +319,8 @@ def plan_page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
             items.append(Text(c.x + (c.w - font.getlength(line)) / 2,
                               box.text_top + k * g.line_height + _ascent(font), line, g.font_size,
                               "Regular", ink))
-    return Page(g.width, g.height, background, items, layout.font, g)
+    return Page(g.width, g.height, background, items, layout.font, g, layout.dpi, title,
+                layout.direction)
 
 
 def _ascent(font: ImageFont.FreeTypeFont) -> int:
@@ -330,33 +384,33 @@ def caption_lines(caption: str, font_size: int, font: str | None, width: int) ->
     return len(wrap_text(caption, load_font(font, font_size), width))
 
 
-def write_pages(pages: list[Image.Image], out_dir: Path, story: str) -> list[Path]:
-    """page-N.png for each page and story.pdf with all of them; returns the paths written.
-    Each carries storyboard's mark (``ownership``), so a later build knows it may replace it
-    even when this one was killed before its manifest was written."""
+def write_pages(pages: list[Page], out_dir: Path, story: str) -> list[Path]:
+    """page-N.png for each page (with its ``dpi`` in pHYs) and story.pdf with all of them
+    (``pdf.write_pdf``: text as text, the panels lossless); returns the paths written. Each
+    carries storyboard's mark (``ownership``), so a later build knows it may replace it even
+    when this one was killed before its manifest was written."""
     written = []
     for n, page in enumerate(pages, 1):
         path = out_dir / f"page-{n}.png"
-        atomic_write_bytes(path, page_png(page, page_mark(story, n, len(pages))))
+        atomic_write_bytes(path, page_png(rasterize(page), page_mark(story, n, len(pages)),
+                                          page.dpi))
         written.append(path)
-    buf = io.BytesIO()
-    # Fixed dates (SOURCE_DATE_EPOCH where set): the same pages give the same PDF bytes.
-    when = time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH)))
-    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150,
-                  creationDate=when, modDate=when, creator=PDF_CREATOR)
-    atomic_write_bytes(out_dir / PDF, buf.getvalue())
+    first = pages[0]
+    atomic_write_bytes(out_dir / PDF, write_pdf(pages, first.title, first.direction == "rtl"))
     written.append(out_dir / PDF)
     return written
 
 
-def page_png(page: Image.Image, mark: str) -> bytes:
-    """A page (or contact sheet) as PNG bytes, with storyboard's mark in it."""
+def page_png(page: Image.Image, mark: str, dpi: int | None = None) -> bytes:
+    """A page (or contact sheet) as PNG bytes, with storyboard's mark in it (and, for a page,
+    its pixels per inch, so it prints at the size the PDF's page has)."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text(PAGE_MARK, mark)
     buf = io.BytesIO()
-    page.save(buf, format="PNG", optimize=False, pnginfo=info)
+    page.save(buf, format="PNG", optimize=False, pnginfo=info,
+              **({"dpi": (dpi, dpi)} if dpi else {}))
     return buf.getvalue()
 
 

@@ -79,3 +79,35 @@ def _check_id(value: str) -> str:
     if problem:
         raise _err("storyboard_id", *problem)
     return value
+
+
+# Named sheet sizes (width, height) in inches. ISO A and B from their millimetres; JIS B5 is the
+# size Japanese tankobon manga print at; US comic books are 6.625 x 10.25 in.
+MM = 1 / 25.4
+PAGE_SIZES = {
+    "A4": (210 * MM, 297 * MM), "A5": (148 * MM, 210 * MM), "A3": (297 * MM, 420 * MM),
+    "B5": (176 * MM, 250 * MM), "JIS-B5": (182 * MM, 257 * MM),
+    "Letter": (8.5, 11.0), "Legal": (8.5, 14.0), "us-comic": (6.625, 10.25),
+}
+_UNITS = {"mm": MM, "cm": 10 * MM, "in": 1.0, "pt": 1 / 72}
+_LENGTH = r"(\d+(?:\.\d+)?)\s*(mm|cm|in|pt)"
+PAGE_SIZE_RE = re.compile(rf"^\s*{_LENGTH}\s*[x×]\s*{_LENGTH}\s*$", re.IGNORECASE)
+MAX_PAGE_INCHES = 200.0  # no printer's sheet is bigger; pixel limits are checked by geometry
+
+
+def page_inches(value: str) -> tuple[float, float]:
+    """A page size as (width, height) in inches: a name from ``PAGE_SIZES`` (any case) or
+    ``"210mm x 297mm"``; raises ``ValueError`` with the words for a person."""
+    named = {k.lower(): v for k, v in PAGE_SIZES.items()}
+    if value.strip().lower() in named:
+        return named[value.strip().lower()]
+    m = PAGE_SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"expected a page size like 'A4', 'Letter', 'us-comic' or "
+                         f"'210mm x 297mm', got {show_value(value)}")
+    w = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    h = float(m.group(3)) * _UNITS[m.group(4).lower()]
+    if not (0 < w <= MAX_PAGE_INCHES and 0 < h <= MAX_PAGE_INCHES):
+        raise ValueError(f"a page of {show_value(value)} is not a sheet anyone prints on: "
+                         f"each side must be more than 0 and at most {MAX_PAGE_INCHES:g} in")
+    return w, h

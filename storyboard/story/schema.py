@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 from .. import constants as C
-from ..errors import describe_value, show_value
+from ..errors import describe_value, did_you_mean, show_value
 from ..families import BUILTINS, FAMILIES, FAMILY_NAMES
 from ..samplers import DEFAULT, sampler_names
-from .fields import CHECKPOINT_SUFFIXES, COLOR_RE, ID_RE, REPO_RE, VAR_RE, _check_id, _err
+from .fields import (
+    CHECKPOINT_SUFFIXES, COLOR_RE, ID_RE, PAGE_SIZES, REPO_RE, VAR_RE, _check_id, _err, page_inches,
+)
 
 
 PanelId = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": ID_RE.pattern})]
@@ -381,6 +383,29 @@ class LayoutSpec(_Spec):
         Discriminator(_title_kind),
     ] = Field(True, description="true: the story title; false: none; or a text.")
     panel_numbers: bool = False
+    page_size: str | None = Field(None, max_length=64, description=(
+        "The printed sheet: A4, A5, A3, B5, JIS-B5, Letter, Legal, us-comic (6.625 x 10.25 in) "
+        "or explicit like '210mm x 297mm' (mm, cm, in, pt); every page and PDF page is this "
+        "size at `dpi`, the panels and text scaled down to fit inside the margin. Default: each "
+        "page as big as its panels, all pages of a story the same size."))
+    dpi: int = Field(300, ge=72, le=1200, description=(
+        "Pixels per inch: the pages' pixels on paper (the PDF's page size in points, the PNGs' "
+        "pHYs) and, with `page_size`, how many pixels a page has."))
+    direction: Literal["ltr", "rtl"] = Field("ltr", description=(
+        "Reading order: rtl (manga) fills each row right to left and marks the PDF and CBZ "
+        "to be read right to left."))
+
+    @field_validator("page_size")
+    @classmethod
+    def _page_size_is_a_sheet(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        try:
+            page_inches(v)
+        except ValueError as exc:
+            hint = did_you_mean(v, PAGE_SIZES) or "A4, Letter, B5, us-comic, or '210mm x 297mm'"
+            raise _err("storyboard_page_size", str(exc), hint) from None
+        return v
 
 
 class RenderSpec(_Spec):

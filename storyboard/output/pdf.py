@@ -1,0 +1,170 @@
+"""The story's PDF, made for print: ``story.pdf`` from the planned pages.
+
+In: the ``pages.Page`` plans (pictures, fills and text lines in pixels at the layout's ``dpi``),
+the story's title, the reading direction. Out: PDF bytes (fpdf2) where
+- every page is the same physical size: the ``page_size`` sheet, else the pages' pixels at
+  ``dpi`` (points = pixels x 72 / dpi);
+- panels are embedded losslessly (Flate, the pixels the PNG page shows, at print resolution);
+- the title, captions and panel numbers are real text in the page font, embedded (a subset of
+  just the glyphs used), so they can be selected, searched and read aloud;
+- ``direction: rtl`` sets ``/ViewerPreferences /Direction /R2L``;
+- the same pages give the same bytes: fixed dates (1980-01-01, or ``SOURCE_DATE_EPOCH``) and a
+  file id that is a hash of the content, never random;
+- ``/Creator`` is storyboard's mark (``ownership``).
+
+The built-in font (Noto Sans CJK) is a variable CFF2 collection, which PDF viewers cannot take
+as it is: the glyphs a story uses are cut out of it (fontTools), fixed at the weight drawn
+(Regular, Bold) and turned into TrueType outlines; a story's own font goes the same way when it
+has CFF outlines.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from .glyphs import CJK_FACE, builtin_font
+from .ownership import PDF_CREATOR
+
+# The date a PDF says it was made, unless SOURCE_DATE_EPOCH says otherwise: 1980-01-01, as
+# reproducible zips and wheels use. The pages' content decides their bytes, not the clock.
+REPRODUCIBLE_EPOCH = 315532800
+_WEIGHTS = {"Regular": 400, "Bold": 700}
+
+
+def build_date() -> datetime.datetime:
+    seconds = int(os.environ.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH))
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+def write_pdf(pages: Sequence, title: str, rtl: bool = False) -> bytes:
+    """The PDF of ``pages`` (``pages.Page``), one PDF page each."""
+    from fpdf import FPDF
+    from fpdf.prefs import ViewerPreferences
+    from fpdf.syntax import Name
+
+    class Preferences(ViewerPreferences):
+        # fpdf2 writes its TextDirection value ("RTL"); the PDF name is /R2L (ISO 32000 12.2).
+        @property
+        def direction(self):
+            return Name("R2L") if rtl else None
+
+        @direction.setter
+        def direction(self, value):
+            pass
+
+    pdf = FPDF(unit="pt")
+    pdf.set_creation_date(build_date())
+    pdf.set_creator(PDF_CREATOR)
+    pdf.set_producer(PDF_CREATOR)  # not fpdf2's version: the bytes follow the pages alone
+    if title:
+        pdf.set_title(title)
+    pdf.set_margin(0)
+    pdf.set_auto_page_break(False)
+    pdf.set_image_filter("FlateDecode")  # lossless: never JPEG
+    if rtl:
+        pdf.viewer_preferences = Preferences()
+    texts = [item for page in pages for item in page.items if hasattr(item, "text")]
+    with tempfile.TemporaryDirectory(prefix="storyboard-pdf-") as tmp:
+        for weight in sorted({t.weight for t in texts}):
+            chars = "".join(sorted({ch for t in texts if t.weight == weight for ch in t.text}))
+            path = Path(tmp) / f"{weight}.ttf"
+            path.write_bytes(truetype_subset(pages[0].font, weight, chars))
+            pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
+        for page in pages:
+            _page(pdf, page)
+        return bytes(pdf.output())
+
+
+def _page(pdf, page) -> None:
+    # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's.
+    pt = page.inches[0] * 72 / page.width if page.inches else 72 / page.dpi
+    size = (page.inches[0] * 72, page.inches[1] * 72) if page.inches else \
+        (page.width * pt, page.height * pt)
+    pdf.add_page(format=size)
+    if page.background != (255, 255, 255):
+        pdf.set_fill_color(*page.background)
+        pdf.rect(0, 0, *size, style="F")
+    for item in page.items:
+        if hasattr(item, "text"):
+            pdf.set_font("page", "B" if item.weight == "Bold" else "", item.size * pt)
+            pdf.set_text_color(*item.color)
+            pdf.text(item.x * pt, item.y * pt, item.text)
+        elif hasattr(item, "image"):
+            b = item.box
+            pdf.image(item.image, b.x * pt, b.y * pt, b.w * pt, b.h * pt)
+        else:
+            b = item.box
+            pdf.set_fill_color(*item.color)
+            pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="F")
+
+
+@lru_cache(maxsize=8)
+def truetype_subset(font: str | None, weight: str, chars: str) -> bytes:
+    """A TrueType font with just the glyphs for ``chars``, from the page font (``None``: the
+    built-in one, at ``weight``; a story's font as it is). Subsetting first keeps this to a
+    few seconds for a 65,000-glyph CJK collection."""
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    path = font or builtin_font()
+    face = CJK_FACE if font is None else 0
+    kwargs = {"fontNumber": face} if path.lower().endswith((".ttc", ".otc")) else {}
+    tt = TTFont(path, **kwargs)
+    options = subset.Options()
+    options.layout_features = []  # fpdf2 places glyphs one by one: no shaping tables needed
+    options.name_IDs = ["*"]
+    options.notdef_outline = True
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text=chars)
+    subsetter.subset(tt)
+    if "fvar" in tt:
+        from fontTools.varLib import instancer
+
+        axes = {a.axisTag for a in tt["fvar"].axes}
+        tt = instancer.instantiateVariableFont(
+            tt, {"wght": _WEIGHTS[weight]} if "wght" in axes else {})
+    if "glyf" not in tt:
+        _to_truetype(tt)
+    buf = io.BytesIO()
+    tt.save(buf)
+    return buf.getvalue()
+
+
+def _to_truetype(tt) -> None:
+    """CFF/CFF2 (cubic) outlines -> glyf (quadratic), in place: fpdf2 embeds TrueType fonts."""
+    from fontTools.pens.cu2quPen import Cu2QuPen
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+    from fontTools.ttLib import newTable
+
+    order = tt.getGlyphOrder()
+    glyphs = tt.getGlyphSet()
+    glyf = newTable("glyf")
+    glyf.glyphOrder = order
+    glyf.glyphs = {}
+    for name in order:
+        pen = TTGlyphPen(None)
+        # 1 font unit of error; reversed: TrueType contours run the other way from CFF's.
+        glyphs[name].draw(Cu2QuPen(pen, 1.0, reverse_direction=True))
+        glyf[name] = pen.glyph()
+    tt["glyf"] = glyf
+    tt["loca"] = newTable("loca")
+    maxp = tt["maxp"]
+    maxp.tableVersion = 0x00010000
+    for field in ("maxZones", "maxTwilightPoints", "maxStorage", "maxFunctionDefs",
+                  "maxInstructionDefs", "maxStackElements", "maxSizeOfInstructions",
+                  "maxComponentElements"):
+        setattr(maxp, field, 0)
+    maxp.maxZones = 1
+    for table in ("CFF ", "CFF2", "VORG"):
+        if table in tt:
+            del tt[table]
+    post = tt["post"]
+    post.formatType, post.extraNames, post.mapping = 2.0, [], {}
+    tt["head"].glyphDataFormat = 0
+    tt.sfntVersion = "\x00\x01\x00\x00"

@@ -1,0 +1,114 @@
+"""The print-correct PDF (issue 16, 2): the sheet size asked for on every page, text that is
+text, panels embedded losslessly, right-to-left reading, the same bytes for the same pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from pagegold import panel
+from PIL import Image
+from pypdf import PdfReader
+
+from storyboard.output.ownership import Outputs
+from storyboard.output.pages import Cell, Picture, plan_pages, write_pages
+from storyboard.story.schema import LayoutSpec
+
+CAPTIONS = ["The storm had raged for three days.", "Ada climbed the stairs.",
+            "Out at sea, a boat was looking for home.", "她的眼睛里有了光。"]
+
+
+def cells() -> list[Cell]:
+    sizes = [(160, 160), (120, 160), (160, 96), (96, 96)]
+    return [Cell(f"p{i}", i + 1, panel(w, h, 60 * i), c)
+            for i, ((w, h), c) in enumerate(zip(sizes, CAPTIONS))]
+
+
+def write(tmp_path, layout: LayoutSpec, title: str = "The Lighthouse Keeper"):
+    pages = plan_pages(cells(), layout, title)
+    write_pages(pages, tmp_path, "story")
+    return pages, PdfReader(tmp_path / "story.pdf")
+
+
+@pytest.mark.parametrize("size, points", [
+    ("A4", (595.28, 841.89)), ("us-comic", (477.0, 738.0)), ("Letter", (612.0, 792.0)),
+    ("100mm x 150mm", (283.46, 425.2)),
+])
+def test_every_pdf_page_is_the_sheet_asked_for(tmp_path, size, points):
+    pages, pdf = write(tmp_path, LayoutSpec(columns=2, page_size=size, dpi=100,
+                                            panels_per_page=3))
+    assert len(pdf.pages) == 2
+    for page in pdf.pages:
+        box = page.mediabox
+        assert (round(float(box.width), 2), round(float(box.height), 2)) == pytest.approx(
+            points, abs=0.01)
+    # The PNG pages are the sheet at the dpi, and say so (pHYs).
+    with Image.open(tmp_path / "page-1.png") as im:
+        assert im.size == (round(points[0] / 72 * 100), round(points[1] / 72 * 100))
+        assert round(im.info["dpi"][0]) == 100
+
+
+def test_without_a_sheet_pages_are_their_pixels_at_the_dpi_and_all_alike(tmp_path):
+    pages, pdf = write(tmp_path, LayoutSpec(columns=2, panels_per_page=3, dpi=200))
+    assert len({(p.width, p.height) for p in pages}) == 1
+    for page in pdf.pages:
+        assert float(page.mediabox.width) == pytest.approx(pages[0].width * 72 / 200)
+        assert float(page.mediabox.height) == pytest.approx(pages[0].height * 72 / 200)
+
+
+def test_captions_and_title_are_selectable_text_in_an_embedded_font(tmp_path):
+    _, pdf = write(tmp_path, LayoutSpec(columns=2, panels_per_page=3, page_size="A5", dpi=150))
+    text = "\n".join(page.extract_text() for page in pdf.pages)
+    flat = "".join(text.split())
+    for caption in CAPTIONS + ["The Lighthouse Keeper (1/2)", "(2/2)"]:
+        assert "".join(caption.split()) in flat, caption
+    fonts = pdf.pages[0]["/Resources"]["/Font"]
+    for ref in fonts.values():
+        descendant = ref.get_object()["/DescendantFonts"][0].get_object()
+        assert "/FontFile2" in descendant["/FontDescriptor"], "the font is embedded"
+    assert pdf.metadata["/Creator"] == "storyboard" and pdf.metadata["/Title"] == \
+        "The Lighthouse Keeper"
+    # storyboard knows the PDF as its own by its mark alone (no manifest in this folder).
+    assert Outputs(tmp_path).owns("story.pdf")
+
+
+def test_panels_are_embedded_losslessly_at_print_resolution(tmp_path):
+    pages, pdf = write(tmp_path, LayoutSpec(columns=2, border=0))
+    pictures = [item for item in pages[0].items if isinstance(item, Picture)]
+    images = pdf.pages[0].images
+    assert len(images) == len(pictures) == 4
+    for image, picture in zip(images, pictures):
+        assert image.image.size == picture.image.size  # the pixels the PNG shows, no more
+        assert np.array_equal(np.asarray(image.image.convert("RGB")),
+                              np.asarray(picture.image)), "lossless"
+    raw = (tmp_path / "story.pdf").read_bytes()
+    assert b"/DCTDecode" not in raw and b"/FlateDecode" in raw
+
+
+def test_rtl_fills_rows_from_the_right_and_tells_the_reader(tmp_path):
+    pages, pdf = write(tmp_path, LayoutSpec(columns=2, direction="rtl"))
+    boxes = [c.panel for c in pages[0].geometry.cells]
+    assert boxes[0].x > boxes[1].x and boxes[2].x > boxes[3].x
+    assert pdf.trailer["/Root"]["/ViewerPreferences"]["/Direction"] == "/R2L"
+    _, ltr = write(tmp_path, LayoutSpec(columns=2))
+    assert "/ViewerPreferences" not in ltr.trailer["/Root"]
+
+
+def test_the_same_story_gives_the_same_pdf_bytes(tmp_path):
+    layout = LayoutSpec(columns=2, page_size="B5", dpi=96, direction="rtl")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write(tmp_path / "a", layout)
+    write(tmp_path / "b", layout)
+    a, b = (tmp_path / "a" / "story.pdf").read_bytes(), (tmp_path / "b" / "story.pdf").read_bytes()
+    assert a == b
+    assert b"D:19800101" in a
+
+
+def test_a_sheet_too_big_for_its_dpi_is_refused(story_file):
+    story = story_file("version: 1\nmodel: tiny-sdxl\nlayout: {page_size: 100in x 100in, "
+                       "dpi: 1200}\npanels:\n  - {id: p1, prompt: a cat}\n")
+    result = run_cli("validate", str(story))
+    assert result.exit_code == 2
+    assert "a 100in x 100in page at 1200 dpi would be 120,000 x 120,000 pixels" in \
+        result.output and "lower `dpi`" in result.output
