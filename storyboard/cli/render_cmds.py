@@ -46,8 +46,9 @@ def _run_build(story: str, out: str | None, only: str | None, force: bool, pages
 def build(story: str, out: str | None, only: str | None, force: bool, **flags) -> None:
     """Render what changed in STORY and compose its pages.
 
-    Writes OUT/panels/<id>.png, OUT/page-N.png, OUT/story.pdf and OUT/manifest.json. Panels
-    already rendered (same prompt, seed, settings, model and LoRAs) come from the cache.
+    Writes OUT/panels/<id>.png, OUT/page-N.png, OUT/story.pdf, OUT/story.cbz and
+    OUT/manifest.json. Panels already rendered (same prompt, seed, settings, model and LoRAs)
+    come from the cache.
     Exit 0 when every selected panel exists, 1 when one failed, 2 for an invalid story.
     """
     user_paths(story)

@@ -5,7 +5,8 @@ In: a story path, an output folder, a selection, ``RuntimeOptions``. Out: a ``Bu
 output folder:
   panels/<panel-id>.png   each panel, with its generation parameters inside
   page-1.png, ...         the composed, captioned pages
-  story.pdf               all pages
+  story.pdf               all pages, for print
+  story.cbz               all pages, for comic readers
   manifest.json           what this run did (output/manifest.py)
 
 ``build`` reads top to bottom: load, validate and compile; select; look up the cache; render what
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 from ..options import RuntimeOptions
 from ..paths import leftover_temporaries, remove_temporaries
 from ..output.cache import PanelCache, cache_key
+from ..output.cbz import CBZ
 from ..output.geometry import page_count
 from ..output.manifest import (
     MANIFEST, PDF, manifest_record, pages_key, previous_pages, write_manifest,
@@ -97,7 +99,7 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
                             for tmp in leftover_temporaries(folder)])
         outputs = Outputs.read(out)
         page_names = [f"page-{n}.png" for n in range(
-            1, page_count(len(jobs), run.story.spec.layout) + 1)] + [PDF] if pages else []
+            1, page_count(len(jobs), run.story.spec.layout) + 1)] + [PDF, CBZ] if pages else []
         outputs.claim([f"{PANELS_DIR}/{job.panel}.png" for job in jobs
                        if pages or job.panel in selected] + page_names + [MANIFEST])
 

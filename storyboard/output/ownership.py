@@ -10,10 +10,11 @@ People build into folders that hold their own files, and a page or PDF there may
 file is storyboard's when
 - the manifest in the folder records exactly its bytes (sha256),
 - the manifest records a file of that name and what is there now is damaged (cut short,
-  emptied, noise: not readable as a PNG or PDF at all), so nothing in it can be wanted, or
+  emptied, noise: not readable as a PNG, PDF or zip at all), so nothing in it can be wanted, or
 - it carries storyboard's own mark, which survives a build killed before its manifest was
   written: a panel PNG's validated ``storyboard`` record, a page PNG's ``storyboard-page``
-  chunk, a PDF whose ``/Creator`` is storyboard, a manifest with storyboard's schema.
+  chunk, a PDF whose ``/Creator`` is storyboard, a CBZ whose zip comment is storyboard, a
+  manifest with storyboard's schema.
 Anything else (a user's own ``page-1.png``, a page edited and saved by an image editor, a link
 put in the way) is left alone, and the command says so instead of writing. A missing file is
 free to write.
@@ -24,12 +25,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
 from ..story.records import RecordError
+from .cbz import CBZ_MARK
 from .manifest import MANIFEST, read_manifest
 from ..paths import open_regular, sha256_of
 from .pnginfo import png_text, read_panel_png
@@ -116,9 +119,12 @@ def _marked(path: Path) -> bool:
                 fh.seek(max(0, os.fstat(fh.fileno()).st_size - _PDF_TAIL))
                 tail = fh.read(_PDF_TAIL)
                 return any(mark in tail for mark in _PDF_MARKS)
+        if path.suffix == ".cbz":
+            with open_regular(path) as fh, zipfile.ZipFile(fh) as archive:
+                return archive.comment == CBZ_MARK
         if path.name == MANIFEST:
             return read_manifest(path.parent) is not None
-    except (OSError, RecordError):
+    except (OSError, RecordError, zipfile.BadZipFile):
         return False
     return False
 
@@ -138,6 +144,11 @@ def _damaged(path: Path) -> bool:
                 head = fh.read(5)
                 fh.seek(max(0, os.fstat(fh.fileno()).st_size - 1024))
                 return head != b"%PDF-" or b"%%EOF" not in fh.read()
+        if path.suffix == ".cbz":
+            # Cut short or noise: no central directory at its end. Members are not inflated
+            # (a zip someone put here may be a bomb).
+            with open_regular(path) as fh, zipfile.ZipFile(fh):
+                return False
     except Exception:  # noqa: BLE001 - whatever Pillow makes of damaged bytes
         return True
     return False

@@ -3,7 +3,8 @@
 In: the panels in story order (image, number, caption; an image may be missing), the story's
 ``LayoutSpec`` and title. Out: ``Page`` plans (what is drawn where, in pixels, from
 ``geometry.measure``), PIL page images rasterized from them, and ``write_pages`` saving them as
-``page-1.png``, ``page-2.png``, ... plus ``story.pdf``, each written atomically.
+``page-1.png``, ``page-2.png``, ... plus ``story.pdf`` and ``story.cbz``, each written
+atomically.
 
 A page is a grid: ``columns`` cells per row, each ``cell_width`` wide; a panel fits its cell
 without distortion and is never scaled past its own pixels (unless ``upscale``); each caption
@@ -32,6 +33,7 @@ from .geometry import (
     INSIDE_PAD, Box, CellGeometry, PageGeometry, caption_width, cell_width, fits_inside, font_size, line_height,
     measure, panel_size, sheet, title_size,
 )
+from .cbz import CBZ, write_cbz
 from .glyphs import CJK_FACE, builtin_font
 from .manifest import PDF
 from .ownership import PAGE_MARK, page_mark
@@ -385,20 +387,21 @@ def caption_lines(caption: str, font_size: int, font: str | None, width: int) ->
 
 
 def write_pages(pages: list[Page], out_dir: Path, story: str) -> list[Path]:
-    """page-N.png for each page (with its ``dpi`` in pHYs) and story.pdf with all of them
-    (``pdf.write_pdf``: text as text, the panels lossless); returns the paths written. Each
+    """page-N.png for each page (with its ``dpi`` in pHYs), story.pdf with all of them
+    (``pdf.write_pdf``: text as text, the panels lossless) and story.cbz (``cbz.write_cbz``:
+    the PNGs and ComicInfo.xml); returns the paths written. Each
     carries storyboard's mark (``ownership``), so a later build knows it may replace it even
     when this one was killed before its manifest was written."""
-    written = []
+    written, pngs = [], []
     for n, page in enumerate(pages, 1):
         path = out_dir / f"page-{n}.png"
-        atomic_write_bytes(path, page_png(rasterize(page), page_mark(story, n, len(pages)),
-                                          page.dpi))
+        pngs.append(page_png(rasterize(page), page_mark(story, n, len(pages)), page.dpi))
+        atomic_write_bytes(path, pngs[-1])
         written.append(path)
-    first = pages[0]
-    atomic_write_bytes(out_dir / PDF, write_pdf(pages, first.title, first.direction == "rtl"))
-    written.append(out_dir / PDF)
-    return written
+    title, rtl = pages[0].title, pages[0].direction == "rtl"
+    atomic_write_bytes(out_dir / PDF, write_pdf(pages, title, rtl))
+    atomic_write_bytes(out_dir / CBZ, write_cbz(pngs, title, rtl))
+    return written + [out_dir / PDF, out_dir / CBZ]
 
 
 def page_png(page: Image.Image, mark: str, dpi: int | None = None) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -115,6 +116,10 @@ def test_first_build_renders_all_and_writes_everything(story):
     assert [p["panel"] for p in manifest["panels"]] == ["one", "two", "three"]
     assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
     assert manifest["model"]["ref"] == "tiny-sdxl"
+    # The CBZ is written with the pages and recorded like them (digest, pages list).
+    assert {"page-1.png", "story.pdf", "story.cbz"} <= set(manifest["pages"])
+    assert manifest["digests"]["story.cbz"] == hashlib.sha256(
+        (out / "story.cbz").read_bytes()).hexdigest()
     assert report.exit_code == 0
     assert not list(out.rglob("*.tmp")), "no temporary files left behind"
 

@@ -32,7 +32,8 @@ def users_png(path, color=(200, 30, 30)) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["page-1.png", "story.pdf", "manifest.json", "panels/a.png"])
+@pytest.mark.parametrize("name", ["page-1.png", "story.pdf", "story.cbz", "manifest.json",
+                                  "panels/a.png"])
 def test_a_build_refuses_a_folder_holding_the_users_own_file(story, tmp_path, fresh_cache,
                                                              name):
     out = tmp_path / "mine"
@@ -43,6 +44,14 @@ def test_a_build_refuses_a_folder_holding_the_users_own_file(story, tmp_path, fr
         target.parent.mkdir(parents=True, exist_ok=True)
         mine = b"%PDF-1.4 my own thesis\n%%EOF\n" if name.endswith(".pdf") else \
             b'{"my": "settings"}\n'
+        if name.endswith(".cbz"):  # a comic of the user's own, from another program
+            import io
+            import zipfile
+
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as archive:
+                archive.writestr("001.png", users_png(tmp_path / "scan.png"))
+            mine = buf.getvalue()
         target.write_bytes(mine)
     result = run_cli("build", "-q", str(story), "-o", str(out))
     assert result.exit_code == 2, result.output

@@ -77,7 +77,8 @@ def test_panels_flow_onto_more_pages(tmp_path):
     # All the same size, a short last page included (its content at the top).
     assert len({(p.width, p.height) for p in pages}) == 1
     written = write_pages(pages, tmp_path, "s")
-    assert [p.name for p in written] == ["page-1.png", "page-2.png", "page-3.png", "story.pdf"]
+    assert [p.name for p in written] == ["page-1.png", "page-2.png", "page-3.png", "story.pdf",
+                                        "story.cbz"]
     assert len(PdfReader(tmp_path / "story.pdf").pages) == 3
 
 
