@@ -31,8 +31,7 @@ MAX_PAGE_PIXELS = 89_478_485
 
 def page_count(panels: int, layout: LayoutSpec) -> int:
     """How many pages ``panels`` panels fill (at least one)."""
-    per_page = layout.panels_per_page or max(panels, 1)
-    return max(1, -(-panels // per_page))
+    return max(1, -(-panels // per_page(layout, panels)))
 
 
 @dataclass(frozen=True)
@@ -98,27 +97,89 @@ def title_size(layout: LayoutSpec, cell_w: int) -> int:
     return int(font_size(layout, cell_w) * 1.6)
 
 
-def panel_size(size: tuple[int, int] | None, inner_w: int, layout: LayoutSpec) -> tuple[int, int]:
-    """A panel's drawn size inside a cell ``inner_w`` wide: its aspect ratio kept, scaled down
-    to fit and, unless ``layout.upscale``, never up past its own pixels (that only blurs it).
-    A panel not rendered is a square placeholder."""
+def scaled_size(size: tuple[int, int] | None, inner: tuple[int, int | None],
+                layout: LayoutSpec) -> tuple[int, int]:
+    """A panel's size once scaled for a cell whose picture area is ``inner`` (width, and height
+    with ``cell_height``): its aspect ratio kept, scaled down to fit (``fit: cover``: to fill,
+    the overflow cropped) and, unless ``layout.upscale``, never up past its own pixels (that
+    only blurs it). A panel not rendered is a square placeholder (or fills a fixed cell)."""
+    inner_w, inner_h = inner
     if size is None:
-        return inner_w, inner_w
+        return inner_w, inner_h or inner_w
     w, h = size
-    scale = inner_w / w if layout.upscale else min(1.0, inner_w / w)
+    if inner_h is None:
+        scale = inner_w / w
+    elif layout.fit == "cover":
+        scale = max(inner_w / w, inner_h / h)
+    else:
+        scale = min(inner_w / w, inner_h / h)
+    scale = scale if layout.upscale else min(1.0, scale)
     return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def panel_size(size: tuple[int, int] | None, inner_w: int, layout: LayoutSpec) -> tuple[int, int]:
+    """A panel's drawn size in a cell ``inner_w`` wide (``scaled_size``, cropped to the cell)."""
+    inner_h = layout.cell_height
+    w, h = scaled_size(size, (inner_w, inner_h), layout)
+    return min(w, inner_w), min(h, inner_h) if inner_h else h
 
 
 INSIDE_PAD = 0.5  # of the font size: the band an inside caption sits on, around its lines
 
 
-def caption_width(size: tuple[int, int] | None, cell_w: int, layout: LayoutSpec) -> int:
-    """The width a cell's caption wraps to: the cell's, or for ``inside`` the panel's less
-    the band's padding."""
+def caption_width(size: tuple[int, int] | None, width: int, layout: LayoutSpec, fs: int) -> int:
+    """The width a caption wraps to in a cell ``width`` wide (a spanning cell's included): the
+    cell's, or for ``inside`` the panel's less the band's padding."""
     if layout.caption != "inside":
-        return cell_w
-    w, _ = panel_size(size, cell_w - 2 * layout.border, layout)
-    return max(1, w - 2 * int(font_size(layout, cell_w) * INSIDE_PAD))
+        return width
+    w, _ = panel_size(size, width - 2 * layout.border, layout)
+    return max(1, w - 2 * int(fs * INSIDE_PAD))
+
+
+def per_page(layout: LayoutSpec, panels: int) -> int:
+    """Panels a page: the layout's, else a ``rows`` pattern's, else all of them."""
+    if layout.panels_per_page:
+        return layout.panels_per_page
+    if layout.rows:
+        return sum(len(row) for row in layout.rows)
+    return max(panels, 1)
+
+
+def spans(panels: Sequence[str], layout: LayoutSpec) -> list[int]:
+    """How many columns each of a page's panels (by id, in order) takes: by its place in the
+    ``rows`` pattern, else ``span`` (1 when not named)."""
+    if layout.rows:
+        pattern = [n for row in layout.rows for n in row]
+        return [pattern[i % len(pattern)] for i in range(len(panels))]
+    return [min(layout.span.get(p, 1), layout.columns) for p in panels]
+
+
+def arrange(spans_: Sequence[int], layout: LayoutSpec) -> list[list[tuple[int, int, int]]]:
+    """The page's rows: (panel index, first column, span) each. ``rows`` places the panels row
+    by row as its pattern says (repeating it); otherwise they flow left to right, and a panel
+    that does not fit in what is left of a row starts the next one."""
+    rows: list[list[tuple[int, int, int]]] = []
+    if layout.rows:
+        i = 0
+        while i < len(spans_):
+            pattern_row = layout.rows[len(rows) % len(layout.rows)]
+            row, col = [], 0
+            for _ in pattern_row:
+                if i == len(spans_):
+                    break
+                row.append((i, col, spans_[i]))
+                col += spans_[i]
+                i += 1
+            rows.append(row)
+        return rows
+    col = layout.columns
+    for i, n in enumerate(spans_):
+        if col + n > layout.columns:
+            rows.append([])
+            col = 0
+        rows[-1].append((i, col, n))
+        col += n
+    return rows
 
 
 def fits_inside(text_h: int, panel_h: int, fs: int) -> bool:
@@ -127,18 +188,21 @@ def fits_inside(text_h: int, panel_h: int, fs: int) -> bool:
 
 
 def measure(sizes: Sequence[tuple[int, int] | None], caption_lines: Sequence[int],
-            layout: LayoutSpec, title_lines: int, title_px: int | None = None) -> PageGeometry:
+            layout: LayoutSpec, title_lines: int, title_px: int | None = None,
+            spans_: Sequence[int] | None = None) -> PageGeometry:
     """The geometry of one page: ``sizes`` are the panels' pixel sizes (None: not rendered,
     drawn as a square placeholder), ``caption_lines`` their captions' line counts at
     ``caption_width``, ``title_lines`` the title's line count (0: no title) at ``title_px``
-    (default: ``title_size``).
+    (default: ``title_size``), ``spans_`` the columns each panel takes (default: one).
 
     Each caption is attached to its own panel: ``below`` starts right under it (panels of a
     row share their top edge), ``above`` ends right over it (panels share their bottom edge),
-    ``inside`` sits on a band at the panel's foot. ``direction: rtl`` fills each row from the
-    right."""
-    columns = max(1, min(layout.columns, len(sizes) or 1))
-    cell_w = cell_width(sizes, layout)
+    ``inside`` sits on a band at the panel's foot, and goes below a panel it would cover more
+    than half of. ``direction: rtl`` fills each row from the right."""
+    spans_ = list(spans_ or [1] * len(sizes))
+    rows = arrange(spans_, layout)
+    columns = max([col + n for row in rows for _, col, n in row], default=1)
+    cell_w = cell_width(sizes, layout, spans_)
     fs = font_size(layout, cell_w)
     line_h = line_height(fs)
     pad = max(4, fs // 3)
@@ -147,24 +211,24 @@ def measure(sizes: Sequence[tuple[int, int] | None], caption_lines: Sequence[int
     t_line = line_height(t_size)
     title_h = title_lines * t_line + gutter if title_lines else 0
     inside = layout.caption == "inside"
-    cells: list[CellGeometry] = []
+    cells: dict[int, CellGeometry] = {}
     y = m + title_h
-    for start in range(0, len(sizes), columns):
-        row = range(start, min(start + columns, len(sizes)))
-        drawn = {i: panel_size(sizes[i], cell_w - 2 * b, layout) for i in row}
-        text = {i: (caption_lines[i] * line_h if caption_lines[i] else 0) for i in row}
-        within = {i: inside and fits_inside(text[i], drawn[i][1], fs) for i in row}
-        below = {i: 0 if within[i] else text[i] + (pad if text[i] else 0) for i in row}
-        panel_h = max(drawn[i][1] + 2 * b for i in row)
-        row_h = max(drawn[i][1] + 2 * b + below[i] for i in row)
-        for k, i in enumerate(row):
-            col = columns - 1 - k if layout.direction == "rtl" else k
+    for row in rows:
+        wide = {i: n * cell_w + (n - 1) * gutter for i, _, n in row}
+        drawn = {i: panel_size(sizes[i], wide[i] - 2 * b, layout) for i, _, _ in row}
+        text = {i: (caption_lines[i] * line_h if caption_lines[i] else 0) for i, _, _ in row}
+        within = {i: inside and fits_inside(text[i], drawn[i][1], fs) for i, _, _ in row}
+        below = {i: 0 if within[i] else text[i] + (pad if text[i] else 0) for i, _, _ in row}
+        panel_h = max(drawn[i][1] + 2 * b for i, _, _ in row)
+        row_h = max(drawn[i][1] + 2 * b + below[i] for i, _, _ in row)
+        for i, col, n in row:
+            col = columns - col - n if layout.direction == "rtl" else col
             x = m + col * (cell_w + gutter)
             w, h = drawn[i]
-            px = x + (cell_w - w - 2 * b) // 2
+            px = x + (wide[i] - w - 2 * b) // 2
             if layout.caption == "above":
                 panel = Box(px, y + row_h - h - 2 * b, w + 2 * b, h + 2 * b)
-                caption = Box(x, panel.y - pad - text[i], cell_w, text[i] + pad)
+                caption = Box(x, panel.y - pad - text[i], wide[i], text[i] + pad)
                 top = caption.y
             elif within[i]:
                 panel = Box(px, y + (panel_h - h - 2 * b) // 2, w + 2 * b, h + 2 * b)
@@ -174,21 +238,28 @@ def measure(sizes: Sequence[tuple[int, int] | None], caption_lines: Sequence[int
                 top = caption.y
             else:
                 panel = Box(px, y, w + 2 * b, h + 2 * b)
-                caption = Box(x, y + panel.h, cell_w, pad + text[i])
+                caption = Box(x, y + panel.h, wide[i], pad + text[i])
                 top = caption.y + pad
-            cells.append(CellGeometry(panel, caption if text[i] else None, top))
+            cells[i] = CellGeometry(panel, caption if text[i] else None, top)
         y += row_h + gutter
     width = 2 * m + columns * cell_w + (columns - 1) * gutter
     height = y - (gutter if sizes else 0) + m
-    return PageGeometry(columns, cell_w, fs, line_h, pad, tuple(cells), t_size, t_line,
-                        title_h, width, max(height, 2 * m + 1))
+    return PageGeometry(columns, cell_w, fs, line_h, pad, tuple(cells[i] for i in
+                                                                 range(len(sizes))),
+                        t_size, t_line, title_h, width, max(height, 2 * m + 1))
 
 
-def cell_width(sizes: Sequence[tuple[int, int] | None], layout: LayoutSpec) -> int:
-    """Every cell's width: the layout's, else the widest panel's (with its border), so that no
-    panel is drawn past its own size."""
-    return layout.cell_width or max((s[0] + 2 * layout.border for s in sizes if s),
-                                    default=512)
+def cell_width(sizes: Sequence[tuple[int, int] | None], layout: LayoutSpec,
+               spans_: Sequence[int] | None = None) -> int:
+    """Every cell's width: the layout's, else the widest panel's (with its border; a panel
+    spanning columns shares its width with the gutters between them), so that no panel is
+    drawn past its own size."""
+    if layout.cell_width:
+        return layout.cell_width
+    spans_ = spans_ or [1] * len(sizes)
+    b, g = layout.border, layout.gutter
+    return max((-(-(s[0] + 2 * b - (n - 1) * g) // n) for s, n in zip(sizes, spans_) if s),
+               default=512)
 
 
 def most_lines(caption: str) -> int:
@@ -214,8 +285,9 @@ def layout_problems(story, jobs: Sequence, font: str | None,
         chunk = range(first, min(first + count, len(jobs)))
         # A panel not rendered yet is drawn as a square: a page is checked at its tallest.
         sizes = [(jobs[i].width, max(jobs[i].width, jobs[i].height)) for i in chunk]
+        widths = spans([jobs[i].panel for i in chunk], layout)
         bound = measure(sizes, [most_lines(jobs[i].caption) if captions else 0 for i in chunk],
-                        layout, most_lines(title))
+                        layout, most_lines(title), spans_=widths)
         if bound.fits() or not (captions or title):
             return bound
         cell_w, fs = bound.cell_width, bound.font_size
@@ -226,7 +298,7 @@ def layout_problems(story, jobs: Sequence, font: str | None,
                     if jobs[i].caption and captions else 0
         # The title at its largest size: the most lines, each the tallest (pages shrinks it).
         t_lines = lines(title, title_size(layout, cell_w), font, inner) if title else 0
-        return measure(sizes, [exact[i] for i in chunk], layout, t_lines)
+        return measure(sizes, [exact[i] for i in chunk], layout, t_lines, spans_=widths)
 
     fixed = sheet(layout)
     if fixed is not None:  # every page is the sheet, whatever is on it
@@ -238,9 +310,9 @@ def layout_problems(story, jobs: Sequence, font: str | None,
         return [story.doc.problem(("layout", "dpi"), f"a {layout.page_size} page at "
                                   f"{layout.dpi} dpi would be {g.width:,} x {g.height:,} pixels,"
                                   " too big to compose or write", "lower `dpi`")]
-    per_page = layout.panels_per_page or max(len(jobs), 1)
-    too_big = [(first // per_page + 1, g) for first in range(0, len(jobs), per_page)
-               if not (g := page(first, per_page)).fits()]
+    count = per_page(layout, len(jobs))
+    too_big = [(first // count + 1, g) for first in range(0, len(jobs), count)
+               if not (g := page(first, count)).fits()]
     if not too_big:
         return []
     number, geometry = too_big[0]
@@ -250,7 +322,7 @@ def layout_problems(story, jobs: Sequence, font: str | None,
     if geometry.width > MAX_PAGE_SIDE:
         hint = "use fewer `columns` or a smaller `cell_width`"
     else:
-        fitting = next((n for n in range(min(per_page, len(jobs)) - 1, 0, -1)
+        fitting = next((n for n in range(min(count, len(jobs)) - 1, 0, -1)
                         if all(page(first, n).fits() for first in range(0, len(jobs), n))),
                        None)
         hint = (f"set `panels_per_page: {fitting}` to spread the panels over more pages"

@@ -30,8 +30,8 @@ from ..paths import atomic_write_bytes
 from ..story.fields import page_inches
 from ..story.schema import LayoutSpec
 from .geometry import (
-    INSIDE_PAD, Box, CellGeometry, PageGeometry, caption_width, cell_width, fits_inside, font_size, line_height,
-    measure, panel_size, sheet, title_size,
+    INSIDE_PAD, Box, CellGeometry, PageGeometry, arrange, caption_width, cell_width, fits_inside,
+    font_size, line_height, measure, panel_size, per_page, sheet, spans, title_size,
 )
 from .cbz import CBZ, write_cbz
 from .glyphs import CJK_FACE, builtin_font
@@ -208,8 +208,8 @@ def compose_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Ima
 def plan_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Page]:
     """Every page of a story, all the same size: the ``page_size`` sheet, else the biggest
     page's (a shorter last page keeps its content at the top), as a printed book's pages are."""
-    per_page = layout.panels_per_page or max(len(cells), 1)
-    chunks = [cells[i:i + per_page] for i in range(0, len(cells), per_page)] or [[]]
+    count = per_page(layout, len(cells))
+    chunks = [cells[i:i + count] for i in range(0, len(cells), count)] or [[]]
     pages = [plan_page(chunk, layout, title, n, len(chunks)) for n, chunk in enumerate(chunks)]
     width, height = max(p.width for p in pages), max(p.height for p in pages)
     return [placed(p, width, height, centre_y=False) for p in pages]
@@ -238,6 +238,7 @@ def plan_page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
 def _scaled(layout: LayoutSpec, g: PageGeometry, scale: float) -> LayoutSpec:
     return layout.model_copy(update={
         "cell_width": max(8, int(g.cell_width * scale)),
+        "cell_height": max(8, int(layout.cell_height * scale)) if layout.cell_height else None,
         "font_size": max(6, int(g.font_size * scale)),
         "gutter": round(layout.gutter * scale),
         "border": max(1, round(layout.border * scale)) if layout.border else 0,
@@ -283,23 +284,27 @@ def fit_title(text: str, font_path: str | None, largest: int, smallest: int,
 
 def _plan(cells: list[Cell], layout: LayoutSpec, title: str, index: int, count: int) -> Page:
     sizes = [c.image.size if c.image else None for c in cells]
-    cell_w = cell_width(sizes, layout)
+    widths = spans([c.panel for c in cells], layout)
+    cell_w = cell_width(sizes, layout, widths)
+    gutter = layout.gutter
+    wide = [n * cell_w + (n - 1) * gutter for n in widths]  # each cell, spans included
     fs = font_size(layout, cell_w)
     font = load_font(layout.font, fs)
     show = layout.caption != "none"
-    captions = [wrap_text(c.caption, font, caption_width(s, cell_w, layout))
-                if c.caption and show else [] for c, s in zip(cells, sizes)]
+    captions = [wrap_text(c.caption, font, caption_width(s, w, layout, fs))
+                if c.caption and show else [] for c, s, w in zip(cells, sizes, wide)]
     if layout.caption == "inside":  # one that would cover most of its panel goes below it
         captions = [lines if fits_inside(len(lines) * line_height(fs),
-                                         panel_size(s, cell_w - 2 * layout.border, layout)[1], fs)
-                    else wrap_text(c.caption, font, cell_w)
-                    for c, s, lines in zip(cells, sizes, captions)]
+                                         panel_size(s, w - 2 * layout.border, layout)[1], fs)
+                    else wrap_text(c.caption, font, w)
+                    for c, s, w, lines in zip(cells, sizes, wide, captions)]
     title_text = page_title(layout, title, index, count)
-    columns = max(1, min(layout.columns, len(cells) or 1))
-    inner = columns * cell_w + (columns - 1) * layout.gutter
+    columns = max([col + n for row in arrange(widths, layout) for _, col, n in row], default=1)
+    inner = columns * cell_w + (columns - 1) * gutter
     t_size, t_lines = fit_title(title_text, layout.font, title_size(layout, cell_w), fs,
                                 inner) if title_text else (0, [])
-    g = measure(sizes, [len(c) for c in captions], layout, len(t_lines), t_size or None)
+    g = measure(sizes, [len(c) for c in captions], layout, len(t_lines), t_size or None,
+                widths)
     ink = _rgb(layout.text_color)
     background = _rgb(layout.background)
     items: list[Text | Picture | Fill] = []
@@ -340,7 +345,14 @@ def _panel_items(cell: Cell, box: Box, layout: LayoutSpec, g: PageGeometry,
     if cell.image is not None:
         image = cell.image.convert("RGB")
         if image.size != (inner.w, inner.h):
-            image = image.resize((inner.w, inner.h), Image.LANCZOS)
+            # Scaled to cover the box (the same as fitting it, unless `fit: cover` cropped
+            # it), then its overflow cut off evenly on both sides.
+            w, h = image.size
+            scale = max(inner.w / w, inner.h / h)
+            sw, sh = max(inner.w, round(w * scale)), max(inner.h, round(h * scale))
+            image = image.resize((sw, sh), Image.LANCZOS)
+            left, top = (sw - inner.w) // 2, (sh - inner.h) // 2
+            image = image.crop((left, top, left + inner.w, top + inner.h))
         items.append(Picture(inner, image))
     else:  # not rendered: a grey square that says so
         items.append(Fill(inner, (235, 235, 235)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
@@ -22,26 +21,19 @@ from pydantic import (
     model_validator,
 )
 from .. import constants as C
-from ..errors import describe_value, did_you_mean, show_value
+from ..errors import describe_value, show_value
 from ..families import BUILTINS, FAMILIES, FAMILY_NAMES
 from ..samplers import DEFAULT, sampler_names
-from .fields import (
-    CHECKPOINT_SUFFIXES, COLOR_RE, ID_RE, PAGE_SIZES, REPO_RE, VAR_RE, _check_id, _err, page_inches,
-)
+from .fields import CHECKPOINT_SUFFIXES, ID_RE, REPO_RE, VAR_RE, _check_id, _err
+from .layout import LayoutSpec
+from .types import Pixels, _Spec
 
 
 PanelId = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": ID_RE.pattern})]
 Text = Annotated[str, Field(max_length=C.MAX_TEXT_CHARS)]
-Pixels = Annotated[int, Field(ge=C.MIN_SIZE_PX, le=C.MAX_SIZE_PX, multiple_of=8)]
 Steps = Annotated[int, Field(ge=1, le=C.MAX_STEPS)]
 Guidance = Annotated[float, Field(ge=0.0, le=C.MAX_GUIDANCE)]
 Seed = Annotated[int, Field(ge=0, le=C.MAX_SEED)]
-Color = Annotated[str, Field(pattern=COLOR_RE.pattern)]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True,
-                              populate_by_name=True)
 
 
 def model_shorthand(value: Any) -> Any:
@@ -347,65 +339,6 @@ class TemplatesSpec(_Spec):
 
     prompt: str | None = Field(None, max_length=C.MAX_TEMPLATE_CHARS)
     negative: str | None = Field(None, max_length=C.MAX_TEMPLATE_CHARS)
-
-
-def _title_kind(value: Any) -> str:
-    return "flag" if isinstance(value, bool) else "text"
-
-
-class LayoutSpec(_Spec):
-    """How `storyboard build` composes panels into pages."""
-
-    columns: int = Field(2, ge=1, le=16)
-    panels_per_page: int | None = Field(None, ge=1, le=C.MAX_PANELS,
-                                        description="Default: all panels on one page.")
-    cell_width: Pixels | None = Field(None, description="Width of each cell on the page; "
-                                      "default: the widest panel's. Panels fit inside it.")
-    gutter: int = Field(16, ge=0, le=512, description="Pixels between panels.")
-    margin: int = Field(32, ge=0, le=1024, description="Pixels around the page.")
-    background: Color = "#ffffff"
-    text_color: Color = "#111111"
-    border: int = Field(2, ge=0, le=64, description="Panel border width in pixels.")
-    border_color: Color = "#111111"
-    caption: Literal["below", "above", "inside", "none"] = Field(
-        "below", description="Where each caption goes, attached to its own panel: right below "
-        "it, right above it, inside it (on a band at its foot), or none.")
-    font: str | None = Field(None, max_length=4096,
-                             description="A .ttf/.otf/.ttc file; default: the bundled CJK font.")
-    font_size: int | None = Field(None, ge=6, le=256, description=(
-        "Caption size in pixels (the title is 1.6 times it, shrunk to fit the page); default: "
-        "relative to the cell width (28 in a 512-pixel cell)."))
-    upscale: bool = Field(False, description="Scale panels up to fill a cell wider than they "
-                          "are; default: never past their own pixels, which only blurs them.")
-    title: Annotated[
-        Union[Annotated[bool, Tag("flag")], Annotated[Annotated[str, Field(max_length=200)],
-                                                      Tag("text")]],
-        Discriminator(_title_kind),
-    ] = Field(True, description="true: the story title; false: none; or a text.")
-    panel_numbers: bool = False
-    page_size: str | None = Field(None, max_length=64, description=(
-        "The printed sheet: A4, A5, A3, B5, JIS-B5, Letter, Legal, us-comic (6.625 x 10.25 in) "
-        "or explicit like '210mm x 297mm' (mm, cm, in, pt); every page and PDF page is this "
-        "size at `dpi`, the panels and text scaled down to fit inside the margin. Default: each "
-        "page as big as its panels, all pages of a story the same size."))
-    dpi: int = Field(300, ge=72, le=1200, description=(
-        "Pixels per inch: the pages' pixels on paper (the PDF's page size in points, the PNGs' "
-        "pHYs) and, with `page_size`, how many pixels a page has."))
-    direction: Literal["ltr", "rtl"] = Field("ltr", description=(
-        "Reading order: rtl (manga) fills each row right to left and marks the PDF and CBZ "
-        "to be read right to left."))
-
-    @field_validator("page_size")
-    @classmethod
-    def _page_size_is_a_sheet(cls, v: Any) -> Any:
-        if v is None:
-            return v
-        try:
-            page_inches(v)
-        except ValueError as exc:
-            hint = did_you_mean(v, PAGE_SIZES) or "A4, Letter, B5, us-comic, or '210mm x 297mm'"
-            raise _err("storyboard_page_size", str(exc), hint) from None
-        return v
 
 
 class RenderSpec(_Spec):

@@ -91,6 +91,16 @@ def check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnostic
                 listed.add(cid)
                 used.add(cid)
 
+    # layout.span names panels by id.
+    layout = data.get("layout")
+    span = layout.get("span") if isinstance(layout, dict) else None
+    if isinstance(span, dict):
+        ids = [p["id"] for p in panels if isinstance(p, dict) and isinstance(p.get("id"), str)]
+        for pid in span:
+            if isinstance(pid, str) and pid not in ids:
+                error(("layout", "span", pid), f"layout.span names no panel {show_id(pid)}",
+                      did_you_mean(pid, ids) or f"panels: {', '.join(ids[:8])}", key=True)
+
     for cid, char in characters.items():
         problem = id_problem(cid, "character id") if isinstance(cid, str) else \
             (f"invalid character id {cid!r}: ids are text", "put quotes around it")

@@ -1,0 +1,148 @@
+"""The `layout:` section of a story: how `storyboard build` composes panels into pages.
+
+In: plain data from the story's ``layout:`` mapping. Out: a frozen ``LayoutSpec``, or pydantic
+errors that ``messages`` words. A ``preset`` fills in the keys the story leaves out (the keys
+given always win); ``rows`` and ``span`` say which panels take more than one column. What the
+keys mean on the page is ``output/geometry`` and ``output/pages``; everything here is part of
+``output/manifest.pages_key``, so a layout edit recomposes pages without rendering panels.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+
+from .. import constants as C
+from ..errors import did_you_mean
+from .fields import ID_RE, PAGE_SIZES, _err, page_inches
+from .types import Color, Pixels, _Spec
+
+# Named layouts: the keys each one sets when the story does not.
+PRESETS: dict[str, dict[str, Any]] = {
+    "grid-2x2": {"columns": 2, "panels_per_page": 4},
+    "strip-3": {"columns": 3, "panels_per_page": 3},
+    "splash": {"columns": 1, "panels_per_page": 1, "caption": "inside"},
+    "manga-4koma": {"columns": 1, "panels_per_page": 4, "gutter": 8, "caption": "inside",
+                    "panel_numbers": True},
+    "wide-top": {"rows": [[2], [1, 1], [1, 1]]},
+}
+MAX_COLUMNS = 16
+Span = Annotated[int, Field(ge=1, le=MAX_COLUMNS)]
+PanelKey = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": ID_RE.pattern})]
+
+
+def _title_kind(value: Any) -> str:
+    return "flag" if isinstance(value, bool) else "text"
+
+
+class LayoutSpec(_Spec):
+    """How `storyboard build` composes panels into pages."""
+
+    preset: Literal[tuple(PRESETS)] | None = Field(  # type: ignore[valid-type]
+        None, description="A named layout: grid-2x2, strip-3 (three panels a page, one row), "
+        "splash (a page per panel, caption inside), manga-4koma (four panels down a page, "
+        "captions inside, numbered), wide-top (one panel across two columns, then 2 x 2). It "
+        "sets the keys the layout leaves out; the keys given win.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_fills_in(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) \
+                and data["preset"] in PRESETS:
+            return {**PRESETS[data["preset"]], **data}
+        return data
+
+    columns: int = Field(2, ge=1, le=MAX_COLUMNS, description=(
+        "Cells a row; with `rows`, at least the widest row's column count."))
+    panels_per_page: int | None = Field(None, ge=1, le=C.MAX_PANELS,
+                                        description="Default: all panels on one page.")
+    cell_width: Pixels | None = Field(None, description="Width of each cell on the page; "
+                                      "default: the widest panel's. Panels fit inside it.")
+    cell_height: Pixels | None = Field(None, description=(
+        "Height of every cell's picture; default: each panel's own height at the cell's "
+        "width. With it, `fit` says how a panel fills its cell."))
+    fit: Literal["contain", "cover"] = Field("contain", description=(
+        "With `cell_height`: contain shows the whole panel inside its cell (blank around it "
+        "where the shapes differ); cover fills the cell, cropping the panel's overflow evenly."))
+    gutter: int = Field(16, ge=0, le=512, description="Pixels between panels.")
+    margin: int = Field(32, ge=0, le=1024, description="Pixels around the page.")
+    background: Color = "#ffffff"
+    text_color: Color = "#111111"
+    border: int = Field(2, ge=0, le=64, description="Panel border width in pixels.")
+    border_color: Color = "#111111"
+    caption: Literal["below", "above", "inside", "none"] = Field(
+        "below", description="Where each caption goes, attached to its own panel: right below "
+        "it, right above it, inside it (on a band at its foot), or none.")
+    font: str | None = Field(None, max_length=4096,
+                             description="A .ttf/.otf/.ttc file; default: the bundled CJK font.")
+    font_size: int | None = Field(None, ge=6, le=256, description=(
+        "Caption size in pixels (the title is 1.6 times it, shrunk to fit the page); default: "
+        "relative to the cell width (28 in a 512-pixel cell)."))
+    upscale: bool = Field(False, description="Scale panels up to fill a cell wider than they "
+                          "are; default: never past their own pixels, which only blurs them.")
+    title: Annotated[
+        Union[Annotated[bool, Tag("flag")], Annotated[Annotated[str, Field(max_length=200)],
+                                                      Tag("text")]],
+        Discriminator(_title_kind),
+    ] = Field(True, description="true: the story title; false: none; or a text.")
+    panel_numbers: bool = False
+    rows: list[Annotated[list[Span], Field(min_length=1, max_length=MAX_COLUMNS)]] | None = Field(
+        None, min_length=1, max_length=64, description=(
+            "A page as rows of column spans, e.g. [[2], [1, 1]]: one panel across two columns, "
+            "then two side by side; the pattern repeats page after page (`panels_per_page` "
+            "defaults to its panel count)."))
+    span: dict[PanelKey, Span] = Field(default_factory=dict, max_length=C.MAX_PANELS,
+                                       description=(
+        "Panels that take more than one column, by id, e.g. {ship: 2}; a panel that does not "
+        "fit in what is left of a row starts the next one."))
+    page_size: str | None = Field(None, max_length=64, description=(
+        "The printed sheet: A4, A5, A3, B5, JIS-B5, Letter, Legal, us-comic (6.625 x 10.25 in) "
+        "or explicit like '210mm x 297mm' (mm, cm, in, pt); every page and PDF page is this "
+        "size at `dpi`, the panels and text scaled down to fit inside the margin. Default: each "
+        "page as big as its panels, all pages of a story the same size."))
+    dpi: int = Field(300, ge=72, le=1200, description=(
+        "Pixels per inch: the pages' pixels on paper (the PDF's page size in points, the PNGs' "
+        "pHYs) and, with `page_size`, how many pixels a page has."))
+    direction: Literal["ltr", "rtl"] = Field("ltr", description=(
+        "Reading order: rtl (manga) fills each row right to left and marks the PDF and CBZ "
+        "to be read right to left."))
+
+    @field_validator("page_size")
+    @classmethod
+    def _page_size_is_a_sheet(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        try:
+            page_inches(v)
+        except ValueError as exc:
+            hint = did_you_mean(v, PAGE_SIZES) or "A4, Letter, B5, us-comic, or '210mm x 297mm'"
+            raise _err("storyboard_page_size", str(exc), hint) from None
+        return v
+
+    @field_validator("rows")
+    @classmethod
+    def _rows_fit_the_columns(cls, v: Any, info: ValidationInfo) -> Any:
+        columns = info.data.get("columns")
+        wide = [row for row in v or [] if sum(row) > (columns or MAX_COLUMNS)]
+        if wide and columns:
+            raise _err("storyboard_rows", f"a row of spans {wide[0]} takes {sum(wide[0])} "
+                       f"columns, and the layout has {columns}",
+                       f"set `columns: {max(sum(r) for r in v)}`, or narrow the row")
+        return v
+
+    @field_validator("span")
+    @classmethod
+    def _spans_fit_the_columns(cls, v: Any, info: ValidationInfo) -> Any:
+        columns = info.data.get("columns")
+        if info.data.get("rows") and v:
+            raise _err("storyboard_span", "give `rows` or `span`, not both",
+                       "`rows` sets every panel's span by its place on the page")
+        wide = {pid: n for pid, n in (v or {}).items() if columns and n > columns}
+        if wide:
+            pid, n = next(iter(wide.items()))
+            raise _err("storyboard_span", f"panel {pid!r} spans {n} columns, and the layout "
+                       f"has {columns}", f"set `columns: {n}` or more, or a smaller span")
+        return v
+
+
