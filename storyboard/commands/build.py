@@ -174,7 +174,8 @@ def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
         if outcome.path is not None:
             with Image.open(outcome.path) as im:
                 image = im.convert("RGB")
-        cells.append(Cell(outcome.job.panel, n, image, outcome.job.caption))
+        cells.append(Cell(outcome.job.panel, n, image, outcome.job.caption,
+                          tuple(story.spec.panels[outcome.job.index].balloons)))
     layout = story.spec.layout
     if layout.font:  # relative to the story file, like every path in it
         layout = layout.model_copy(update={"font": str(story.resolve(layout.font))})

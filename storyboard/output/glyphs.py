@@ -1,4 +1,4 @@
-"""Which characters of a story's captions and title the page font cannot draw.
+"""Which characters of a story's captions, balloons and title the page font cannot draw.
 
 In: the story, its compiled jobs, and the layout's font file (None: the built-in Noto Sans
 CJK). Out: one warning per caption (and the title) that has such characters, at the caption's
@@ -68,6 +68,9 @@ def glyph_warnings(story, jobs: Sequence, font: str | None) -> list[Problem]:
     if layout.caption != "none":
         texts += [(("panels", job.index, "caption"), f"panel {job.panel!r}: the caption",
                    job.caption) for job in jobs]
+    texts += [(("panels", job.index, "balloons", k, "text"), f"panel {job.panel!r}: balloon "
+               f"{k + 1}", balloon.text)
+              for job in jobs for k, balloon in enumerate(story.spec.panels[job.index].balloons)]
     problems = []
     which = "the layout's font" if font else "the built-in font (Noto Sans CJK)"
     for loc, what, text in texts:

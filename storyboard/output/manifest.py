@@ -31,7 +31,7 @@ PAGES_FORMAT = 2
 
 
 def pages_key(story, outcomes: Sequence[Any]) -> str:
-    """Everything a page shows: layout, title, and each panel's image and caption."""
+    """Everything a page shows: layout, title, and each panel's image, caption and balloons."""
     font = story.spec.layout.font
     font_stamp = None
     if font:
@@ -39,7 +39,9 @@ def pages_key(story, outcomes: Sequence[Any]) -> str:
         font_stamp = [st.st_size, st.st_mtime_ns]
     blob = json.dumps({"v": __version__, "format": PAGES_FORMAT, "layout": story.spec.layout.model_dump(),
                        "font": font_stamp, "title": story.spec.title,
-                       "panels": [[o.job.panel, o.job.hash if o.path else None, o.job.caption]
+                       "panels": [[o.job.panel, o.job.hash if o.path else None, o.job.caption,
+                                   [b.model_dump() for b in story.spec.panels[o.job.index]
+                                    .balloons]]
                                   for o in outcomes]}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -33,6 +33,7 @@ from .geometry import (
     INSIDE_PAD, Box, CellGeometry, PageGeometry, arrange, caption_width, cell_width, fits_inside,
     font_size, line_height, measure, panel_size, per_page, sheet, spans, title_size,
 )
+from .balloons import Shape, balloon_items
 from .cbz import CBZ, write_cbz
 from .glyphs import CJK_FACE, builtin_font
 from .manifest import PDF
@@ -49,6 +50,7 @@ class Cell:
     number: int
     image: Image.Image | None  # None: not rendered (yet)
     caption: str = ""
+    balloons: tuple = ()  # the panel's BalloonSpecs, drawn over its picture
 
 
 @lru_cache(maxsize=16)
@@ -188,7 +190,7 @@ class Page:
     width: int
     height: int
     background: tuple[int, int, int]
-    items: list[Text | Picture | Fill]
+    items: list[Text | Picture | Fill | Shape]
     font: str | None  # the layout's font file; None: the built-in one
     geometry: PageGeometry
     dpi: int = 300  # its pixels per inch on paper
@@ -255,9 +257,9 @@ def placed(page: Page, width: int, height: int, centre_y: bool = True) -> Page:
     def move(box: Box | None) -> Box | None:
         return None if box is None else Box(box.x + dx, box.y + dy, box.w, box.h)
 
-    items = [Text(i.x + dx, i.y + dy, i.text, i.size, i.weight, i.color) if isinstance(i, Text)
-             else Picture(move(i.box), i.image) if isinstance(i, Picture)
-             else Fill(move(i.box), i.color) for i in page.items]
+    items = [replace(i, x=i.x + dx, y=i.y + dy) if isinstance(i, Text)
+             else replace(i, box=move(i.box), points=tuple((x + dx, y + dy) for x, y in i.points))
+             if isinstance(i, Shape) else replace(i, box=move(i.box)) for i in page.items]
     g = page.geometry
     cells = tuple(CellGeometry(move(c.panel), move(c.caption), c.text_top + dy)
                   for c in g.cells)
@@ -362,6 +364,8 @@ def _panel_items(cell: Cell, box: Box, layout: LayoutSpec, g: PageGeometry,
             items.append(Text(inner.x + (inner.w - font.getlength(line)) / 2,
                               inner.y + inner.h // 2 + (k - 1) * line_height(size)
                               + _ascent(font), line, size, "Bold", grey))
+    if cell.balloons:
+        items += balloon_items(cell.balloons, inner, layout.font, g.font_size, ink)
     if layout.panel_numbers:
         # As large as the captions' numbers, but never more than a quarter of the panel.
         size = max(6, min(int(g.font_size * 0.7), inner.w // 4, inner.h // 4))
@@ -385,6 +389,16 @@ def rasterize(page: Page) -> Image.Image:
         elif isinstance(item, Fill):
             b = item.box
             draw.rectangle([b.x, b.y, b.x + b.w - 1, b.y + b.h - 1], fill=item.color)
+        elif isinstance(item, Shape):
+            b = item.box
+            corners = [b.x, b.y, b.x + b.w - 1, b.y + b.h - 1]
+            style = {"fill": item.fill, "outline": item.outline, "width": item.width}
+            if item.kind == "oval":
+                draw.ellipse(corners, **style)
+            elif item.kind == "box":
+                draw.rectangle(corners, **style)
+            else:
+                draw.polygon(list(item.points), **style)
         else:
             draw.text((item.x, item.y), item.text, font=load_font(page.font, item.size,
                                                                   item.weight),

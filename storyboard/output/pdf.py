@@ -5,6 +5,7 @@ the story's title, the reading direction. Out: PDF bytes (fpdf2) where
 - every page is the same physical size: the ``page_size`` sheet, else the pages' pixels at
   ``dpi`` (points = pixels x 72 / dpi);
 - panels are embedded losslessly (Flate, the pixels the PNG page shows, at print resolution);
+  speech balloons and narration boxes are vector shapes;
 - the title, captions and panel numbers are real text in the page font, embedded (a subset of
   just the glyphs used), so they can be selected, searched and read aloud;
 - ``direction: rtl`` sets ``/ViewerPreferences /Direction /R2L``;
@@ -82,6 +83,8 @@ def write_pdf(pages: Sequence, title: str, rtl: bool = False) -> bytes:
 
 
 def _page(pdf, page) -> None:
+    from .pages import load_font
+
     # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's.
     pt = page.inches[0] * 72 / page.width if page.inches else 72 / page.dpi
     size = (page.inches[0] * 72, page.inches[1] * 72) if page.inches else \
@@ -94,10 +97,29 @@ def _page(pdf, page) -> None:
         if hasattr(item, "text"):
             pdf.set_font("page", "B" if item.weight == "Bold" else "", item.size * pt)
             pdf.set_text_color(*item.color)
+            # The page was laid out with the rasterizer's widths (hinted advances, kerning);
+            # the PDF's own differ by a few percent at small sizes, which would push a line
+            # past its caption box or balloon. Stretch each line to the width it was given.
+            given = load_font(page.font, item.size, item.weight).getlength(item.text) * pt
+            pdf.set_stretching(100)  # fpdf2 measures with the stretching in force
+            own = pdf.get_string_width(item.text)
+            pdf.set_stretching(100 * given / own if own and abs(given - own) > own / 200
+                               else 100)
             pdf.text(item.x * pt, item.y * pt, item.text)
         elif hasattr(item, "image"):
             b = item.box
             pdf.image(item.image, b.x * pt, b.y * pt, b.w * pt, b.h * pt)
+        elif hasattr(item, "outline"):  # a balloon's shape, as vector paths
+            b = item.box
+            pdf.set_fill_color(*item.fill)
+            pdf.set_draw_color(*item.outline)
+            pdf.set_line_width(item.width * pt)
+            if item.kind == "oval":
+                pdf.ellipse(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")
+            elif item.kind == "box":
+                pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")
+            else:
+                pdf.polygon([(x * pt, y * pt) for x, y in item.points], style="DF")
         else:
             b = item.box
             pdf.set_fill_color(*item.color)

@@ -146,3 +146,14 @@ class LayoutSpec(_Spec):
         return v
 
 
+
+
+class BalloonSpec(_Spec):
+    """A speech balloon or narration box drawn over a panel (vector shapes and text; the
+    panel's render never sees it)."""
+
+    text: Annotated[str, Field(min_length=1, max_length=400)]
+    kind: Literal["speech", "narration"] = Field("speech", description=(
+        "speech: an oval with a tail toward the panel's middle; narration: a box."))
+    at: Literal["top-left", "top", "top-right", "bottom-left", "bottom", "bottom-right"] = Field(
+        "top-left", description="Where in the panel it sits.")

@@ -25,7 +25,7 @@ from ..errors import describe_value, show_value
 from ..families import BUILTINS, FAMILIES, FAMILY_NAMES
 from ..samplers import DEFAULT, sampler_names
 from .fields import CHECKPOINT_SUFFIXES, ID_RE, REPO_RE, VAR_RE, _check_id, _err
-from .layout import LayoutSpec
+from .layout import BalloonSpec, LayoutSpec
 from .types import Pixels, _Spec
 
 
@@ -322,6 +322,9 @@ class PanelSpec(_Spec):
     negative: Text = Field("", description="Added to this panel's negative prompt.")
     seed: Seed | None = Field(None, description="Default: derived from the story seed and id.")
     caption: Text = ""
+    balloons: list[BalloonSpec] = Field(default_factory=list, max_length=4, description=(
+        "Speech balloons and narration boxes over the panel, each at most about a third of it "
+        "(its text shrinks to fit); not part of the render, like the caption."))
     steps: Steps | None = None
     guidance: Guidance | None = None
     width: Pixels | None = None
@@ -332,6 +335,18 @@ class PanelSpec(_Spec):
     @classmethod
     def _id(cls, v: str) -> str:
         return _check_id(v)
+
+    @field_validator("balloons")
+    @classmethod
+    def _one_balloon_a_place(cls, v: list[BalloonSpec]) -> list[BalloonSpec]:
+        places = [b.at for b in v]
+        twice = next((at for at in places if places.count(at) > 1), None)
+        if twice:
+            free = [p for p in ("top-left", "top-right", "bottom-left", "bottom-right", "top",
+                                "bottom") if p not in places]
+            raise _err("storyboard_balloons", f"two balloons are `at: {twice}`; they would "
+                       "cover each other", f"put one at {free[0]}" if free else None)
+        return v
 
 
 class TemplatesSpec(_Spec):
