@@ -35,7 +35,7 @@ from .geometry import (
 )
 from .balloons import Shape, balloon_items
 from .cbz import CBZ, write_cbz
-from .glyphs import CJK_FACE, builtin_font
+from .fonts import SUPERSAMPLE, PageFont, draw_text, page_font
 from .manifest import PDF
 from .ownership import PAGE_MARK, page_mark
 from .pdf import write_pdf
@@ -53,20 +53,17 @@ class Cell:
     balloons: tuple = ()  # the panel's BalloonSpecs, drawn over its picture
 
 
-@lru_cache(maxsize=16)
-def load_font(path: str | None, size: int, weight: str = "Regular") -> ImageFont.FreeTypeFont:
-    if path:
-        try:
-            return ImageFont.truetype(path, size)
-        except OSError as exc:
-            from ..errors import UserError
+@lru_cache(maxsize=48)
+def load_font(path: str | None, size: int, weight: str = "Regular") -> PageFont:
+    """The page font at ``size`` pixels (``fonts.PageFont``: measured by its own advances)."""
+    try:
+        return page_font(path, size, weight)
+    except OSError as exc:
+        from ..errors import UserError
 
-            raise UserError(f"layout.font: cannot read {path} as a font ({exc}); give a "
-                            ".ttf, .otf or .ttc file, or leave `font` out for the built-in "
-                            "Noto Sans CJK") from None
-    font = ImageFont.truetype(builtin_font(), size, index=CJK_FACE)
-    font.set_variation_by_name(weight)
-    return font
+        raise UserError(f"layout.font: cannot read {path} as a font ({exc}); give a "
+                        ".ttf, .otf or .ttc file, or leave `font` out for the built-in "
+                        "Noto Sans CJK") from None
 
 
 def _breakable(ch: str) -> bool:
@@ -400,9 +397,9 @@ def rasterize(page: Page) -> Image.Image:
             else:
                 draw.polygon(list(item.points), **style)
         else:
-            draw.text((item.x, item.y), item.text, font=load_font(page.font, item.size,
-                                                                  item.weight),
-                      fill=item.color, anchor="ls")
+            draw_text(image, item.x, item.y, item.text,
+                      load_font(page.font, item.size, item.weight),
+                      load_font(page.font, item.size * SUPERSAMPLE, item.weight), item.color)
     return image
 
 

@@ -97,9 +97,10 @@ def _page(pdf, page) -> None:
         if hasattr(item, "text"):
             pdf.set_font("page", "B" if item.weight == "Bold" else "", item.size * pt)
             pdf.set_text_color(*item.color)
-            # The page was laid out with the rasterizer's widths (hinted advances, kerning);
-            # the PDF's own differ by a few percent at small sizes, which would push a line
-            # past its caption box or balloon. Stretch each line to the width it was given.
+            # The page was laid out with fonts.PageFont's advances, which the embedded font
+            # has too (up to rounding to font units); should a font's differ (a font whose
+            # hmtx fontTools and fpdf2 read differently), a line must still keep to its box:
+            # it is stretched to the width it was given.
             given = load_font(page.font, item.size, item.weight).getlength(item.text) * pt
             pdf.set_stretching(100)  # fpdf2 measures with the stretching in force
             own = pdf.get_string_width(item.text)

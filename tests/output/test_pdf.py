@@ -112,3 +112,23 @@ def test_a_sheet_too_big_for_its_dpi_is_refused(story_file):
     assert result.exit_code == 2
     assert "a 100in x 100in page at 1200 dpi would be 120,000 x 120,000 pixels" in \
         result.output and "lower `dpi`" in result.output
+
+
+def test_a_line_is_as_wide_in_the_pdf_as_in_the_png(tmp_path):
+    """The PNG is measured by the font's own advances at the weight drawn (Pillow spaces every
+    weight of the variable built-in font like Thin), the same the PDF's embedded instance has:
+    no line of the PDF runs past the box the page gave it."""
+    from fpdf import FPDF
+
+    from storyboard.output.pages import load_font
+    from storyboard.output.pdf import truetype_subset
+
+    text = "Three days of rain, 她的眼睛里有了光。"
+    regular, bold = load_font(None, 100), load_font(None, 100, "Bold")
+    assert bold.getlength(text) > regular.getlength(text) * 1.02  # bold is wider
+    for weight, font in (("Regular", regular), ("Bold", bold)):
+        (tmp_path / f"{weight}.ttf").write_bytes(truetype_subset(None, weight, text))
+        pdf = FPDF(unit="pt")
+        pdf.add_font("f", "", str(tmp_path / f"{weight}.ttf"))
+        pdf.set_font("f", "", 100)
+        assert pdf.get_string_width(text) == pytest.approx(font.getlength(text), rel=0.002)
