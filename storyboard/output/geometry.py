@@ -278,7 +278,11 @@ def layout_problems(story, jobs: Sequence, font: str | None,
     pages_total = page_count(len(jobs), layout)
     if title and pages_total > 1:
         title = f"{title} ({pages_total}/{pages_total})"
-    captions = layout.caption not in ("none", "inside")  # inside: no height of its own
+    # An inside caption has no height of its own, unless it would cover most of its panel and
+    # goes below it: the bound puts every one below.
+    captions = layout.caption != "none"
+    if layout.caption == "inside":
+        layout = layout.model_copy(update={"caption": "below"})
     exact: dict[int, int] = {}  # panel index -> its caption's measured line count
 
     def page(first: int, count: int) -> PageGeometry:

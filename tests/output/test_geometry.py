@@ -73,8 +73,10 @@ def test_a_one_column_page_too_tall_is_refused_with_a_panels_per_page_hint(story
     page.save(io.BytesIO(), format="JPEG")
 
 
-def test_a_huge_caption_at_a_huge_font_is_refused_before_composing(story_file):
-    story = story_file(story_text(1, 64, 64, "{font_size: 256}", "word " * 1600))
+@pytest.mark.parametrize("where", ["below", "inside"])  # inside: it would go below its panel
+def test_a_huge_caption_at_a_huge_font_is_refused_before_composing(story_file, where):
+    story = story_file(story_text(1, 64, 64, f"{{font_size: 256, caption: {where}}}",
+                                  "word " * 1600))
     result = run_cli("plan", str(story))
     assert result.exit_code == 2, result.output
     assert "too big to compose" in result.output and "shorten the longest captions" in \
