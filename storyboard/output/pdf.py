@@ -138,7 +138,8 @@ def truetype_subset(font: str | None, weight: str, chars: str) -> bytes:
     path = font or builtin_font()
     face = CJK_FACE if font is None else 0
     kwargs = {"fontNumber": face} if path.lower().endswith((".ttc", ".otc")) else {}
-    tt = TTFont(path, **kwargs)
+    # Saved with the font's own "modified" date, not the clock's: the same story, the same bytes.
+    tt = TTFont(path, recalcTimestamp=False, **kwargs)
     options = subset.Options()
     options.layout_features = []  # fpdf2 places glyphs one by one: no shaping tables needed
     options.name_IDs = ["*"]

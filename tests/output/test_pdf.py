@@ -94,11 +94,20 @@ def test_rtl_fills_rows_from_the_right_and_tells_the_reader(tmp_path):
     assert "/ViewerPreferences" not in ltr.trailer["/Root"]
 
 
-def test_the_same_story_gives_the_same_pdf_bytes(tmp_path):
+def test_the_same_story_gives_the_same_pdf_bytes(tmp_path, monkeypatch):
+    """Even a day apart, in another process (the font subsets made again): fontTools would
+    stamp each subset's "modified" date with the clock."""
+    import time
+
+    from storyboard.output.pdf import truetype_subset
+
     layout = LayoutSpec(columns=2, page_size="B5", dpi=96, direction="rtl")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     write(tmp_path / "a", layout)
+    truetype_subset.cache_clear()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 86400)
     write(tmp_path / "b", layout)
     a, b = (tmp_path / "a" / "story.pdf").read_bytes(), (tmp_path / "b" / "story.pdf").read_bytes()
     assert a == b
