@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import datetime
 import io
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,8 +45,29 @@ def build_date() -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """fontTools and fpdf2 log, on the console, what `validate` already told the writer (a
+    character the font has no glyph for) or what does not matter (a font table the subsetter
+    drops); a build prints only storyboard's own words."""
+    loggers = [logging.getLogger(name) for name in ("fontTools", "fpdf")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def write_pdf(pages: Sequence, title: str, rtl: bool = False) -> bytes:
     """The PDF of ``pages`` (``pages.Page``), one PDF page each."""
+    with _quiet():
+        return _write_pdf(pages, title, rtl)
+
+
+def _write_pdf(pages: Sequence, title: str, rtl: bool) -> bytes:
     from fpdf import FPDF
     from fpdf.prefs import ViewerPreferences
     from fpdf.syntax import Name

@@ -141,3 +141,23 @@ def test_a_line_is_as_wide_in_the_pdf_as_in_the_png(tmp_path):
         pdf.add_font("f", "", str(tmp_path / f"{weight}.ttf"))
         pdf.set_font("f", "", 100)
         assert pdf.get_string_width(text) == pytest.approx(font.getlength(text), rel=0.002)
+
+
+def test_the_layouts_font_is_embedded_and_the_libraries_stay_quiet(tmp_path, capfd, caplog):
+    """A story's own TrueType font goes into the PDF; a character it lacks was `validate`'s
+    to report (tests/output/test_text.py), so fontTools and fpdf2 print nothing about it."""
+    from pathlib import Path
+
+    dejavu = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    if not dejavu.is_file():
+        pytest.skip("no DejaVu Sans on this machine to stand for a story's font")
+    cell = Cell("p", 1, panel(96, 96, 0), "By morning, everyone was safe. 完")
+    caplog.set_level("DEBUG")
+    write_pages(plan_pages([cell], LayoutSpec(font=str(dejavu)), "Own font"), tmp_path, "s")
+    pdf = PdfReader(tmp_path / "story.pdf")
+    fonts = [f.get_object()["/BaseFont"] for f in pdf.pages[0]["/Resources"]["/Font"].values()]
+    assert all("DejaVuSans" in name for name in fonts)
+    assert "everyone was safe." in pdf.pages[0].extract_text()
+    assert not [r for r in caplog.records if r.name.startswith(("fontTools", "fpdf"))
+                and r.levelno >= 30]
+    assert "missing" not in capfd.readouterr().err
