@@ -93,6 +93,16 @@ _UNITS = {"mm": MM, "cm": 10 * MM, "in": 1.0, "pt": 1 / 72}
 _LENGTH = r"(\d+(?:\.\d+)?)\s*(mm|cm|in|pt)"
 PAGE_SIZE_RE = re.compile(rf"^\s*{_LENGTH}\s*[x×]\s*{_LENGTH}\s*$", re.IGNORECASE)
 MAX_PAGE_INCHES = 200.0  # no printer's sheet is bigger; pixel limits are checked by geometry
+LENGTH_RE = re.compile(rf"^\s*{_LENGTH}\s*$", re.IGNORECASE)
+
+
+def length_inches(value: str) -> float:
+    """``"10mm"``, ``"0.5in"``, ``"1cm"``, ``"12pt"`` in inches; raises ``ValueError``."""
+    m = LENGTH_RE.match(value)
+    if not m:
+        raise ValueError(f"expected pixels or a length like '10mm', '0.5in' or '12pt', got "
+                         f"{show_value(value)}")
+    return float(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
 def page_inches(value: str) -> tuple[float, float]:

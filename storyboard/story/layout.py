@@ -15,7 +15,7 @@ from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator,
 
 from .. import constants as C
 from ..errors import did_you_mean
-from .fields import ID_RE, PAGE_SIZES, _err, page_inches
+from .fields import ID_RE, PAGE_SIZES, _err, length_inches, page_inches
 from .types import Color, Pixels, _Spec
 
 # Named layouts: the keys each one sets when the story does not.
@@ -30,6 +30,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 MAX_COLUMNS = 16
 Span = Annotated[int, Field(ge=1, le=MAX_COLUMNS)]
 PanelKey = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": ID_RE.pattern})]
+
+
+def _margin_kind(value: Any) -> str:
+    return "text" if isinstance(value, str) else "pixels"
 
 
 def _title_kind(value: Any) -> str:
@@ -66,7 +70,25 @@ class LayoutSpec(_Spec):
         "With `cell_height`: contain shows the whole panel inside its cell (blank around it "
         "where the shapes differ); cover fills the cell, cropping the panel's overflow evenly."))
     gutter: int = Field(16, ge=0, le=512, description="Pixels between panels.")
-    margin: int = Field(32, ge=0, le=1024, description="Pixels around the page.")
+    margin: Annotated[
+        Union[Annotated[Annotated[int, Field(ge=0, le=1024)], Tag("pixels")],
+              Annotated[Annotated[str, Field(max_length=32)], Tag("text")]],
+        Discriminator(_margin_kind),
+    ] = Field(32, description="Around the page: pixels, or a length like '10mm', '0.5in' or "
+              "'12pt' (turned into pixels at `dpi`).")
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_is_a_length(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                inches = length_inches(v)
+            except ValueError as exc:
+                raise _err("storyboard_margin", str(exc), "e.g. `margin: 10mm`") from None
+            if inches > 5:
+                raise _err("storyboard_margin", f"a margin of {v} is more than 5 inches",
+                           "e.g. `margin: 10mm`")
+        return v
     background: Color = "#ffffff"
     text_color: Color = "#111111"
     border: int = Field(2, ge=0, le=64, description="Panel border width in pixels.")
@@ -146,6 +168,14 @@ class LayoutSpec(_Spec):
         return v
 
 
+
+    @model_validator(mode="after")
+    def _margin_in_pixels(self) -> LayoutSpec:
+        # Everything that draws a page reads `margin` as pixels: a length becomes them here,
+        # at the layout's dpi (so pages_key sees the pixels too).
+        if isinstance(self.margin, str):
+            object.__setattr__(self, "margin", round(length_inches(self.margin) * self.dpi))
+        return self
 
 
 class BalloonSpec(_Spec):

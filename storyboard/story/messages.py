@@ -25,7 +25,7 @@ def problems_from_pydantic(exc: ValidationError, doc: SourceDoc) -> list[Problem
     out = []
     for error in exc.errors(include_url=False):
         loc = tuple(part for part in error["loc"] if part not in ("text", "parts", "flag",
-                                                                   "{mapping}",
+                                                                   "pixels", "{mapping}",
                                                                    "function-before[...]"))
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
         message, hint, key = _describe(error, loc)

@@ -161,3 +161,13 @@ def test_the_layouts_font_is_embedded_and_the_libraries_stay_quiet(tmp_path, cap
     assert not [r for r in caplog.records if r.name.startswith(("fontTools", "fpdf"))
                 and r.levelno >= 30]
     assert "missing" not in capfd.readouterr().err
+
+
+def test_a_margin_may_be_a_length_on_the_sheet(tmp_path):
+    layout = LayoutSpec(page_size="A5", dpi=100, margin="15mm", columns=2)
+    assert layout.margin == round(15 / 25.4 * 100)  # pixels at the dpi
+    (page,) = plan_pages(cells(), layout, "The Lighthouse Keeper")
+    ink = np.asarray(page.image().convert("L")) < 250
+    rows, cols = np.nonzero(ink)
+    assert cols.min() >= layout.margin and cols.max() < page.width - layout.margin
+    assert rows.min() >= layout.margin and rows.max() < page.height - layout.margin
