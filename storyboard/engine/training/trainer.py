@@ -33,6 +33,7 @@ and, on the CPU, ends with the same bytes an uninterrupted run writes.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,14 @@ CHECKPOINTING_BELOW = 16 * 2**30
 OPTIMIZERS = ("adamw", "adamw8bit")
 # CLIP's attention projections: what diffusers' DreamBooth scripts adapt in a text encoder.
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# What `compile` compiles, each module on its own (regional compilation): the UNet's repeated
+# blocks, so one compiled graph serves every block of a width and compiling takes seconds, not
+# the minutes a whole-UNet graph (forward and backward) takes.
+COMPILED_BLOCKS = ("BasicTransformerBlock",)
+# For bench/train.py's lever measurements only: autocast even where the frozen weights already
+# are in the compute dtype; wait for each step's loss before queueing the next.
+FORCE_AUTOCAST = False
+SYNC_EVERY_STEP = False
 
 
 @dataclass(frozen=True)
@@ -104,14 +113,22 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
                prior_images: Sequence[str | Path] = (), on_event: Event | None = None,
                on_checkpoint: Callable[[CheckpointView], None] | None = None,
                resume: bool = True, optimizer: str = "adamw",
-               gradient_checkpointing: bool | None = None) -> TrainResult:
+               gradient_checkpointing: bool | None = None, cuda_graphs: bool | None = None,
+               compile: bool = False, channels_last: bool = False) -> TrainResult:
     """Train ``job``'s LoRA in ``out_dir`` and write its files there.
 
     ``device``: "auto", "cpu", "cuda", "cuda:N". ``dtype``: the frozen weights' ("fp32",
     "fp16", "bf16"; "auto": fp32 on the CPU, else the job's ``mixed_precision`` or fp32 for
     "no"). ``prior_images``: the class pictures when ``settings.prior`` is set (captioned with
     its prompt). ``optimizer``: "adamw" or "adamw8bit" (CUDA, needs bitsandbytes).
-    ``gradient_checkpointing``: None decides by free GPU memory."""
+    ``gradient_checkpointing``: None decides by free GPU memory. ``cuda_graphs``: each training
+    step (forward, backward, clipping, AdamW) replayed as a CUDA graph, one per batch shape
+    (``_Graphed``); None: on CUDA wherever it applies (bf16/fp32 without autocast, no gradient
+    scaler, no 8-bit AdamW, no text encoder training, no gradient checkpointing), else off.
+    ``compile``: torch.compile the UNet's repeated blocks (``COMPILED_BLOCKS``), eager steps
+    only; off by default: on one H200 it saved ~0.1 s a step but took ~90 s to compile, which
+    1,000 steps do not pay back (bench/train.py). ``channels_last``: the UNet's weights and
+    input in channels-last layout; off by default (measured slower)."""
     import torch
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig, inject_adapter_in_model
@@ -135,6 +152,11 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
     pipe, weights = model.pipe, getattr(torch, TORCH_DTYPES[model.dtype])
     compute = {"no": weights, "fp16": torch.float16, "bf16": torch.bfloat16}[
         settings.mixed_precision]
+    cuda = device.startswith("cuda")
+    # Autocast only where the frozen weights are not in the compute dtype already. Where they
+    # are, it only adds a cast of every fp32 LoRA weight at every call, and peft runs the LoRA
+    # branch in the LoRA weights' own dtype (float32) and casts its output back.
+    autocast = settings.mixed_precision != "no" and (weights != compute or FORCE_AUTOCAST)
 
     # 2. Freeze everything; then a fresh LoRA on the UNet's attention projections, initialised
     #    from the job's seed (peft draws from the global RNG: forked, so the caller's is kept).
@@ -169,6 +191,19 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
             torch.cuda.mem_get_info(torch.device(device))[0] < CHECKPOINTING_BELOW
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    graphable = cuda and not autocast and settings.mixed_precision != "fp16" and \
+        optimizer == "adamw" and not settings.train_text_encoder and not gradient_checkpointing
+    if cuda_graphs and not graphable:
+        raise UserError("CUDA graphs need a CUDA device, no autocast or fp16 scaler, AdamW, "
+                        "frozen text encoders and no gradient checkpointing")
+    cuda_graphs = graphable if cuda_graphs is None else cuda_graphs
+    memory_format = torch.channels_last if channels_last else None
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if compile:
+        for block in unet.modules():
+            if type(block).__name__ in COMPILED_BLOCKS:
+                block.compile()
     parameters = {f"{name}.{n}": p for name, module in modules.items()
                   for n, p in module.named_parameters() if p.requires_grad}
 
@@ -192,8 +227,9 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
     trainable = state.Trainable(
         parameters=parameters,
         optimizer=_optimizer(list(parameters.values()), settings.learning_rate, device,
-                             optimizer),
-        generator=torch.Generator("cpu").manual_seed(settings.seed),
+                             optimizer, capturable=cuda_graphs),
+        # On a GPU, drawn there: a CPU draw would be copied over, waiting for the GPU each step.
+        generator=torch.Generator(device if cuda else "cpu").manual_seed(settings.seed),
         scaler=torch.amp.GradScaler("cuda") if settings.mixed_precision == "fp16"
         and device.startswith("cuda") else None)
     losses: list[float] = []
@@ -206,39 +242,70 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
         elif restored != "no checkpoint":
             emit({"event": "warning", "message": f"{restored}; training from the start"})
     scheduler = objective.noise_scheduler(pipe)
+    snr = objective.snr_table(scheduler, device) if settings.min_snr_gamma is not None else None
     facts = _facts(job)
 
     # 5. Train.
     emit({"event": "train_phase", "phase": "training", "steps": settings.steps,
           "resumed_from": resumed_from, "device": device, "dtype": model.dtype})
     loop_started = time.perf_counter()
+    pending = _Losses(cuda and not SYNC_EVERY_STEP)
+
+    def report(steps_losses: list[tuple[int, float]]) -> None:
+        for done, value in steps_losses:
+            losses.append(value)
+            rate = (done - start) / max(time.perf_counter() - loop_started, 1e-9)
+            emit({"event": "train_step", "step": done, "steps": settings.steps, "loss": value,
+                  "steps_per_s": rate, "eta_s": (settings.steps - done) / rate})
+
+    def step_loss(parts):
+        """The step's loss from its (inputs, noise, timesteps) parts: instance, then prior."""
+        total = None
+        for i, (inputs, noise, timesteps) in enumerate(parts):
+            part = objective.loss(unet, scheduler, inputs, noise, timesteps,
+                                  settings.min_snr_gamma, compute, snr, memory_format)
+            total = part if i == 0 else total + settings.prior.weight * part
+        return total
+
+    graphed = _Graphed(step_loss, trainable, emit) if cuda_graphs else None
     for step in range(start, settings.steps):
-        with torch.autocast(torch.device(device).type, dtype=compute,
-                            enabled=settings.mixed_precision != "no"):
-            loss = objective.batch_loss(
-                unet, scheduler, instance.batch(orders[0].batch(step)), trainable.generator,
-                settings.min_snr_gamma, compute)
-            if prior is not None:
-                loss = loss + settings.prior.weight * objective.batch_loss(
-                    unet, scheduler, prior.batch(orders[1].batch(step)), trainable.generator,
-                    settings.min_snr_gamma, compute)
-        _step(loss, trainable)
-        losses.append(float(loss.detach()))
+        if graphed is not None:
+            parts = []
+            for examples, order in zip((instance, prior), orders):
+                inputs = examples.batch(order.batch(step))
+                parts.append((inputs, *objective.draw(scheduler, inputs, trainable.generator)))
+            loss = graphed.step(parts)
+        else:
+            with torch.autocast(torch.device(device).type, dtype=compute, enabled=autocast):
+                loss = objective.batch_loss(
+                    unet, scheduler, instance.batch(orders[0].batch(step)), trainable.generator,
+                    settings.min_snr_gamma, compute, snr, memory_format)
+                if prior is not None:
+                    loss = loss + settings.prior.weight * objective.batch_loss(
+                        unet, scheduler, prior.batch(orders[1].batch(step)),
+                        trainable.generator, settings.min_snr_gamma, compute, snr,
+                        memory_format)
+            _step(loss, trainable)
         done = step + 1
-        rate = (done - start) / max(time.perf_counter() - loop_started, 1e-9)
-        emit({"event": "train_step", "step": done, "steps": settings.steps, "loss": losses[-1],
-              "steps_per_s": rate, "eta_s": (settings.steps - done) / rate})
+        pending.push(done, loss)
         if done % settings.checkpoint_every == 0 or done == settings.steps:
+            report(pending.ready(wait=True))  # a checkpoint holds every loss so far
             if done < settings.steps:
                 path = state.save_checkpoint(out, job.key, done, losses, trainable)
                 emit({"event": "train_checkpoint", "step": done, "path": str(path)})
             if on_checkpoint is not None:
                 _training(modules, False)
                 try:
-                    on_checkpoint(CheckpointView(done, settings.steps, losses[-1], pipe,
-                                                 modules, facts))
+                    with _eager(compile):  # renders: no compiling for their shapes
+                        on_checkpoint(CheckpointView(done, settings.steps, losses[-1], pipe,
+                                                     modules, facts))
                 finally:
                     _training(modules, True)
+        else:
+            report(pending.ready())
+
+    if graphed is not None:
+        graphed.close()
 
     # 6. The files; the checkpoint is not needed any more.
     emit({"event": "train_phase", "phase": "saving"})
@@ -278,12 +345,162 @@ def _check(job: TrainJob, prior_images: Sequence[str | Path], optimizer: str,
         raise UserError(f"8-bit AdamW (bitsandbytes) needs a CUDA GPU, not {device}; use adamw")
 
 
+class _Losses:
+    """Each step's loss, read without waiting for the GPU: on CUDA a non-blocking copy into
+    pinned memory and an event per step, read once the event has passed, so the CPU queues the
+    next steps while the GPU works (``float(loss)`` at every step kept the GPU idle while the CPU
+    queued each step's first kernels); progress is reported a step or two late. On the CPU,
+    read at once."""
+
+    def __init__(self, deferred: bool, ahead: int = 2):
+        self.deferred = deferred
+        self.ahead = ahead  # steps the CPU may queue ahead of the GPU (a CUDA graph step is
+        # queued in microseconds: unbounded, progress would come in at the end)
+        self.queue: deque = deque()
+
+    def push(self, step: int, loss) -> None:
+        import torch
+
+        if not self.deferred:
+            self.queue.append((step, float(loss.detach()), None))
+            return
+        host = torch.empty((), dtype=torch.float32, pin_memory=True)
+        host.copy_(loss.detach(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(loss.device))
+        self.queue.append((step, host, event))
+
+    def ready(self, wait: bool = False) -> list[tuple[int, float]]:
+        """The (step, loss) pairs that are in, in order; with ``wait``, all of them."""
+        out = []
+        while self.queue:
+            step, value, event = self.queue[0]
+            if event is not None:
+                if wait or len(self.queue) > self.ahead:
+                    event.synchronize()
+                elif not event.query():
+                    break
+                value = float(value)
+            self.queue.popleft()
+            out.append((step, value))
+        return out
+
+
+class _Graphed:
+    """The training step as CUDA graphs: with LoRA on every attention projection, a step is
+    ~10,000 small kernels, and on an H200 queueing them from Python took ~4x as long as the GPU
+    took to run them (bench/train.py's profile). A CUDA graph queues them all at once.
+
+    One graph per batch shape (aspect-ratio buckets): the first step of a shape runs eagerly
+    (on a side stream, as capture wants: it also makes cuDNN's plans and AdamW's state), the
+    second is captured and every later one replays it. The graphs share one memory pool and
+    are replayed one at a time, each step's loss copied out before the next. The step's inputs
+    (batch, noise, timesteps: drawn outside, so the generator advances exactly as without
+    graphs) are copied into the graph's own input tensors. The gradients are allocated once and
+    zeroed inside the step (the graphs write into them), and AdamW is ``capturable``."""
+
+    def __init__(self, step_loss: Callable, trainable: state.Trainable, emit: Event):
+        import torch
+
+        self.step_loss = step_loss
+        self.emit = emit
+        self.broken = False  # a capture failed: eager from then on
+        self.optimizer = trainable.optimizer
+        self.parameters = list(trainable.parameters.values())
+        for p in self.parameters:
+            p.grad = torch.zeros_like(p)
+        self.grads = [p.grad for p in self.parameters]
+        self.graphs: dict[Any, tuple[Any, Any, Any]] = {}
+        self.seen: set = set()
+        self.pool = None
+        self.side = torch.cuda.Stream()
+
+    def _run(self, parts):
+        import torch
+
+        torch._foreach_zero_(self.grads)
+        loss = self.step_loss(parts)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, MAX_GRAD_NORM)
+        self.optimizer.step()
+        return loss.detach()
+
+    def step(self, parts):
+        import torch
+
+        key = tuple(tuple(t.shape) for t in _tensors(parts))
+        if self.broken:
+            return self._run(parts)
+        if key not in self.seen:  # the shape's first step: eager, on a side stream
+            self.seen.add(key)
+            current = torch.cuda.current_stream()
+            self.side.wait_stream(current)
+            with torch.cuda.stream(self.side):
+                loss = self._run(parts)
+            current.wait_stream(self.side)
+            # Its activations stay cached for the side stream otherwise, next to the graphs'.
+            torch.cuda.empty_cache()
+            return loss
+        if key not in self.graphs:
+            static = _clone(parts)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self.pool):
+                    out = self._run(static)
+            except Exception as exc:  # noqa: BLE001 - capture runs nothing: train eagerly
+                self.broken = True
+                self.graphs.clear()
+                self.emit({"event": "warning", "message": "could not capture the training "
+                           f"step as a CUDA graph ({type(exc).__name__}: {exc}); eager steps"})
+                return self._run(parts)
+            self.pool = graph.pool()
+            self.graphs[key] = (graph, static, out)
+        graph, static, out = self.graphs[key]
+        for mine, theirs in zip(_tensors(static), _tensors(parts)):
+            mine.copy_(theirs)
+        graph.replay()
+        return out
+
+    def close(self) -> None:
+        self.graphs.clear()
+        for p in self.parameters:
+            p.grad = None
+
+
+def _tensors(parts) -> list[Any]:
+    """The tensors of a step's parts, in a fixed order."""
+    out = []
+    for inputs, noise, timesteps in parts:
+        out += [inputs.latents, inputs.prompt_embeds, noise, timesteps]
+        if inputs.added_cond is not None:
+            out += [inputs.added_cond[k] for k in sorted(inputs.added_cond)]
+    return out
+
+
+def _clone(parts):
+    return [(data.UNetInputs(inputs.latents.clone(), inputs.prompt_embeds.clone(),
+                             None if inputs.added_cond is None else
+                             {k: v.clone() for k, v in inputs.added_cond.items()}),
+             noise.clone(), timesteps.clone()) for inputs, noise, timesteps in parts]
+
+
+def _eager(compiled: bool):
+    """A context in which compiled modules run eagerly (torch.compiler.set_stance)."""
+    import contextlib
+
+    import torch
+
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if compiled and stance is not None else contextlib.nullcontext()
+
+
 def _training(modules: dict[str, Any], on: bool) -> None:
     for module in modules.values():
         module.train(on)
 
 
-def _optimizer(parameters: list[Any], lr: float, device: str, kind: str):
+def _optimizer(parameters: list[Any], lr: float, device: str, kind: str,
+               capturable: bool = False):
     import torch
 
     cuda = device.startswith("cuda")
@@ -295,7 +512,8 @@ def _optimizer(parameters: list[Any], lr: float, device: str, kind: str):
         return bnb.optim.AdamW8bit(parameters, lr=lr, betas=BETAS, eps=EPSILON,
                                    weight_decay=WEIGHT_DECAY)
     return torch.optim.AdamW(parameters, lr=lr, betas=BETAS, eps=EPSILON,
-                             weight_decay=WEIGHT_DECAY, fused=True if cuda else None)
+                             weight_decay=WEIGHT_DECAY, fused=True if cuda else None,
+                             capturable=capturable)
 
 
 def _step(loss, trainable: state.Trainable) -> None:
