@@ -40,11 +40,15 @@ Per family:
 
 Run on the GPU machine from the repository root::
 
-    python bench/train.py sdxl kolors [--steps 300] [--ref-steps 40] [--levers] [--profile]
+    python bench/train.py sdxl kolors --levers --lever-steps 40 --warmup 15 \
+        --steps 1000 --other-steps 200 --ref-steps 20
 
-``--levers``: ``train_lora`` again with each speed lever undone in turn (autocast, a host sync
-per step, channels-last, compile), for the lever table. ``--profile``: a torch.profiler table of
-a few steady steps (``<gpu>-<date>-train-profile-<family>.txt``).
+``--steps``: SDXL's storyboard steps (1,000 measures the target's wall time itself),
+``--other-steps`` Kolors'. ``--levers`` (SDXL): ``train_lora`` first as it trained before
+(autocast, a host sync per step, eager), then with each lever added in turn (no autocast, no
+sync, CUDA graphs); ``--all-levers`` adds channels-last and regional compilation.
+``--profile``: a torch.profiler table of five steady steps of the main run
+(``<gpu>-<date>-train-profile-<family>.txt``; it slows those steps).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from gpu_models import BUILDERS  # noqa: E402
+from speed import matmul_peak  # noqa: E402  (bf16 8192³ products, CUDA events)
 
 SIZES = [(1024, 1024), (1216, 832), (1024, 1024), (832, 1216), (1024, 1024)]
 CAPTIONS = ["ohwx girl, red dress, smiling", "ohwx girl walking in a street, wide shot",
@@ -99,22 +104,6 @@ def free() -> None:
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-
-
-def matmul_peak(n: int = 8192, reps: int = 30) -> float:
-    """bf16 dense matmul TFLOP/s this GPU reaches now (n³ products, CUDA events)."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(5):
-        a @ b
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-    start.record()
-    for _ in range(reps):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
 
 
 # --- storyboard -----------------------------------------------------------------------------
@@ -412,6 +401,7 @@ def step_flops(pipe, family: str) -> dict:
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     text = 2048 if family == "sdxl" else 4096
     tokens = 77 if family == "sdxl" else 256
+    pooled = 1280 if family == "sdxl" else 4096
     counts = {}
     for w, h in sorted(set(SIZES)):
         bucket = {(1024, 1024): (1024, 1024), (1216, 832): (1216, 832),
@@ -420,7 +410,7 @@ def step_flops(pipe, family: str) -> dict:
                         dtype=torch.bfloat16)
         kw = {"encoder_hidden_states": torch.randn(1, tokens, text, device="cuda",
                                                    dtype=torch.bfloat16),
-              "added_cond_kwargs": {"text_embeds": torch.randn(1, 1280, device="cuda",
+              "added_cond_kwargs": {"text_embeds": torch.randn(1, pooled, device="cuda",
                                                                dtype=torch.bfloat16),
                                     "time_ids": torch.tensor([[h, w, 0, 0, h, w]],
                                                              device="cuda",
@@ -470,21 +460,22 @@ def family_section(family: str, args, report: dict, save) -> None:
         save()
 
     if args.levers and family == "sdxl":
-        eager = {"cuda_graphs": False}
+        eager = {"cuda_graphs": False, "offload_frozen": False}
         if not args.quick_levers:
             runs("before: autocast, sync per step, eager", FORCE_AUTOCAST=True,
                  SYNC_EVERY_STEP=True, **eager)
             runs("no autocast", SYNC_EVERY_STEP=True, **eager)
         runs("no autocast, no sync", **eager)
-        runs("no autocast, no sync, CUDA graphs", cuda_graphs=True,
+        runs("no autocast, no sync, CUDA graphs", cuda_graphs=True, offload_frozen=False,
              steps=args.lever_steps + 30)
         if args.all_levers:
             runs("no autocast, no sync, channels-last", channels_last=True, **eager)
             runs("no autocast, no sync, channels-last, compile blocks+resnets", compile=True,
                  channels_last=True, COMPILED_BLOCKS=("BasicTransformerBlock", "ResnetBlock2D"),
                  steps=args.lever_steps + 30, **eager)
-        runs("no autocast, no sync, CUDA graphs, channels-last", cuda_graphs=True,
-             channels_last=True, steps=args.lever_steps + 30)
+        if args.all_levers:
+            runs("no autocast, no sync, CUDA graphs, channels-last", cuda_graphs=True,
+                 channels_last=True, steps=args.lever_steps + 30)
 
     if args.steps:
         from storyboard.engine.training import trainer

@@ -114,7 +114,8 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
                on_checkpoint: Callable[[CheckpointView], None] | None = None,
                resume: bool = True, optimizer: str = "adamw",
                gradient_checkpointing: bool | None = None, cuda_graphs: bool | None = None,
-               compile: bool = False, channels_last: bool = False) -> TrainResult:
+               offload_frozen: bool | None = None, compile: bool = False,
+               channels_last: bool = False) -> TrainResult:
     """Train ``job``'s LoRA in ``out_dir`` and write its files there.
 
     ``device``: "auto", "cpu", "cuda", "cuda:N". ``dtype``: the frozen weights' ("fp32",
@@ -125,6 +126,9 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
     step (forward, backward, clipping, AdamW) replayed as a CUDA graph, one per batch shape
     (``_Graphed``); None: on CUDA wherever it applies (bf16/fp32 without autocast, no gradient
     scaler, no 8-bit AdamW, no text encoder training, no gradient checkpointing), else off.
+    ``offload_frozen``: the pipeline's modules the loop does not use (the VAE; the text encoders
+    unless they train: their latents and embeddings are computed before it) wait on the CPU
+    while it runs, back on the device for ``on_checkpoint``; None: on CUDA.
     ``compile``: torch.compile the UNet's repeated blocks (``COMPILED_BLOCKS``), eager steps
     only; off by default: on one H200 it saved ~0.1 s a step but took ~90 s to compile, which
     1,000 steps do not pay back (bench/train.py). ``channels_last``: the UNet's weights and
@@ -222,6 +226,11 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
     orders = [instance.order(settings.batch_size, settings.seed, "instance")]
     if prior is not None:
         orders.append(prior.order(settings.batch_size, settings.seed, "prior"))
+    # What the loop does not use leaves the GPU (SDXL's CLIPs 1.6 GB, Kolors' ChatGLM 12 GB).
+    frozen = [c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)
+              and name != "unet" and name not in modules] \
+        if (cuda if offload_frozen is None else offload_frozen) else []
+    _place(frozen, "cpu")
 
     # 4. Optimizer, gradient scaler and generator; then the last checkpoint, if any.
     trainable = state.Trainable(
@@ -295,12 +304,15 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
                 emit({"event": "train_checkpoint", "step": done, "path": str(path)})
             if on_checkpoint is not None:
                 _training(modules, False)
+                _place(frozen, device)
                 try:
                     with _eager(compile):  # renders: no compiling for their shapes
                         on_checkpoint(CheckpointView(done, settings.steps, losses[-1], pipe,
                                                      modules, facts))
                 finally:
                     _training(modules, True)
+                    if done < settings.steps:
+                        _place(frozen, "cpu")
         else:
             report(pending.ready())
 
@@ -393,8 +405,10 @@ class _Graphed:
 
     One graph per batch shape (aspect-ratio buckets): the first step of a shape runs eagerly
     (on a side stream, as capture wants: it also makes cuDNN's plans and AdamW's state), the
-    second is captured and every later one replays it. The graphs share one memory pool and
-    are replayed one at a time, each step's loss copied out before the next. The step's inputs
+    second is captured and every later one replays it. A new shape's eager step first drops
+    the graphs made so far (they are captured again when their shape comes back), so that at
+    most one step's activations are on the GPU. The graphs share one memory pool and are
+    replayed one at a time, each step's loss copied out before the next. The step's inputs
     (batch, noise, timesteps: drawn outside, so the generator advances exactly as without
     graphs) are copied into the graph's own input tensors. The gradients are allocated once and
     zeroed inside the step (the graphs write into them), and AdamW is ``capturable``."""
@@ -433,7 +447,14 @@ class _Graphed:
             return self._run(parts)
         if key not in self.seen:  # the shape's first step: eager, on a side stream
             self.seen.add(key)
+            # The graphs' pool and this step's activations would be on the GPU at once: the
+            # graphs go (capturing one again costs about an eager step).
             current = torch.cuda.current_stream()
+            if self.graphs:
+                current.synchronize()  # none of them still running
+                self.graphs.clear()
+                self.pool = None
+                torch.cuda.empty_cache()
             self.side.wait_stream(current)
             with torch.cuda.stream(self.side):
                 loss = self._run(parts)
@@ -492,6 +513,17 @@ def _eager(compiled: bool):
 
     stance = getattr(torch.compiler, "set_stance", None)
     return stance("force_eager") if compiled and stance is not None else contextlib.nullcontext()
+
+
+def _place(modules: list[Any], device: str) -> None:
+    if not modules:
+        return
+    import torch
+
+    for module in modules:
+        module.to(device)
+    if device == "cpu":
+        torch.cuda.empty_cache()
 
 
 def _training(modules: dict[str, Any], on: bool) -> None:
