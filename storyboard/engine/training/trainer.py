@@ -14,18 +14,27 @@ frozen unless ``train_text_encoder`` adds a LoRA to each CLIP text encoder's att
 rank, alpha and learning rate; Kolors' ChatGLM always stays frozen); latents computed once, and
 text embeddings once unless the encoders learn (``data``); aspect-ratio buckets
 (``training.buckets``); min-SNR-weighted MSE (``objective``); AdamW (fused on CUDA; bitsandbytes'
-8-bit AdamW on request); LoRA parameters in float32 (``cast_training_params``) under autocast
-when ``mixed_precision`` asks for fp16/bf16 (with a gradient scaler for fp16); gradient
-checkpointing when a GPU is short of memory; prior preservation as ``mse(instance) + weight *
-mse(class)``. A single process: accelerate's ``Accelerator`` keeps process-wide state (its
+8-bit AdamW on request); LoRA parameters in float32 (``cast_training_params``); autocast to
+the ``mixed_precision`` dtype only where the frozen weights are in another dtype (with a
+gradient scaler for fp16); gradient checkpointing when a GPU is short of memory; prior
+preservation as ``mse(instance) + weight * mse(class)``.
+
+Fast on a GPU (bench/train.py: full-size SDXL at 1024², batch 1, rank 16 on one H200: 0.11 s a
+step, 1,000 steps in 120 s from loading to the files, ~5.8x diffusers' DreamBooth-LoRA loop at
+less peak memory). A step is thousands of small kernels, and queueing them from Python took
+~4x as long as the GPU took to run them, so: nothing waits for the GPU inside the loop (noise,
+timesteps, time ids and SNR are made on the device; each step's loss is copied out
+asynchronously and read a step or two later, ``_Losses``); the step is captured as a CUDA
+graph per batch shape and replayed (``_Graphed``); and the VAE and frozen text encoders wait on
+the CPU while the loop runs (their outputs were computed before it). A single process: accelerate's ``Accelerator`` keeps process-wide state (its
 device and mixed precision cannot change once set) and places models itself, which does not fit
 a library call with an explicit device in a long-lived process; torch's autocast and GradScaler
 are what it would use here.
 
 Reproducible and resumable: every random draw comes from explicit generators (the LoRA's
 initialisation under ``torch.random.fork_rng`` seeded from the job, so the caller's global RNG is
-untouched; noise and timesteps from a CPU ``torch.Generator``; the batch order is a function of
-seed and step). A checkpoint (``state``) saves the LoRA weights, the optimizer, the generator and
+untouched; noise and timesteps from a ``torch.Generator`` on the training device, a CPU one on
+the CPU; the batch order is a function of seed and step). A checkpoint (``state``) saves the LoRA weights, the optimizer, the generator and
 the step; a killed training called again with ``resume=True`` goes on from its last checkpoint
 and, on the CPU, ends with the same bytes an uninterrupted run writes.
 """
@@ -400,8 +409,8 @@ class _Losses:
 
 class _Graphed:
     """The training step as CUDA graphs: with LoRA on every attention projection, a step is
-    ~10,000 small kernels, and on an H200 queueing them from Python took ~4x as long as the GPU
-    took to run them (bench/train.py's profile). A CUDA graph queues them all at once.
+    thousands of small kernels, and on an H200 queueing them from Python took ~4x as long as
+    the GPU took to run them (bench/train.py's profile). A CUDA graph queues them all at once.
 
     One graph per batch shape (aspect-ratio buckets): the first step of a shape runs eagerly
     (on a side stream, as capture wants: it also makes cuDNN's plans and AdamW's state), the
