@@ -46,6 +46,17 @@ class Progress:
             # Through tqdm, so the bar is redrawn below the line instead of through it.
             tqdm.write("compiling the UNet (minutes for a batch shape's first compile on this "
                        "machine, cached after; --no-compile renders without)", file=sys.stderr)
+        elif kind == "class_pictures":
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=event["to_render"], unit="picture", leave=False,
+                            desc=f"class pictures of {event['character']}")
+        elif kind == "train_sheet":
+            from tqdm import tqdm
+
+            # Through tqdm, so the bar is redrawn below the line instead of through it.
+            tqdm.write(f"step {event['step']}: {event['path']}")
         elif kind == "train_start":
             from tqdm import tqdm
 

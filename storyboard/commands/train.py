@@ -1,15 +1,21 @@
 """`storyboard train`: each character's LoRA, trained where missing or stale, reused otherwise.
 
 In: a story path, the characters to train (all with a `train:` section when none are named),
-``RuntimeOptions`` (device, dtype), ``force`` (train again from scratch) and an event callback.
-Out: a ``TrainReport`` (per character: trained or reused, the LoRA file, seconds, the last loss)
-and, in the cache, ``trained/<key>/`` as ``training.store`` lays it out.
+the output folder (the story's own by default), ``RuntimeOptions`` (device, dtype), ``force``
+(train again from scratch), ``sheets`` (draw contact sheets) and an event callback. Out: a
+``TrainReport`` (per character: trained or reused, the LoRA file, seconds, the last loss, the
+contact sheets drawn); in the cache, ``trained/<key>/`` as ``training.store`` lays it out and,
+for prior preservation, the class pictures as ordinary panel entries; in the output folder,
+``training/<character>/step-N.png`` contact sheets (``training_sheets``).
 
 Like a build, training reads top to bottom: load and validate the story and its pictures (every
-problem before any work); select; record which trained LoRAs the story needs (so `clean` keeps
-them); then, holding the cache shared (``clean`` waits) and each LoRA's folder alone (two
+problem before any work); select; claim the contact sheets' names (a file of the user's in the
+way stops it here); record which trained LoRAs and class pictures the story needs (so `clean`
+keeps them); then, holding the cache shared (``clean`` waits) and each LoRA's folder alone (two
 processes never train the same LoRA at once; the second finds it finished), train what is not
-finished. Torch is imported only when something is trained.
+finished: render the class pictures the cache lacks (``training.prior``: seeded jobs through the
+panel cache, so the next training reuses them), then train, drawing a sheet at each checkpoint.
+Torch is imported only when something is rendered or trained.
 """
 
 from __future__ import annotations
@@ -21,12 +27,17 @@ from pathlib import Path
 
 from ..errors import UserError, did_you_mean
 from ..options import RuntimeOptions
+from ..output.cache import PanelCache, cache_key
 from ..output.locks import locked
+from ..plan import compile_story
 from ..story import load_story
 from ..training.compile import check_training
 from ..training.jobs import TrainJob
+from ..training.prior import class_jobs
 from ..training.store import LORA_FILE, TrainedStore
-from .common import Event
+from . import training_sheets
+from .common import Event, check_out_dir, default_out_dir, verified
+from .rendering import render_into_cache
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,8 @@ class TrainOutcome:
     lora: Path
     seconds: float = 0.0
     final_loss: float | None = None
+    sheets: tuple[Path, ...] = ()  # contact sheets drawn, in step order
+    class_pictures: int = 0  # rendered for prior preservation (the others came from the cache)
 
 
 @dataclass
@@ -56,6 +69,8 @@ class TrainReport:
         reused = [o.character for o in self.outcomes if o.status == "reused"]
         parts = [f"trained {', '.join(trained)}" if trained else "",
                  f"reused {', '.join(reused)} (up to date)" if reused else ""]
+        parts += [f"contact sheets of {o.character} in {o.sheets[-1].parent}"
+                  for o in self.outcomes if o.sheets]
         return f"{'; '.join(p for p in parts if p)} in {self.seconds:.1f}s"
 
 
@@ -75,8 +90,9 @@ def select_characters(jobs: Iterable[TrainJob], names: Iterable[str] | None) -> 
 
 
 def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
-          options: RuntimeOptions | None = None, force: bool = False,
-          on_event: Event | None = None, store: TrainedStore | None = None) -> TrainReport:
+          out_dir: str | Path | None = None, options: RuntimeOptions | None = None,
+          force: bool = False, sheets: bool = True, on_event: Event | None = None,
+          store: TrainedStore | None = None) -> TrainReport:
     t0 = time.perf_counter()
     emit = on_event or (lambda event: None)
     options = options or RuntimeOptions()
@@ -89,10 +105,22 @@ def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
     if not training.jobs:
         raise UserError(f"{story_path}: no character has a `train:` section; add one (see "
                         "`storyboard schema`) or name a LoRA file under `loras:`")
-    # 2. Select.
+    # 2. Select, and claim the names of the contact sheets of what may be trained.
     jobs = select_characters(training.jobs, characters)
     store = store or TrainedStore.default()
+    cache = PanelCache(store.root)
     report = TrainReport(story_path)
+    drawn: dict[str, training_sheets.Sheets] = {}
+    if sheets:
+        pending = [job for job in jobs if force or store.finished(job) is None]
+        if pending:
+            out = Path(out_dir) if out_dir else default_out_dir(story_path)
+            check_out_dir(out)
+            panels = compile_story(story)
+            story_id = str(story_path.resolve())
+            drawn = {job.character: training_sheets.plan_sheets(out, story_id, job, panels)
+                     for job in pending}
+            training_sheets.claim(list(drawn.values()), force)
 
     def waiting(what: str):
         return lambda: emit({"event": "waiting",
@@ -101,6 +129,8 @@ def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
     # 3. Held: the cache shared (clean waits), each LoRA's folder alone.
     with locked(store.root, shared=True, on_wait=waiting("the cache")):
         store.set_roots(story_path, {job.key for job in training.jobs})
+        cache.set_class_roots(story_path, {cache_key(c.hash, options.dtype)
+                                           for job in training.jobs for c in class_jobs(job)})
         for job in jobs:
             folder = store.folder(job.key)
             with locked(folder, on_wait=waiting(f"the LoRA of {job.character}")):
@@ -110,7 +140,9 @@ def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
                     emit({"event": "train_reused", "character": job.character,
                           "key": job.key})
                     continue
-                report.outcomes.append(_train_one(job, folder, options, force, emit, store))
+                report.outcomes.append(_train_one(
+                    job, folder, options.with_story(story.spec.render), force, emit, store,
+                    cache, drawn.get(job.character)))
     report.seconds = time.perf_counter() - t0
     emit({"event": "done", "trained": sum(o.status == "trained" for o in report.outcomes),
           "reused": sum(o.status == "reused" for o in report.outcomes),
@@ -119,16 +151,48 @@ def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
 
 
 def _train_one(job: TrainJob, folder: Path, options: RuntimeOptions, force: bool, emit: Event,
-               store: TrainedStore) -> TrainOutcome:
-    if job.settings.prior is not None:
-        raise UserError(f"characters.{job.character}.train.prior_preservation: class pictures "
-                        "are not rendered by this version yet; leave it out")
+               store: TrainedStore, cache: PanelCache,
+               sheets: training_sheets.Sheets | None) -> TrainOutcome:
+    prior_images, rendered = class_pictures(job, cache, options, emit)
     from ..engine.training.trainer import train_lora
 
     emit({"event": "train_start", "character": job.character, "key": job.key,
-          "steps": job.settings.steps, "pictures": len(job.images)})
+          "steps": job.settings.steps, "pictures": len(job.images),
+          "class_pictures": len(prior_images)})
+    written: list[Path] = []
+
+    def sheet_written(event: dict) -> None:
+        if event["event"] == "train_sheet":
+            written.append(Path(event["path"]))
+        emit(event)
+
     result = train_lora(job, folder, device=options.device, dtype=options.dtype or "auto",
-                        on_event=emit, resume=not force)
+                        prior_images=prior_images, on_event=emit, resume=not force,
+                        on_checkpoint=training_sheets.drawer(sheets, sheet_written)
+                        if sheets is not None else None)
     store.mark_done(job)  # the last write: the folder is finished
     return TrainOutcome(job.character, job.key, "trained", result.lora_file, result.seconds,
-                        result.final_loss)
+                        result.final_loss, tuple(written), rendered)
+
+
+def class_pictures(job: TrainJob, cache: PanelCache, options: RuntimeOptions,
+                   emit: Event) -> tuple[list[Path], int]:
+    """The cache files of ``job``'s class pictures (none without prior preservation), the
+    missing ones rendered first; and how many were rendered. ``options.dtype``, when given,
+    keys them as it keys a build's panels."""
+    jobs = class_jobs(job)
+    dtype = options.dtype
+    todo = [c for c in jobs
+            if verified(cache, cache_key(c.hash, dtype), f"{job.character}'s {c.panel}",
+                        emit) is None]
+    if todo:
+        emit({"event": "class_pictures", "character": job.character, "to_render": len(todo),
+              "pictures": len(jobs)})
+        outcomes, _ = render_into_cache(todo, cache, options, emit, story=None,
+                                        dtype_override=dtype)
+        failed = [o for o in outcomes.values() if o.status != "rendered"]
+        if failed:
+            raise UserError(f"{len(failed)} of the {len(todo)} class pictures of "
+                            f"{job.character} did not render ({failed[0].error}); see the "
+                            "message, or leave prior_preservation out")
+    return [cache.path(cache_key(c.hash, dtype)) for c in jobs], len(todo)
