@@ -193,6 +193,6 @@ def class_pictures(job: TrainJob, cache: PanelCache, options: RuntimeOptions,
         failed = [o for o in outcomes.values() if o.status != "rendered"]
         if failed:
             raise UserError(f"{len(failed)} of the {len(todo)} class pictures of "
-                            f"{job.character} did not render ({failed[0].error}); see the "
-                            "message, or leave prior_preservation out")
+                            f"{job.character} did not render ({failed[0].error}); train "
+                            "again once that is fixed, or leave prior_preservation out")
     return [cache.path(cache_key(c.hash, dtype)) for c in jobs], len(todo)

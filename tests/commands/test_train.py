@@ -101,6 +101,9 @@ def test_the_command_line_trains_then_says_it_reused(story, fresh_cache):
     result = run_cli("train", "--device", "cpu", str(story))
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith("s") and "trained mira" in result.output
+    sheets = story.parent / "story.out" / "training" / "mira"
+    assert f"step 4: {sheets / 'step-000004.png'}" in result.output  # each sheet as it comes
+    assert f"contact sheets of mira in {sheets}" in result.output
     result = run_cli("train", "--json", str(story), "mira")
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.output.splitlines()]
@@ -216,3 +219,34 @@ def test_prior_preservation_renders_class_pictures_once_and_clean_keeps_them(sto
     clean([], cache=cache)
     assert all(cache.verified(key) for key in keys)
     assert store.status(job) == "up to date"
+
+
+def test_sheets_of_another_training_go_and_a_users_files_stay(story, tmp_path):
+    """Claiming a training's sheets removes storyboard's sheets of another training of the
+    character (another key), keeps this training's own and anything of the user's; a
+    character in no panel gets a picture of its token and class."""
+    from storyboard.commands.training_sheets import claim, plan_sheets
+    from storyboard.output.pages import page_png
+
+    job = _job(story)
+    out = tmp_path / "out"
+    folder = out / "training" / "mira"
+    folder.mkdir(parents=True)
+
+    def sheet(name: str, key: str) -> Path:
+        path = folder / name
+        mark = json.dumps({"character": "mira", "training": key, "step": 2})
+        path.write_bytes(page_png(Image.new("RGB", (8, 8)), mark))
+        return path
+
+    other = sheet("step-000006.png", "0" * 64)  # a longer training, before
+    mine = sheet("step-000002.png", job.key)  # this one's, killed after step 2
+    users = folder / "step-000008.png"
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(users)
+    sheets = plan_sheets(out, str(story.resolve()), job, [])
+    assert [p.panel for p in sheets.panels] == ["ohwx girl"]
+    assert sheets.names() == ["training/mira/step-000002.png", "training/mira/step-000004.png"]
+    claim([sheets], force=False)
+    assert sorted(folder.iterdir()) == [mine, users] and not other.exists()
+    claim([sheets], force=True)  # from scratch: its own old sheets go too, never the user's
+    assert sorted(folder.iterdir()) == [users]
