@@ -29,11 +29,12 @@ class Progress:
             return
         if self.quiet:
             return
-        if kind in ("warning", "waiting"):
+        if kind in ("warning", "waiting", "train_first"):
             click.echo(event["message"], err=True)
         elif kind == "plan" and event["to_render"]:
             from tqdm import tqdm
 
+            self.close()  # a training's bar, if the build trained first
             self.bar = tqdm(total=len(event["to_render"]), unit="panel", desc="rendering",
                             leave=False)
         elif kind == "panel" and self.bar is not None:

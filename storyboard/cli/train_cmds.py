@@ -19,13 +19,16 @@ from .progress import Progress
 @click.argument("story", type=click.Path(dir_okay=False))
 @click.argument("characters", nargs=-1)
 @click.option("--force", is_flag=True, help="Train again from scratch, even if up to date.")
+@click.option("--model", default=None,
+              help="Train for this model instead of the story's (e.g. tiny-sdxl), as a build "
+                   "with the same --model renders.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice([d for d in DTYPES if d != "fp8"]), default=None,
               help="Precision of the frozen weights (default: the family's).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Progress as JSON event lines.")
-def train(story: str, characters: tuple[str, ...], force: bool, device: str, dtype: str | None,
-          quiet: bool, as_json: bool) -> None:
+def train(story: str, characters: tuple[str, ...], force: bool, model: str | None, device: str,
+          dtype: str | None, quiet: bool, as_json: bool) -> None:
     """Train the LoRAs of STORY's characters that have a `train:` section (or only
     CHARACTERS): those missing or stale are trained, up-to-date ones are reused."""
     from ..commands.train import train as run_train
@@ -34,6 +37,7 @@ def train(story: str, characters: tuple[str, ...], force: bool, device: str, dty
     user_paths(story)
     with Progress(quiet, as_json) as progress:
         report = run_train(story, characters or None, force=force, on_event=progress,
+                           model=model,
                            options=RuntimeOptions(device=device, dtype=dtype,
                                                   progress=not quiet and not as_json))
     if not as_json:

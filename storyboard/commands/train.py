@@ -1,7 +1,8 @@
 """`storyboard train`: each character's LoRA, trained where missing or stale, reused otherwise.
 
 In: a story path, the characters to train (all with a `train:` section when none are named),
-``RuntimeOptions`` (device, dtype), ``force`` (train again from scratch) and an event callback.
+``RuntimeOptions`` (device, dtype), ``force`` (train again from scratch), an event callback and
+a `--model` override. ``train_jobs`` is the part a build calls for the LoRAs its panels need.
 Out: a ``TrainReport`` (per character: trained or reused, the LoRA file, seconds, the last loss)
 and, in the cache, ``trained/<key>/`` as ``training.store`` lays it out.
 
@@ -16,17 +17,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError, did_you_mean
 from ..options import RuntimeOptions
 from ..output.locks import locked
-from ..story import load_story
+from ..plan import compile_story
+from ..story import load_story, with_model
 from ..training.compile import check_training
 from ..training.jobs import TrainJob
 from ..training.store import LORA_FILE, TrainedStore
-from .common import Event
+from .common import Event, Run, awaiting_training
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,16 @@ def select_characters(jobs: Iterable[TrainJob], names: Iterable[str] | None) -> 
 
 def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
           options: RuntimeOptions | None = None, force: bool = False,
-          on_event: Event | None = None, store: TrainedStore | None = None) -> TrainReport:
+          on_event: Event | None = None, store: TrainedStore | None = None,
+          model: str | None = None) -> TrainReport:
     t0 = time.perf_counter()
     emit = on_event or (lambda event: None)
     options = options or RuntimeOptions()
     story_path = Path(story_path)
     # 1. Load and validate the story and every picture it trains on.
     story = load_story(story_path)
+    if model:  # `--model`: train for the model a build with the same flag renders with
+        story = with_model(story, model)
     training = check_training(story)
     for warning in training.warnings:
         emit({"event": "warning", "message": warning.format()})
@@ -93,29 +98,41 @@ def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
     jobs = select_characters(training.jobs, characters)
     store = store or TrainedStore.default()
     report = TrainReport(story_path)
-
-    def waiting(what: str):
-        return lambda: emit({"event": "waiting",
-                             "message": f"another storyboard is using {what}; waiting for it"})
-
-    # 3. Held: the cache shared (clean waits), each LoRA's folder alone.
-    with locked(store.root, shared=True, on_wait=waiting("the cache")):
-        store.set_roots(story_path, {job.key for job in training.jobs})
-        for job in jobs:
-            folder = store.folder(job.key)
-            with locked(folder, on_wait=waiting(f"the LoRA of {job.character}")):
-                if not force and store.finished(job) is not None:
-                    report.outcomes.append(TrainOutcome(job.character, job.key, "reused",
-                                                        folder / LORA_FILE))
-                    emit({"event": "train_reused", "character": job.character,
-                          "key": job.key})
-                    continue
-                report.outcomes.append(_train_one(job, folder, options, force, emit, store))
+    # 3. Train what is not finished.
+    report.outcomes = train_jobs(story_path, jobs, training.jobs, options=options, force=force,
+                                 emit=emit, store=store)
     report.seconds = time.perf_counter() - t0
     emit({"event": "done", "trained": sum(o.status == "trained" for o in report.outcomes),
           "reused": sum(o.status == "reused" for o in report.outcomes),
           "seconds": round(report.seconds, 2)})
     return report
+
+
+def train_jobs(story_path: Path, jobs: list[TrainJob], story_jobs: Iterable[TrainJob], *,
+               options: RuntimeOptions, force: bool, emit: Event,
+               store: TrainedStore) -> list[TrainOutcome]:
+    """Train ``jobs`` where not finished (all of them with ``force``), reuse the rest; record
+    that ``story_path`` needs the LoRAs of ``story_jobs`` (every `train:` section it has).
+    Holds the cache shared (``clean`` waits) and each LoRA's folder alone (two processes never
+    train the same LoRA at once; the second finds it finished). A build calls this too."""
+    def waiting(what: str):
+        return lambda: emit({"event": "waiting",
+                             "message": f"another storyboard is using {what}; waiting for it"})
+
+    outcomes = []
+    with locked(store.root, shared=True, on_wait=waiting("the cache")):
+        store.set_roots(story_path, {job.key for job in story_jobs})
+        for job in jobs:
+            folder = store.folder(job.key)
+            with locked(folder, on_wait=waiting(f"the LoRA of {job.character}")):
+                if not force and store.finished(job) is not None:
+                    outcomes.append(TrainOutcome(job.character, job.key, "reused",
+                                                 folder / LORA_FILE))
+                    emit({"event": "train_reused", "character": job.character,
+                          "key": job.key})
+                    continue
+                outcomes.append(_train_one(job, folder, options, force, emit, store))
+    return outcomes
 
 
 def _train_one(job: TrainJob, folder: Path, options: RuntimeOptions, force: bool, emit: Event,
@@ -127,8 +144,59 @@ def _train_one(job: TrainJob, folder: Path, options: RuntimeOptions, force: bool
 
     emit({"event": "train_start", "character": job.character, "key": job.key,
           "steps": job.settings.steps, "pictures": len(job.images)})
+    rates = []  # the last steps/s the trainer reported: the next build's estimate
+
+    def watch(event: dict) -> None:
+        if event.get("event") == "train_step":
+            rates[:] = [event["steps_per_s"]]
+        emit(event)
+
     result = train_lora(job, folder, device=options.device, dtype=options.dtype or "auto",
-                        on_event=emit, resume=not force)
-    store.mark_done(job)  # the last write: the folder is finished
+                        on_event=watch, resume=not force)
+    # The last write: the folder is finished.
+    store.mark_done(job, seconds_per_step=1 / rates[0] if rates and rates[0] > 0 else None,
+                    device=result.device)
     return TrainOutcome(job.character, job.key, "trained", result.lora_file, result.seconds,
                         result.final_loss)
+
+
+def train_first(run: Run, selected: set[str], *, force: bool = False) -> Run:
+    """A build's training: the LoRAs ``run``'s selected panels wait for, trained (one event
+    says so first, with an estimate from earlier trainings on this machine), then the story
+    compiled again with them. Called with the build's locks held."""
+    waiting = awaiting_training(job for job in run.jobs if job.panel in selected)
+    assert run.training is not None, "panels wait for a training the story does not have"
+    jobs = [job for job in run.training.jobs if job.character in waiting]
+    from ..engine.loading import resolve_device  # torch: it is about to train
+
+    device = resolve_device(run.options.device)
+    estimates = [run.store.seconds_per_step(job, device) for job in jobs]
+    steps = sum(job.settings.steps for job in jobs)
+    if all(e is not None for e in estimates):
+        seconds = sum(e * job.settings.steps for e, job in zip(estimates, jobs))
+        about = f"about {_duration(seconds)} on {device}, as trainings here took before"
+    else:
+        seconds = None
+        about = "no estimate yet: the first training on this machine measures it"
+    names = ", ".join(waiting)
+    run.emit({"event": "train_first", "characters": waiting, "steps": steps,
+              "estimate_s": None if seconds is None else round(seconds, 1),
+              "message": f"training the LoRA of {names} first ({steps} steps; {about})"})
+    train_jobs(run.story_path, jobs, run.training.jobs,
+               options=RuntimeOptions(device=device, progress=run.options.progress),
+               force=force, emit=run.emit, store=run.store)
+    compiled = compile_story(run.story, run.store.loras(run.training.jobs))
+    left = awaiting_training(job for job in compiled if job.panel in selected)
+    if left:  # trained, yet its file is not the one recorded: something changed it since
+        raise UserError(f"the trained LoRA of {', '.join(left)} changed on disk as it was "
+                        f"read; run `storyboard train --force {run.story_path} "
+                        f"{' '.join(left)}`")
+    return replace(run, jobs=compiled)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
