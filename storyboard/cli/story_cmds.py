@@ -181,7 +181,9 @@ def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None) -
         where = "cached" if batch is None else f"batch {batch + 1}/{count}"
         if job.awaiting:  # its hash is a placeholder until the LoRA exists
             where += f", after training {', '.join(job.awaiting)}"
-        click.echo("\n" + click.style(head, bold=True) + click.style(job.hash[:12], dim=True)
+        # A waiting panel's hash is a placeholder: its LoRA file is part of the real one.
+        digest = "hash after training" if job.awaiting else job.hash[:12]
+        click.echo("\n" + click.style(head, bold=True) + click.style(digest, dim=True)
                    + "  " + where)
         click.echo(f"  + {job.prompt}")
         click.echo(f"  - {job.negative_prompt or '(no negative prompt)'}")
