@@ -68,6 +68,9 @@ def test_a_build_trains_first_renders_with_the_lora_then_does_nothing(story, fre
     assert not park.job.awaiting
     _, record = read_panel_png(park.path)  # the panel records the LoRA it was rendered with
     assert [entry.sha256 for entry in record.job.loras] == [lora.sha256]
+    # The file says how it was made (`lora inspect` reads storyboard's header entries).
+    shown = run_cli("lora", "inspect", lora.path).output
+    assert "trained:" in shown and "token ohwx" in shown and "steps 3" in shown, shown
 
     again = []
     second = build(story, options=QUIET, on_event=again.append)
@@ -124,3 +127,30 @@ def test_the_next_training_is_estimated_from_this_machines_last(story, fresh_cac
     first = next(e for e in events if e["event"] == "train_first")
     assert first["estimate_s"] is not None and first["estimate_s"] > 0
     assert "on cpu, as trainings here took before" in first["message"]
+
+
+def test_the_course_storys_train_form_works_once_uncommented(tmp_path, fresh_cache):
+    """examples/course-kolors.yaml shows the `train:` form commented out (the course's
+    pictures are not in the repository): uncommented, with pictures, it validates and plans."""
+    from pathlib import Path
+
+    from storyboard.commands import load_and_compile
+
+    text = (Path(__file__).parents[2] / "examples" / "course-kolors.yaml").read_text("utf-8")
+    start = text.index("    # token: xiaozi")
+    block = text[start:text.index("\n\n", start)]
+    uncommented = "\n".join(line.replace("# ", "", 1) for line in block.splitlines())
+    story = tmp_path / "course.yaml"
+    story.write_text(text.replace(block, uncommented), encoding="utf-8")
+    refs = tmp_path / "refs" / "xiaozi"
+    refs.mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (1024, 1024), (120, 60, 160 + 10 * i)).save(refs / f"{i}.png")
+
+    loaded, jobs = load_and_compile(story)
+    assert loaded.spec.characters["xiaozi"].train.steps == 1000
+    assert [job.panel for job in jobs if job.awaiting == ("xiaozi",)] == [
+        job.panel for job in jobs if "xiaozi" in job.characters] != []
+    result = run_cli("plan", "--model", "tiny-kolors", str(story))
+    assert result.exit_code == 0, result.output
+    assert "after training xiaozi" in result.output
