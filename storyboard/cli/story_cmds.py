@@ -131,7 +131,8 @@ def _training(story: Story) -> list[dict]:
                      for e in training.datasets[job.character].excluded],
         **{name: getattr(job.settings, name) for name in (
             "steps", "rank", "alpha", "learning_rate", "batch_size", "resolution", "seed",
-            "min_snr_gamma", "train_text_encoder", "checkpoint_every", "mixed_precision")},
+            "min_snr_gamma", "train_text_encoder", "checkpoint_every", "mixed_precision",
+            "optimizer")},
         "prior": None if job.settings.prior is None else asdict(job.settings.prior),
         "weight": job.weight,
         "family": job.family,

@@ -152,7 +152,7 @@ def _train_one(job: TrainJob, folder: Path, options: RuntimeOptions, force: bool
         emit(event)
 
     result = train_lora(job, folder, device=options.device, dtype=options.dtype or "auto",
-                        on_event=watch, resume=not force)
+                        on_event=watch, resume=not force, optimizer=job.settings.optimizer)
     # The last write: the folder is finished.
     store.mark_done(job, seconds_per_step=1 / rates[0] if rates and rates[0] > 0 else None,
                     device=result.device)
