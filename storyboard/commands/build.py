@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..options import RuntimeOptions
-from ..paths import leftover_temporaries, remove_temporaries
 from ..output.cache import PanelCache, cache_key
 from ..output.geometry import page_count
 from ..output.manifest import (
@@ -32,6 +31,7 @@ from ..output.manifest import (
 )
 from ..output.ownership import Outputs, digests
 from ..output.place import materialize
+from ..paths import leftover_temporaries, remove_temporaries
 from ..story import Story
 from .common import Event, awaiting_training, hold, refuse_untrained, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
