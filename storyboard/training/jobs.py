@@ -68,6 +68,7 @@ class TrainSettings:
     prior: PriorSpec | None
     checkpoint_every: int  # steps; also when the contact sheet is drawn
     mixed_precision: str  # "no" | "fp16" | "bf16" (what the trainer computes in)
+    optimizer: str = "adamw"  # "adamw" | "adamw8bit" (bitsandbytes)
 
 
 @dataclass(frozen=True)

@@ -250,3 +250,24 @@ def test_sheets_of_another_training_go_and_a_users_files_stay(story, tmp_path):
     assert sorted(folder.iterdir()) == [mine, users] and not other.exists()
     claim([sheets], force=True)  # from scratch: its own old sheets go too, never the user's
     assert sorted(folder.iterdir()) == [users]
+
+
+def test_a_build_that_trains_first_draws_the_sheets_in_its_own_folder(story, fresh_cache,
+                                                                     tmp_path):
+    from storyboard.commands import build
+
+    out = tmp_path / "built"
+    mine = out / "training" / "mira" / SHEETS[0]
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my notes, not a sheet")
+    events = []
+    with pytest.raises(UserError, match="storyboard did not write this file"):
+        build(story, out, options=QUIET, on_event=events.append)
+    assert not any(e["event"] == "train_start" for e in events)
+    assert mine.read_bytes() == b"my notes, not a sheet"
+    mine.unlink()
+
+    report = build(story, out, options=QUIET, on_event=events.append)
+    assert report.exit_code == 0
+    assert sorted(p.name for p in mine.parent.iterdir()) == SHEETS
+    assert [e["step"] for e in events if e["event"] == "train_sheet"] == [2, 4]
