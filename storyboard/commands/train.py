@@ -118,8 +118,7 @@ def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
     drawn: Sheets = {}
     if sheets:
         out = Path(out_dir) if out_dir else default_out_dir(story_path)
-        check_out_dir(out)
-        drawn = plan_sheets(out, str(story_path.resolve()), jobs, store, force,
+        drawn = claim_sheets(out, str(story_path.resolve()), jobs, store, force,
                             lambda: compile_story(story))
     # 3. Train what is not finished.
     report.outcomes = train_jobs(story_path, jobs, training.jobs, options=options, force=force,
@@ -131,7 +130,7 @@ def train(story_path: str | Path, characters: Iterable[str] | None = None, *,
     return report
 
 
-def plan_sheets(out: Path, story_id: str, jobs: list[TrainJob], store: TrainedStore,
+def claim_sheets(out: Path, story_id: str, jobs: list[TrainJob], store: TrainedStore,
                 force: bool, panels: Callable[[], list[PanelJob]]) -> Sheets:
     """The contact sheets of the ``jobs`` that will train (not finished, or all with
     ``force``), their names claimed in ``out`` (``training_sheets.claim``). ``panels``
@@ -139,6 +138,7 @@ def plan_sheets(out: Path, story_id: str, jobs: list[TrainJob], store: TrainedSt
     pending = [job for job in jobs if force or store.finished(job) is None]
     if not pending:
         return {}
+    check_out_dir(out)
     compiled = panels()
     drawn = {job.character: training_sheets.plan_sheets(out, story_id, job, compiled)
              for job in pending}
@@ -253,7 +253,7 @@ def train_first(run: Run, selected: set[str], *, force: bool = False) -> Run:
         about = "no estimate yet: the first training on this machine measures it"
     names = ", ".join(waiting)
     # Its contact sheets go in the build's own output folder, claimed before any training.
-    sheets = plan_sheets(run.out, run.story_id, jobs, run.store, force, lambda: run.jobs)
+    sheets = claim_sheets(run.out, run.story_id, jobs, run.store, force, lambda: run.jobs)
     run.emit({"event": "train_first", "characters": waiting, "steps": steps,
               "estimate_s": None if seconds is None else round(seconds, 1),
               "message": f"training the LoRA of {names} first ({steps} steps; {about})"})
