@@ -37,7 +37,6 @@ is where "it looks like the character" belongs.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -63,7 +62,7 @@ def test_a_trained_lora_moves_renders_toward_its_pictures(tmp_path):
                        min_snr_gamma=None, checkpoint_every=50)
     result = train_lora(job, tmp_path / "out", device="cpu")
 
-    shuffled = _shuffled(result.lora_file, tmp_path / "shuffled.safetensors")
+    shuffled = trainkit.shuffled(result.lora_file, tmp_path / "shuffled.safetensors")
 
     story = trainkit.story(tmp_path, "tiny-sdxl", {"dif": str(result.lora_file),
                                                    "rnd": str(shuffled)})
@@ -100,21 +99,3 @@ def test_a_trained_lora_moves_renders_toward_its_pictures(tmp_path):
     assert all(b - t > 2 * (b - c) for b, t, c in zip(base, trained, control)), \
         (base, trained, control)
     assert distances("base") == base  # the base model, untouched by the LoRAs' visits
-
-
-def _shuffled(lora: Path, path: Path) -> Path:
-    """``lora`` with each lora_B's entries permuted (a fixed generator): the control."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    generator = torch.Generator("cpu").manual_seed(0)
-    with safe_open(str(lora), "pt") as fh:
-        metadata = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    for key, value in tensors.items():
-        if "lora_B" in key:
-            flat = value.flatten()
-            tensors[key] = flat[torch.randperm(flat.numel(), generator=generator)] \
-                .view_as(value).contiguous()
-    save_file(tensors, str(path), metadata=metadata)
-    return path
