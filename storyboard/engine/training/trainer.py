@@ -24,8 +24,8 @@ step, 1,000 steps in 120 s from loading to the files, ~5.8x diffusers' DreamBoot
 less peak memory). A step is thousands of small kernels, and queueing them from Python took
 ~4x as long as the GPU took to run them, so: nothing waits for the GPU inside the loop (noise,
 timesteps, time ids and SNR are made on the device; each step's loss is copied out
-asynchronously and read a step or two later, ``_Losses``); the step is captured as a CUDA
-graph per batch shape and replayed (``_Graphed``); and the VAE and frozen text encoders wait on
+asynchronously and read a step or two later, ``steps.Losses``); the step is captured as a CUDA
+graph per batch shape and replayed (``steps.GraphedStep``); and the VAE and frozen text encoders wait on
 the CPU while the loop runs (their outputs were computed before it). A single process: accelerate's ``Accelerator`` keeps process-wide state (its
 device and mixed precision cannot change once set) and places models itself, which does not fit
 a library call with an explicit device in a long-lived process; torch's autocast and GradScaler
@@ -42,7 +42,6 @@ and, on the CPU, ends with the same bytes an uninterrupted run writes.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +52,12 @@ from ...families import FAMILIES
 from ...options import RuntimeOptions
 from ...training.jobs import TRAIN_RECIPE_VERSION, TrainJob
 from ..loading import TORCH_DTYPES, load_model, resolve_device
-from . import data, export, objective, state
+from . import data, export, objective, state, steps
 
 Event = Callable[[dict[str, Any]], None]
 BETAS = (0.9, 0.999)  # diffusers' DreamBooth defaults
 WEIGHT_DECAY = 1e-4
 EPSILON = 1e-8
-MAX_GRAD_NORM = 1.0
 # Below this much free GPU memory once the model is loaded, the UNet recomputes activations in
 # the backward pass instead of keeping them (a guess, to be measured on real GPUs).
 CHECKPOINTING_BELOW = 16 * 2**30
@@ -133,7 +131,7 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
     its prompt). ``optimizer``: "adamw" or "adamw8bit" (CUDA, needs bitsandbytes).
     ``gradient_checkpointing``: None decides by free GPU memory. ``cuda_graphs``: each training
     step (forward, backward, clipping, AdamW) replayed as a CUDA graph, one per batch shape
-    (``_Graphed``); None: on CUDA wherever it applies (bf16/fp32 without autocast, no gradient
+    (``steps.GraphedStep``); None: on CUDA wherever it applies (bf16/fp32 without autocast, no gradient
     scaler, no 8-bit AdamW, no text encoder training, no gradient checkpointing), else off.
     ``offload_frozen``: the pipeline's modules the loop does not use (the VAE; the text encoders
     unless they train: their latents and embeddings are computed before it) wait on the CPU
@@ -267,7 +265,7 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
     emit({"event": "train_phase", "phase": "training", "steps": settings.steps,
           "resumed_from": resumed_from, "device": device, "dtype": model.dtype})
     loop_started = time.perf_counter()
-    pending = _Losses(cuda and not SYNC_EVERY_STEP)
+    pending = steps.Losses(cuda and not SYNC_EVERY_STEP)
 
     def report(steps_losses: list[tuple[int, float]]) -> None:
         for done, value in steps_losses:
@@ -285,7 +283,7 @@ def train_lora(job: TrainJob, out_dir: str | Path, *, device: str = "auto", dtyp
             total = part if i == 0 else total + settings.prior.weight * part
         return total
 
-    graphed = _Graphed(step_loss, trainable, emit) if cuda_graphs else None
+    graphed = steps.GraphedStep(step_loss, trainable, emit) if cuda_graphs else None
     for step in range(start, settings.steps):
         if graphed is not None:
             parts = []
@@ -366,154 +364,6 @@ def _check(job: TrainJob, prior_images: Sequence[str | Path], optimizer: str,
         raise UserError(f"8-bit AdamW (bitsandbytes) needs a CUDA GPU, not {device}; use adamw")
 
 
-class _Losses:
-    """Each step's loss, read without waiting for the GPU: on CUDA a non-blocking copy into
-    pinned memory and an event per step, read once the event has passed, so the CPU queues the
-    next steps while the GPU works (``float(loss)`` at every step kept the GPU idle while the CPU
-    queued each step's first kernels); progress is reported a step or two late. On the CPU,
-    read at once."""
-
-    def __init__(self, deferred: bool, ahead: int = 2):
-        self.deferred = deferred
-        self.ahead = ahead  # steps the CPU may queue ahead of the GPU (a CUDA graph step is
-        # queued in microseconds: unbounded, progress would come in at the end)
-        self.queue: deque = deque()
-
-    def push(self, step: int, loss) -> None:
-        import torch
-
-        if not self.deferred:
-            self.queue.append((step, float(loss.detach()), None))
-            return
-        host = torch.empty((), dtype=torch.float32, pin_memory=True)
-        host.copy_(loss.detach(), non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(loss.device))
-        self.queue.append((step, host, event))
-
-    def ready(self, wait: bool = False) -> list[tuple[int, float]]:
-        """The (step, loss) pairs that are in, in order; with ``wait``, all of them."""
-        out = []
-        while self.queue:
-            step, value, event = self.queue[0]
-            if event is not None:
-                if wait or len(self.queue) > self.ahead:
-                    event.synchronize()
-                elif not event.query():
-                    break
-                value = float(value)
-            self.queue.popleft()
-            out.append((step, value))
-        return out
-
-
-class _Graphed:
-    """The training step as CUDA graphs: with LoRA on every attention projection, a step is
-    thousands of small kernels, and on an H200 queueing them from Python took ~4x as long as
-    the GPU took to run them (bench/train.py's profile). A CUDA graph queues them all at once.
-
-    One graph per batch shape (aspect-ratio buckets): the first step of a shape runs eagerly
-    (on a side stream, as capture wants: it also makes cuDNN's plans and AdamW's state), the
-    second is captured and every later one replays it. A new shape's eager step first drops
-    the graphs made so far (they are captured again when their shape comes back), so that at
-    most one step's activations are on the GPU. The graphs share one memory pool and are
-    replayed one at a time, each step's loss copied out before the next. The step's inputs
-    (batch, noise, timesteps: drawn outside, so the generator advances exactly as without
-    graphs) are copied into the graph's own input tensors. The gradients are allocated once and
-    zeroed inside the step (the graphs write into them), and AdamW is ``capturable``."""
-
-    def __init__(self, step_loss: Callable, trainable: state.Trainable, emit: Event):
-        import torch
-
-        self.step_loss = step_loss
-        self.emit = emit
-        self.broken = False  # a capture failed: eager from then on
-        self.optimizer = trainable.optimizer
-        self.parameters = list(trainable.parameters.values())
-        for p in self.parameters:
-            p.grad = torch.zeros_like(p)
-        self.grads = [p.grad for p in self.parameters]
-        self.graphs: dict[Any, tuple[Any, Any, Any]] = {}
-        self.seen: set = set()
-        self.pool = None
-        self.side = torch.cuda.Stream()
-
-    def _run(self, parts):
-        import torch
-
-        torch._foreach_zero_(self.grads)
-        loss = self.step_loss(parts)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters, MAX_GRAD_NORM)
-        self.optimizer.step()
-        return loss.detach()
-
-    def step(self, parts):
-        import torch
-
-        key = tuple(tuple(t.shape) for t in _tensors(parts))
-        if self.broken:
-            return self._run(parts)
-        if key not in self.seen:  # the shape's first step: eager, on a side stream
-            self.seen.add(key)
-            # The graphs' pool and this step's activations would be on the GPU at once: the
-            # graphs go (capturing one again costs about an eager step).
-            current = torch.cuda.current_stream()
-            if self.graphs:
-                current.synchronize()  # none of them still running
-                self.graphs.clear()
-                self.pool = None
-                torch.cuda.empty_cache()
-            self.side.wait_stream(current)
-            with torch.cuda.stream(self.side):
-                loss = self._run(parts)
-            current.wait_stream(self.side)
-            # Its activations stay cached for the side stream otherwise, next to the graphs'.
-            torch.cuda.empty_cache()
-            return loss
-        if key not in self.graphs:
-            static = _clone(parts)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, pool=self.pool):
-                    out = self._run(static)
-            except Exception as exc:  # noqa: BLE001 - capture runs nothing: train eagerly
-                self.broken = True
-                self.graphs.clear()
-                self.emit({"event": "warning", "message": "could not capture the training "
-                           f"step as a CUDA graph ({type(exc).__name__}: {exc}); eager steps"})
-                return self._run(parts)
-            self.pool = graph.pool()
-            self.graphs[key] = (graph, static, out)
-        graph, static, out = self.graphs[key]
-        for mine, theirs in zip(_tensors(static), _tensors(parts)):
-            mine.copy_(theirs)
-        graph.replay()
-        return out
-
-    def close(self) -> None:
-        self.graphs.clear()
-        for p in self.parameters:
-            p.grad = None
-
-
-def _tensors(parts) -> list[Any]:
-    """The tensors of a step's parts, in a fixed order."""
-    out = []
-    for inputs, noise, timesteps in parts:
-        out += [inputs.latents, inputs.prompt_embeds, noise, timesteps]
-        if inputs.added_cond is not None:
-            out += [inputs.added_cond[k] for k in sorted(inputs.added_cond)]
-    return out
-
-
-def _clone(parts):
-    return [(data.UNetInputs(inputs.latents.clone(), inputs.prompt_embeds.clone(),
-                             None if inputs.added_cond is None else
-                             {k: v.clone() for k, v in inputs.added_cond.items()}),
-             noise.clone(), timesteps.clone()) for inputs, noise, timesteps in parts]
-
-
 def _eager(compiled: bool):
     """A context in which compiled modules run eagerly (torch.compiler.set_stance)."""
     import contextlib
@@ -565,12 +415,12 @@ def _step(loss, trainable: state.Trainable) -> None:
     scaler = trainable.scaler
     if scaler is None:
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(parameters, steps.MAX_GRAD_NORM)
         trainable.optimizer.step()
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(trainable.optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(parameters, steps.MAX_GRAD_NORM)
         scaler.step(trainable.optimizer)
         scaler.update()
     trainable.optimizer.zero_grad(set_to_none=True)
