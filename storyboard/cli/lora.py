@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
+from ..errors import UserError, printable
 from ..families import BUILTINS, FAMILY_NAMES
 from . import cli
 from .flags import user_paths
@@ -72,6 +72,9 @@ def lora_inspect(file: str, as_json: bool, model: str | None) -> None:
             ("text encoder", "yes" if info.text_encoder else "no")]
     for key, value in rows:
         click.echo(f"{key + ':':<14}{value}")
+    if info.trained:  # storyboard's training recorded these; shown escaped like any text
+        click.echo(f"{'trained:':<14}" + ", ".join(
+            f"{key} {printable(value)}" for key, value in info.trained.items()))
     for note in info.notes:
         click.echo(f"{'note:':<14}{note}")
 

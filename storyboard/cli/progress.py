@@ -29,11 +29,12 @@ class Progress:
             return
         if self.quiet:
             return
-        if kind in ("warning", "waiting"):
+        if kind in ("warning", "waiting", "train_first"):
             click.echo(event["message"], err=True)
         elif kind == "plan" and event["to_render"]:
             from tqdm import tqdm
 
+            self.close()  # a training's bar, if the build trained first
             self.bar = tqdm(total=len(event["to_render"]), unit="panel", desc="rendering",
                             leave=False)
         elif kind == "panel" and self.bar is not None:
@@ -46,12 +47,30 @@ class Progress:
             # Through tqdm, so the bar is redrawn below the line instead of through it.
             tqdm.write("compiling the UNet (minutes for a batch shape's first compile on this "
                        "machine, cached after; --no-compile renders without)", file=sys.stderr)
+        elif kind == "class_pictures":
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=event["to_render"], unit="picture", leave=False,
+                            desc=f"class pictures of {event['character']}")
+        elif kind == "train_sheet":
+            from tqdm import tqdm
+
+            # Through tqdm, so the bar is redrawn below the line instead of through it.
+            tqdm.write(f"step {event['step']}: {event['path']}")
         elif kind == "train_start":
             from tqdm import tqdm
 
             self.close()
             self.bar = tqdm(total=event["steps"], unit="step", leave=False,
                             desc=f"training {event['character']}")
+        elif kind == "train_phase" and self.bar is not None:
+            if event["phase"] == "training":  # the clock starts now: loading is not a step
+                self.bar.reset(total=event["steps"])
+                self.bar.update(event.get("resumed_from") or 0)
+                self.bar.set_description(self.bar.desc.split(" (")[0])
+            else:
+                self.bar.set_description(f"{self.bar.desc.split(' (')[0]} ({event['phase']})")
         elif kind == "train_step" and self.bar is not None:
             self.bar.update(event["step"] - self.bar.n)  # a resumed run starts past 0
             self.bar.set_postfix_str(f"loss {event['loss']:.4f}")

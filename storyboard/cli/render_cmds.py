@@ -19,15 +19,21 @@ from .flags import only_list, runtime_flags, runtime_options, user_paths
 from .progress import Progress
 
 
+NO_TRAIN = click.option(
+    "--no-train", "no_train", is_flag=True,
+    help="Refuse, instead of training first, when a panel needs a character's LoRA that is "
+         "not trained yet (`storyboard train` trains it).")
+
+
 def _run_build(story: str, out: str | None, only: str | None, force: bool, pages: bool,
-               flags: dict) -> None:
+               flags: dict, no_train: bool) -> None:
     from ..commands import build
 
     quiet, as_json = flags["quiet"], flags["as_json"]
     with Progress(quiet, as_json) as progress:
         report = build(story, out, only=only_list(only), force=force,
                        options=runtime_options(flags), pages=pages, on_event=progress,
-                       model=flags["model"])
+                       model=flags["model"], train=not no_train)
     if not quiet and not as_json:
         for outcome in report.outcomes:
             if outcome.status == "failed":
@@ -42,17 +48,20 @@ def _run_build(story: str, out: str | None, only: str | None, force: bool, pages
               help="Output folder (default: STORY's name + .out, beside it).")
 @click.option("--only", default=None, help="Comma-separated panel ids to build.")
 @click.option("--force", is_flag=True, help="Render the selected panels even if cached.")
+@NO_TRAIN
 @runtime_flags
-def build(story: str, out: str | None, only: str | None, force: bool, **flags) -> None:
+def build(story: str, out: str | None, only: str | None, force: bool, no_train: bool,
+          **flags) -> None:
     """Render what changed in STORY and compose its pages.
 
     Writes OUT/panels/<id>.png, OUT/page-N.png, OUT/story.pdf, OUT/story.cbz and
     OUT/manifest.json. Panels already rendered (same prompt, seed, settings, model and LoRAs)
-    come from the cache.
+    come from the cache. A character's LoRA its panels need (`train:`) is trained first,
+    unless --no-train.
     Exit 0 when every selected panel exists, 1 when one failed, 2 for an invalid story.
     """
     user_paths(story)
-    _run_build(story, out, only, force, True, flags)
+    _run_build(story, out, only, force, True, flags, no_train)
 
 
 @cli.command()
@@ -63,9 +72,10 @@ def build(story: str, out: str | None, only: str | None, force: bool, **flags) -
 @click.option("--from-png", "from_png", type=click.Path(dir_okay=False),
               default=None, help="Render again the job a storyboard panel PNG records "
                                  "(written beside it as NAME.rerender.png unless -o is given).")
+@NO_TRAIN
 @runtime_flags
 def render(story: str | None, out: str | None, only: str | None, from_png: str | None,
-           **flags) -> None:
+           no_train: bool, **flags) -> None:
     """Render STORY's panels now (cached or not) into OUT/panels/, without composing pages."""
     if from_png:
         if story or only or flags["model"]:
@@ -76,7 +86,7 @@ def render(story: str | None, out: str | None, only: str | None, from_png: str |
         return
     if not story:
         raise UserError("give a STORY file, or --from-png PANEL.png")
-    _run_build(story, out, only, True, False, flags)
+    _run_build(story, out, only, True, False, flags, no_train)
 
 
 def _rerender(png: str, out: str | None, flags: dict) -> None:

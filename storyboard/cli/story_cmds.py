@@ -46,7 +46,7 @@ def validate(stories: tuple[str, ...], quiet: bool, strict: bool) -> None:
     failed = False
     for path in stories:
         try:
-            story, jobs = load_and_compile(Path(path))
+            story, jobs = load_and_compile(Path(path), look_up_trained=False)
         except StoryError as exc:
             failed = True
             if not quiet:
@@ -102,7 +102,9 @@ def plan(story: str, as_json: bool, model: str | None, device: str, dtype: str |
                              compile="auto" if compile_ is None else compile_,
                              progress=False).with_story(loaded.spec.render)
     cache = PanelCache.default()
-    todo = [job for job in jobs if force or cache.get(cache_key(job.hash, dtype)) is None]
+    # A panel waiting for its character's LoRA renders after the build trains it.
+    todo = [job for job in jobs if force or job.awaiting
+            or cache.get(cache_key(job.hash, dtype)) is None]
     resolved = resolve_dtype(jobs[0].model.dtype, dtype, device)
     # As a build renders them: panels with the same settings once (plan.batches.unique_jobs).
     render = plan_render(unique_jobs(todo), options, device=device,
@@ -129,7 +131,8 @@ def _training(story: Story) -> list[dict]:
                      for e in training.datasets[job.character].excluded],
         **{name: getattr(job.settings, name) for name in (
             "steps", "rank", "alpha", "learning_rate", "batch_size", "resolution", "seed",
-            "min_snr_gamma", "train_text_encoder", "checkpoint_every", "mixed_precision")},
+            "min_snr_gamma", "train_text_encoder", "checkpoint_every", "mixed_precision",
+            "optimizer")},
         "prior": None if job.settings.prior is None else asdict(job.settings.prior),
         "weight": job.weight,
         "family": job.family,
@@ -153,7 +156,8 @@ def _print_training(training: list[dict]) -> None:
 def _plan_dict(jobs: list[PanelJob], render: RenderPlan | None,
                training: list[dict]) -> dict:
     return {
-        "jobs": [job.to_dict() | {"batch": render.batch_of(job) if render else None}
+        "jobs": [job.to_dict() | {"batch": render.batch_of(job) if render else None,
+                                  "awaiting_training": list(job.awaiting)}
                  for job in jobs],
         "render": None if render is None else {
             "device": render.device, "dtype": render.dtype, "batch_size": render.batch_size,
@@ -176,13 +180,20 @@ def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None) -
                 f"cfg {job.guidance:g}  {job.scheduler}  ")
         batch = render.batch_of(job) if render else None
         where = "cached" if batch is None else f"batch {batch + 1}/{count}"
-        click.echo("\n" + click.style(head, bold=True) + click.style(job.hash[:12], dim=True)
+        if job.awaiting:  # its hash is a placeholder until the LoRA exists
+            where += f", after training {', '.join(job.awaiting)}"
+        # A waiting panel's hash is a placeholder: its LoRA file is part of the real one.
+        digest = "hash after training" if job.awaiting else job.hash[:12]
+        click.echo("\n" + click.style(head, bold=True) + click.style(digest, dim=True)
                    + "  " + where)
         click.echo(f"  + {job.prompt}")
         click.echo(f"  - {job.negative_prompt or '(no negative prompt)'}")
         for lora in job.loras:
             click.echo(click.style(f"  lora {lora.character}: {Path(lora.path).name} "
                                    f"x{lora.weight:g}  sha256 {lora.sha256[:12]}", dim=True))
+        for character in job.awaiting:
+            click.echo(click.style(f"  lora {character}: trained by the build first "
+                                   "(`storyboard train` trains it now)", dim=True))
         if job.caption:
             click.echo(click.style(f"  caption: {job.caption}", dim=True))
     click.echo("")

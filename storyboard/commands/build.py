@@ -9,7 +9,8 @@ output folder:
   story.cbz               all pages, for comic readers
   manifest.json           what this run did (output/manifest.py)
 
-``build`` reads top to bottom: load, validate and compile; select; look up the cache; render what
+``build`` reads top to bottom: load, validate and compile; select; train the characters' LoRAs
+the selected panels wait for (`train:`; ``commands.train``); look up the cache; render what
 is missing (the model is loaded only if something is); put the panels in place; compose the
 pages; write the manifest. Every rendered panel goes into the cache the moment it exists, so an
 interrupted build keeps its work and the next one resumes where it stopped.
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..options import RuntimeOptions
-from ..paths import leftover_temporaries, remove_temporaries
 from ..output.cache import PanelCache, cache_key
 from ..output.cbz import CBZ
 from ..output.geometry import page_count
@@ -33,10 +33,12 @@ from ..output.manifest import (
 )
 from ..output.ownership import Outputs, digests
 from ..output.place import materialize
+from ..paths import leftover_temporaries, remove_temporaries
 from ..story import Story
-from .common import Event, hold, select, start, verified
+from .common import Event, awaiting_training, hold, refuse_untrained, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
 from .reroll import REROLLS_DIR, reroll_keys
+from .train import train_first
 
 if TYPE_CHECKING:
     from ..engine.session import RenderInfo, Session
@@ -81,7 +83,8 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
           only: Iterable[str] | None = None, force: bool = False,
           options: RuntimeOptions | None = None, pages: bool = True,
           on_event: Event | None = None, cache: PanelCache | None = None,
-          model: str | None = None, session: Session | None = None) -> BuildReport:
+          model: str | None = None, session: Session | None = None,
+          train: bool = True) -> BuildReport:
     t0 = time.perf_counter()
     # 1. Load, validate and compile: every problem is reported before any work starts.
     run = start(story_path, out_dir, options, on_event, cache, model)
@@ -103,7 +106,16 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         outputs.claim([f"{PANELS_DIR}/{job.panel}.png" for job in jobs
                        if pages or job.panel in selected] + page_names + [MANIFEST])
 
-        # 3. Look up the cache; a damaged entry is reported and rendered again.
+        # 3. Train the LoRAs the selected panels wait for (`train:`), then compile them with
+        #    the trained files; with `train=False` (--no-train), refuse instead.
+        if awaiting_training(job for job in jobs if job.panel in selected):
+            if not train:
+                refuse_untrained([job for job in jobs if job.panel in selected],
+                                 run.story_path, "a build with --no-train")
+            run = train_first(run, selected, force=False)
+            jobs = run.jobs
+
+        # 4. Look up the cache; a damaged entry is reported and rendered again.
         keys = {job.panel: cache_key(job.hash, run.options.dtype) for job in jobs}
         sound = {job.panel: verified(cache, keys[job.panel], job.panel, emit) for job in jobs}
         todo = [job for job in jobs if job.panel in selected
@@ -111,12 +123,12 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         emit({"event": "plan", "panels": len(jobs), "selected": len(selected),
               "to_render": [job.panel for job in todo]})
 
-        # 4. Render what is missing; the model is loaded only when something is.
+        # 5. Render what is missing; the model is loaded only when something is.
         rendered, report.render = render_into_cache(
             todo, cache, run.options, emit, story=run.story_id, dtype_override=run.options.dtype,
             session=session)
 
-        # 5. Put every available panel in place, in story order.
+        # 6. Put every available panel in place, in story order.
         panel_dir = out / PANELS_DIR
         for job in jobs:
             done = rendered.get(job.hash) if job.panel in selected else None
@@ -130,7 +142,7 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
                                            panel_dir / f"{job.panel}.png", job, run.story_id)
             report.outcomes.append(outcome)
 
-        # 6. Compose pages (missing panels show as placeholders), unless nothing they show changed.
+        # 7. Compose pages (missing panels show as placeholders), unless nothing they show changed.
         key = pages_key(run.story, report.outcomes)
         if pages:
             previous = previous_pages(out, key)
@@ -138,7 +150,7 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
                 run.story, report.outcomes, out, run.story_id)
             _remove_stale_pages(out, report.files, outputs)
 
-        # 7. Record: the manifest, and which cache entries this story now needs.
+        # 8. Record: the manifest, and which cache entries this story now needs.
         report.seconds = time.perf_counter() - t0
         cache.set_roots(run.story_path, set(keys.values()) | reroll_keys(out))
         write_manifest(out, manifest_record(

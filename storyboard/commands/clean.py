@@ -2,9 +2,9 @@
 
 In: story paths (optional), a dry-run switch, the cache. Out: a ``CleanReport`` (entries
 removed, bytes freed, stale files), having removed every cache entry that no existing story's
-last build or reroll recorded (their roots, output/cache.py), every trained LoRA folder that no
-existing story's last training recorded (its own roots, training/store.py), the roots of
-stories that are gone, and temporary files and half-built model folders that killed runs left
+last build, reroll or training (its class pictures) recorded (their roots, output/cache.py),
+every trained LoRA folder that no existing story's last training recorded (its own roots,
+training/store.py), the roots of stories that are gone, and temporary files and half-built model folders that killed runs left
 in the cache; and, in the given stories' output folders, panel files storyboard wrote for
 panels the stories no longer have.
 """

@@ -22,6 +22,6 @@ class PinReport:
 
 def pin(story: str | Path, panel: str, seed: int, *, cache: PanelCache | None = None) -> PinReport:
     edit = pin_seed(story, panel, seed)
-    _, jobs = load_and_compile(story)
+    _, jobs = load_and_compile(story, look_up_trained=False)  # seeds only
     job = next(j for j in jobs if j.panel == panel)
     return PinReport(edit, (cache or PanelCache.default()).get(job.hash) is not None)

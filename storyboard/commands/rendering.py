@@ -53,6 +53,8 @@ def render_into_cache(jobs: list[PanelJob], cache: PanelCache, options: RuntimeO
                       ) -> tuple[dict[str, PanelOutcome], RenderInfo | None]:
     """Render ``jobs`` into ``cache``; outcomes by job hash, and what the engine did (None when
     there was nothing to render, and so no model was loaded)."""
+    if any(job.awaiting for job in jobs):  # callers train first or refuse (commands.common)
+        raise ValueError("a job waiting for a trained LoRA cannot render")
     if not jobs:
         return {}, None
     from ..engine.session import Session

@@ -22,7 +22,7 @@ from ..output.pnginfo import read_panel_png
 from ..paths import atomic_write_bytes
 from ..plan import with_hash
 from ..story.records import RecordError
-from .common import Event, hold, select, start, verified
+from .common import Event, hold, refuse_untrained, select, start, verified
 from .rendering import PanelOutcome, render_into_cache
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def reroll(story_path: str | Path, panel: str, seeds: list[int], out_dir=None, *
     with hold(run, run.emit):  # the output folder alone, the cache shared
         cache, dtype = run.cache, run.options.dtype
         (base,) = select(run.jobs, [panel])
+        refuse_untrained([base], run.story_path, "reroll")
         candidates = [with_hash(replace(base, seed=seed, seed_derived=False, hash=""))
                       for seed in seeds]
         folder = run.out / REROLLS_DIR / panel

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import weightfiles
 from ..families import CROSS_ATTENTION_WIDTHS, FAMILIES, FAMILY_NAMES
 from .layout import _resolve, _Table, _table_for
 from .read import LoraFormatError, _Layer, _parse, _Raw
@@ -60,6 +61,9 @@ class LoraInfo:
     text_encoder: bool  # whether it adapts a text encoder
     cross_attention_dim: int | None  # input width of the UNet's cross-attention to_k
     notes: tuple[str, ...] = ()
+    # What `storyboard train` recorded in the header (base model, token, steps, dataset...),
+    # without the "storyboard." prefix; empty for a LoRA trained elsewhere.
+    trained: dict[str, str] = field(default_factory=dict)
 
     @property
     def rank(self) -> int | None:
@@ -218,7 +222,16 @@ def inspect_lora(path: str | os.PathLike, *, unet_config: Any = None) -> LoraInf
         modules=tuple(sorted({_kind(n) for n in names})), layers=len(raw.layers),
         tensors=raw.tensors, size_bytes=raw.size_bytes,
         dtype=dtypes.pop() if len(dtypes) == 1 else "mixed", text_encoder=text,
-        cross_attention_dim=cross, notes=tuple(notes))
+        cross_attention_dim=cross, notes=tuple(notes), trained=_trained_by(path))
+
+
+def _trained_by(path: str | os.PathLike) -> dict[str, str]:
+    """The ``storyboard.*`` entries of a safetensors file's metadata (bounded by
+    ``weightfiles``: the header was checked before the tensors were read)."""
+    header = weightfiles.check(path) or {}
+    metadata = header.get("__metadata__") or {}
+    return {key.removeprefix("storyboard."): value for key, value in sorted(metadata.items())
+            if key.startswith("storyboard.")}
 
 
 def _kind(name: str) -> str:

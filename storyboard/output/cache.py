@@ -15,6 +15,11 @@ Layout under the cache root ($STORYBOARD_CACHE, else ~/.cache/storyboard):
                                what is garbage (an entry no root names); ``write_roots`` and
                                ``read_roots`` also keep the trained LoRAs' roots
                                (``training.store``)
+  roots/class-pictures/<story-id>.json
+                               the class pictures each story's last training rendered for
+                               prior preservation (``set_class_roots``): ordinary entries,
+                               kept apart so that a build, which records its own panels only,
+                               does not let `clean` take them
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ ROOTS_VERSION = 1
 MAX_ROOT_BYTES = 70 * 64 * 1000  # a root of 64 keys per panel of the largest story
 # Far above any panel (a 4096x4096 RGB PNG is at most about 50 MB): past it, not ours.
 MAX_ENTRY_BYTES = 256 << 20
+CLASS_ROOTS = "class-pictures"  # under roots/: the entries trainings need (module docstring)
 
 
 def cache_key(job_hash: str, dtype_override: str | None = None) -> str:
@@ -92,9 +98,16 @@ class PanelCache:
     def set_roots(self, story: Path, keys: set[str]) -> None:
         write_roots(self.root / "roots", story, keys)
 
+    def set_class_roots(self, story: Path, keys: set[str]) -> None:
+        """Record that ``story``'s training now needs the class pictures ``keys``."""
+        write_roots(self.root / "roots" / CLASS_ROOTS, story, keys)
+
     def live_keys(self) -> tuple[set[str], list[Path]]:
-        """Keys some existing story still needs, and root files of stories that are gone."""
-        return read_roots(self.root / "roots")
+        """Keys some existing story still needs (for its panels or its trainings' class
+        pictures), and root files of stories that are gone."""
+        live, stale = read_roots(self.root / "roots")
+        classes, gone = read_roots(self.root / "roots" / CLASS_ROOTS)
+        return live | classes, stale + gone
 
     def remove(self, key: str) -> int:
         path = self.path(key)

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import open_regular, sha256_of
 from ..story.records import RecordError
 from .cbz import CBZ_MARK
 from .manifest import MANIFEST, read_manifest
-from ..paths import open_regular, sha256_of
 from .pnginfo import png_text, read_panel_png
 
 PAGE_MARK = "storyboard-page"  # the PNG text chunk every page and contact sheet carries

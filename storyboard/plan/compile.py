@@ -2,8 +2,9 @@
 
 In: a ``Story`` from ``story.load_story``. Out: one ``PanelJob`` (``plan.jobs``) per panel, in
 story order, with its final prompt and negative prompt (templates applied), seed, size, steps,
-guidance, sampler, model reference, LoRAs (with file sha256) and caption, plus a content hash;
-or a ``StoryError`` listing every template problem.
+guidance, sampler, model reference, LoRAs (with file sha256; a character's trained LoRA
+among them once it is trained, else the job is ``awaiting`` it) and caption, plus a content
+hash; or a ``StoryError`` listing every template problem.
 
 Panels without a seed derive one from the story seed and their *id* (never their position), so
 inserting or reordering panels leaves every other panel's seed alone.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,12 @@ def file_sha256(path: Path, _cache: dict[tuple, str] = {}) -> str:  # noqa: B006
     return _cache[key]
 
 
-def compile_story(story: Story) -> list[PanelJob]:
-    """Expand every panel into a ``PanelJob``. Raises ``StoryError`` listing template errors."""
+def compile_story(story: Story, trained: Mapping[str, LoraRef] | None = None) -> list[PanelJob]:
+    """Expand every panel into a ``PanelJob``. Raises ``StoryError`` listing template errors.
+
+    ``trained``: the finished LoRA of each character with `train:` (``training.store``), by
+    id; it joins the character's own `loras` in its panels. A panel of a character with
+    `train:` missing from it is compiled ``awaiting`` that training (not renderable yet)."""
     spec = story.spec
     diag = Diagnostics()
     model = model_ref(story)
@@ -76,6 +82,8 @@ def compile_story(story: Story) -> list[PanelJob]:
     negative_template = spec.templates.negative or DEFAULT_NEGATIVE_TEMPLATE
     default_size = default_panel_size(spec.model.builtin, spec.model.resolved_family)
     lora_cache: dict[str, str] = {}
+    trained = {cid: lora for cid, lora in (trained or {}).items()
+               if cid in spec.characters and spec.characters[cid].train is not None}
     budget = Budget()  # for all the story's templates together
 
     jobs = []
@@ -113,14 +121,17 @@ def compile_story(story: Story) -> list[PanelJob]:
             for l in spec.characters[cid].loras
             for path in [story.resolve(l.file)]
         )
-        job = _job(panel, index, spec, prompt, negative, model, loras, default_size)
+        awaiting = tuple(cid for cid in panel.characters
+                         if spec.characters[cid].train is not None and cid not in trained)
+        loras += tuple(trained[cid] for cid in panel.characters if cid in trained)
+        job = _job(panel, index, spec, prompt, negative, model, loras, default_size, awaiting)
         jobs.append(job)
     diag.raise_if_errors()
     return jobs
 
 
 def _job(panel: PanelSpec, index: int, spec, prompt: str, negative: str, model: ModelRef,
-         loras: tuple[LoraRef, ...], default_size: int) -> PanelJob:
+         loras: tuple[LoraRef, ...], default_size: int, awaiting: tuple[str, ...]) -> PanelJob:
     d = spec.defaults
     seed = panel.seed if panel.seed is not None else derive_seed(d.seed, panel.id)
     job = PanelJob(
@@ -139,6 +150,7 @@ def _job(panel: PanelSpec, index: int, spec, prompt: str, negative: str, model: 
         loras=loras,
         characters=tuple(panel.characters),
         caption=panel.caption,
+        awaiting=awaiting,
     )
     return with_hash(job)
 

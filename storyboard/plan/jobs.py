@@ -74,6 +74,9 @@ class PanelJob:
     loras: tuple[LoraRef, ...]
     characters: tuple[str, ...]
     caption: str
+    # Characters whose LoRA is still to be trained (`train:`): the job cannot render, or be
+    # looked up in the cache, until it is compiled again with the trained file.
+    awaiting: tuple[str, ...] = ()
     hash: str = field(default="")
 
     def hash_payload(self) -> dict[str, Any]:
@@ -89,7 +92,7 @@ class PanelJob:
             "scheduler": self.scheduler,
             "model": self.model.hash_payload(),
             "loras": sorted([lora.sha256, float(lora.weight) + 0.0] for lora in self.loras),
-        }
+        } | ({"awaiting": sorted(self.awaiting)} if self.awaiting else {})
 
     def to_dict(self) -> dict[str, Any]:
         """The job as `storyboard plan --json` prints it."""

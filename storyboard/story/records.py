@@ -197,6 +197,11 @@ class TrainedRecord(_Spec):
     steps: int = Field(ge=1, le=C.MAX_TRAIN_STEPS)
     files: dict[FileName, TrainedFile] = Field(min_length=1, max_length=8)
     storyboard: Short = ""
+    # How it was trained, for estimates (absent in records written before they were kept).
+    family: Short = ""
+    resolution: int = Field(default=0, ge=0, le=C.MAX_SIZE_PX)
+    device: Short = ""
+    seconds_per_step: float | None = Field(default=None, gt=0, lt=86_400, allow_inf_nan=False)
 
 
 def validated(model: type[_Spec], data: Any, what: str) -> Any:

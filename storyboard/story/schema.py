@@ -246,6 +246,9 @@ class TrainSpec(_Spec):
     train_text_encoder: bool = Field(False, description=(
         "Also train the text encoders; not for "
         + ", ".join(f.name for f in FAMILIES.values() if f.train.frozen_text_encoder) + "."))
+    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description=(
+        "adamw (fused on CUDA), or adamw8bit: bitsandbytes' 8-bit AdamW, less GPU memory, "
+        "CUDA only (pip install 'storyboard[train-8bit]')."))
 
 
 class CharacterSpec(_Spec):

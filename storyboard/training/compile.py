@@ -123,4 +123,5 @@ def resolve_settings(train: TrainSpec, char: CharacterSpec, defaults: TrainDefau
         prior=prior,
         checkpoint_every=train.checkpoint_every or defaults.checkpoint_every,
         mixed_precision=defaults.mixed_precision,
+        optimizer=train.optimizer,
     )

@@ -7,7 +7,10 @@ scanned and checked, the family's defaults). Out: frozen ``TrainJob`` / ``TrainS
 The key (``TrainJob.key``) covers exactly what changes the trained weights: every image's bytes
 (sha256) and caption, in a stable order; every setting in ``TrainSettings``; the base model
 (``ModelRef.hash_payload``: repo/revision/variant, a folder's path, a file's size and mtime, a
-built-in's recipe); the family; ``TRAIN_RECIPE_VERSION``. It leaves out the character's id and
+built-in's recipe); the family; ``TRAIN_RECIPE_VERSION``; with prior preservation, how the
+class pictures are rendered (``CLASS_RENDER``: with the model, prompt, seed and resolution
+already in it, everything a class picture's job hash covers, so the pictures' own bytes need
+not be; ``training.prior``). It leaves out the character's id and
 display name, so renaming a character reuses its LoRA. Bump ``TRAIN_RECIPE_VERSION`` whenever
 the trainer changes what it computes.
 """
@@ -20,8 +23,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..plan.jobs import ModelRef
+from ..samplers import DEFAULT
 
 TRAIN_RECIPE_VERSION = 1
+# How prior preservation's class pictures are rendered (``training.prior``): fixed here, not
+# taken from the story's defaults, so that they depend only on what the key covers.
+CLASS_RENDER: dict[str, Any] = {"steps": 30, "guidance": 5.0, "scheduler": DEFAULT,
+                                "negative": ""}
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class TrainSettings:
     prior: PriorSpec | None
     checkpoint_every: int  # steps; also when the contact sheet is drawn
     mixed_precision: str  # "no" | "fp16" | "bf16" (what the trainer computes in)
+    optimizer: str = "adamw"  # "adamw" | "adamw8bit" (bitsandbytes)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,8 @@ class TrainJob:
             "settings": asdict(self.settings),
             "token": self.token,
             "class": self.class_word,
+            # Only with prior preservation, so the keys of trainings without it stay as they were.
+            **({"class_render": CLASS_RENDER} if self.settings.prior is not None else {}),
         }
 
 

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ CHECKPOINTS = "checkpoints"
 DONE_FILE = "done.json"
 DONE_VERSION = 1
 MAX_DONE_BYTES = 4096
+MAX_TIMINGS = 200  # finished trainings read for an estimate: bounded, whatever the cache holds
 
 UP_TO_DATE = "up to date"
 TO_TRAIN = "to train"
@@ -119,9 +121,11 @@ class TrainedStore:
             return f"partly trained (step {min(step, total)} of {total})"
         return TO_TRAIN
 
-    def mark_done(self, job: TrainJob) -> TrainedRecord:
+    def mark_done(self, job: TrainJob, *, seconds_per_step: float | None = None,
+                  device: str = "") -> TrainedRecord:
         """Record ``job``'s folder as finished: the sha256 and size of its LoRA files (the
-        diffusers one required, the kohya one if written). The trainer's last write."""
+        diffusers one required, the kohya one if written), and how fast it trained where (for
+        the next build's estimate: ``seconds_per_step``). The trainer's last write."""
         folder = self.folder(job.key)
         files = {}
         for name in (LORA_FILE, KOHYA_FILE):
@@ -133,7 +137,9 @@ class TrainedStore:
                 continue
             files[name] = {"sha256": digest, "bytes": path.stat().st_size}
         data = {"version": DONE_VERSION, "key": job.key, "steps": job.settings.steps,
-                "files": files, "storyboard": __version__}
+                "files": files, "storyboard": __version__, "family": job.family,
+                "resolution": job.settings.resolution, "device": device.split(":")[0],
+                "seconds_per_step": seconds_per_step}
         record = validated(TrainedRecord, data, str(folder / DONE_FILE))
         atomic_write_text(folder / DONE_FILE, json.dumps(data, indent=1))
         return record
@@ -153,6 +159,23 @@ class TrainedStore:
                 continue
             out[job.character] = LoraRef(job.character, str(path), digest, job.weight)
         return out
+
+    def seconds_per_step(self, job: TrainJob, device: str) -> float | None:
+        """How long a step of ``job`` took here before: the median over the finished trainings
+        of its family and resolution on ``device``'s kind ("cuda", "cpu"), or None."""
+        kind, seen = device.split(":")[0], []
+        for key in sorted(self.keys())[:MAX_TIMINGS]:
+            path = self.folder(key) / DONE_FILE
+            try:
+                record = validated(TrainedRecord, parse_json(
+                    read_bounded(path, MAX_DONE_BYTES), str(path), MAX_DONE_BYTES), str(path))
+            except (OSError, RecordError):
+                continue
+            if (record.seconds_per_step and record.device == kind
+                    and record.family == job.family
+                    and record.resolution == job.settings.resolution):
+                seen.append(record.seconds_per_step)
+        return statistics.median(seen) if seen else None
 
     # -- what `clean` needs --------------------------------------------------------------
 

@@ -851,13 +851,13 @@ def test_the_command_line_switches_reach_the_options(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(render_cmds, "_run_build",
-                        lambda story, out, only, force, pages, f: seen.append(
-                            flags.runtime_options(f)))
+                        lambda story, out, only, force, pages, f, no_train: seen.append(
+                            (flags.runtime_options(f), no_train)))
     for args in ([], ["--tune", "--compile"], ["--no-tune", "--no-compile", "--batch-size",
-                                                  "5"]):
+                                                  "5", "--no-train"]):
         assert run_cli("build", *args, "-q", str(story)).exit_code == 0
-    assert [(o.compile, o.tune, o.batch_size) for o in seen] == [
-        ("auto", None, None), (True, True, None), (False, False, 5)]
+    assert [(o.compile, o.tune, o.batch_size, no_train) for o, no_train in seen] == [
+        ("auto", None, None, False), (True, True, None, False), (False, False, 5, True)]
 
 
 def test_the_engine_renders_the_batches_it_planned(tmp_path):

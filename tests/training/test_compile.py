@@ -234,3 +234,20 @@ def test_plan_of_a_story_without_training_lists_none(tmp_path, monkeypatch):
     result = run_cli("plan", "--json", str(path))
     assert json.loads(result.output)["training"] == []
     assert "training:" not in run_cli("plan", str(path)).output
+
+
+def test_the_optimizer_is_a_setting_in_the_key_and_8bit_needs_a_gpu(tmp_path, fresh_cache):
+    from storyboard.commands.train import train
+    from storyboard.errors import UserError
+    from storyboard.options import RuntimeOptions
+
+    [plain] = compile_training(load_story(story(tmp_path)))
+    [eight] = compile_training(load_story(story(tmp_path, "images: refs/mira/\n"
+                                                          "optimizer: adamw8bit")))
+    assert plain.settings.optimizer == "adamw" and eight.settings.optimizer == "adamw8bit"
+    assert plain.key != eight.key
+    result = run_cli("validate", str(story(tmp_path, "images: refs/mira/\noptimizer: adam")))
+    assert result.exit_code == 2 and "optimizer" in result.output
+    with pytest.raises(UserError, match="8-bit AdamW .* needs a CUDA GPU"):
+        train(story(tmp_path, "images: refs/mira/\noptimizer: adamw8bit"),
+              options=RuntimeOptions(device="cpu", progress=False))

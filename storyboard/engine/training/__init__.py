@@ -7,6 +7,8 @@
 - ``objective``: noise, timesteps and the min-SNR-weighted loss of one batch.
 - ``state``: checkpoints (LoRA weights, optimizer, generator, step), written atomically.
 - ``export``: ``lora.safetensors`` (diffusers) and ``lora-kohya.safetensors``, with metadata.
+- ``preview``: panels rendered with the training's live pipeline at a checkpoint (contact
+  sheets), leaving the training as it was.
 """
 
 from __future__ import annotations

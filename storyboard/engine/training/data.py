@@ -52,6 +52,9 @@ class Examples:
     embeddings: dict[str, tuple[Any, Any]]  # caption -> (prompt_embeds, pooled or None)
     time_ids: bool  # whether the UNet takes SDXL's added time ids
     live: Callable[[str], tuple[Any, Any]] | None = None  # encodes at every batch instead
+    # Each picture's time ids, float32 on the device: made once, as a tensor made from a list at
+    # every batch is a copy from the host, which waits for the GPU.
+    ids: list[Any] | None = None
 
     def embedding(self, caption: str) -> tuple[Any, Any]:
         return self.live(caption) if self.live is not None else self.embeddings[caption]
@@ -69,8 +72,10 @@ class Examples:
         if not self.time_ids:
             return UNetInputs(latents, prompt, None)
         pooled = torch.cat([embedded[p.caption][1] for p in pictures])
-        ids = torch.tensor([p.plan.time_ids for p in pictures], dtype=pooled.dtype,
-                           device=pooled.device)
+        if self.ids is None:
+            self.ids = [torch.tensor(p.plan.time_ids, dtype=torch.float32, device=pooled.device)
+                        for p in self.pictures]
+        ids = torch.stack([self.ids[i] for i in indices]).to(pooled.dtype)
         return UNetInputs(latents, prompt, {"text_embeds": pooled, "time_ids": ids})
 
 

@@ -1,7 +1,8 @@
 """Training checkpoints: everything a killed training needs to go on as if it never stopped.
 
 In: the trainable parameters (LoRA weights, by name), the optimizer, the gradient scaler (fp16
-only), the CPU generator that draws noise and timesteps, the step, the losses so far and the
+only), the generator that draws noise and timesteps (a CPU one on the CPU, a CUDA one on a GPU:
+its state is a CPU byte tensor either way), the step, the losses so far and the
 job's key. Out: ``checkpoints/step-NNNNNN/state.pt`` in the training's folder, in the layout
 ``training.store`` reads (so `plan` can say "partly trained (step N of M)" without torch): built
 in a temporary folder and renamed when whole, the previous step's removed after, so a kill
@@ -37,7 +38,7 @@ class Trainable:
 
     parameters: dict[str, Any]  # qualified name -> trainable parameter (fp32)
     optimizer: Any
-    generator: Any  # torch.Generator (CPU): noise and timesteps
+    generator: Any  # torch.Generator (on the training device): noise and timesteps
     scaler: Any = None  # torch.amp.GradScaler when training in fp16
 
 
@@ -94,6 +95,8 @@ def load_checkpoint(folder: Path, key: str, state: Trainable) -> Restored | str:
         return f"checkpoint {path} is of another format"
     if blob.get("job") != key:
         return f"checkpoint {path} belongs to another training (job {blob.get('job')!s:.12})"
+    if blob["generator"].numel() != state.generator.get_state().numel():
+        return f"checkpoint {path} was made on another kind of device (its noise generator's)"
     saved = blob["parameters"]
     if saved.keys() != state.parameters.keys() or any(
             saved[n].shape != p.shape for n, p in state.parameters.items()):
@@ -101,7 +104,13 @@ def load_checkpoint(folder: Path, key: str, state: Trainable) -> Restored | str:
     with torch.no_grad():
         for name, parameter in state.parameters.items():
             parameter.copy_(saved[name])
+    # How the optimizer runs is this run's choice (a CUDA-graphed step needs it capturable),
+    # not the checkpoint's: load_state_dict would take the saved flags.
+    flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g}
+             for g in state.optimizer.param_groups]
     state.optimizer.load_state_dict(blob["optimizer"])
+    for group, kept in zip(state.optimizer.param_groups, flags):
+        group.update(kept)
     state.generator.set_state(blob["generator"])
     if state.scaler is not None and blob["scaler"] is not None:
         state.scaler.load_state_dict(blob["scaler"])

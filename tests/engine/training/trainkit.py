@@ -121,3 +121,22 @@ def render(path: Path) -> dict[str, np.ndarray]:
     assert all(r.status == "rendered" for r in results.values()), \
         {k: r.error for k, r in results.items()}
     return {k: np.asarray(r.image).astype(np.int16) for k, r in results.items()}
+
+
+def shuffled(lora: Path, path: Path) -> Path:
+    """``lora`` with each lora_B's entries permuted (a fixed generator): the control."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    generator = torch.Generator("cpu").manual_seed(0)
+    with safe_open(str(lora), "pt") as fh:
+        metadata = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    for key, value in tensors.items():
+        if "lora_B" in key:
+            flat = value.flatten()
+            tensors[key] = flat[torch.randperm(flat.numel(), generator=generator)] \
+                .view_as(value).contiguous()
+    save_file(tensors, str(path), metadata=metadata)
+    return path
