@@ -19,6 +19,7 @@ interrupted build keeps its work and the next one resumes where it stopped.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,10 +124,18 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         emit({"event": "plan", "panels": len(jobs), "selected": len(selected),
               "to_render": [job.panel for job in todo]})
 
-        # 5. Render what is missing; the model is loaded only when something is.
-        rendered, report.render = render_into_cache(
-            todo, cache, run.options, emit, story=run.story_id, dtype_override=run.options.dtype,
-            session=session)
+        # 5. Render what is missing; the model is loaded only when something is. Meanwhile
+        #    the pages' fonts are cut to the story's characters for the PDF (seconds for the
+        #    built-in CJK font), so that is not waited for after the last panel.
+        chars = page_chars(run.story) if pages else ""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-fonts") as fonts:
+            warmed = fonts.submit(warm_fonts, _page_font(run.story), chars) \
+                if pages and todo else None
+            rendered, report.render = render_into_cache(
+                todo, cache, run.options, emit, story=run.story_id,
+                dtype_override=run.options.dtype, session=session)
+            if warmed is not None:
+                warmed.exception()  # done; a font that fails is reported where pages are made
 
         # 6. Put every available panel in place, in story order.
         panel_dir = out / PANELS_DIR
@@ -147,7 +156,7 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         if pages:
             previous = previous_pages(out, key)
             report.files += previous if previous is not None else compose_story_pages(
-                run.story, report.outcomes, out, run.story_id)
+                run.story, report.outcomes, out, run.story_id, chars)
             _remove_stale_pages(out, report.files, outputs)
 
         # 8. Record: the manifest, and which cache entries this story now needs.
@@ -174,8 +183,9 @@ def _remove_stale_pages(out: Path, pages: list[Path], outputs: Outputs) -> None:
 
 
 def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
-                        story_id: str) -> list[Path]:
-    """The story's pages from its panels' files (a placeholder where a panel is missing)."""
+                        story_id: str, chars: str = "") -> list[Path]:
+    """The story's pages from its panels' files (a placeholder where a panel is missing);
+    ``chars``: the PDF fonts' characters (``page_chars``)."""
     from PIL import Image
 
     from ..output.pages import Cell, plan_pages, write_pages
@@ -191,4 +201,26 @@ def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
     layout = story.spec.layout
     if layout.font:  # relative to the story file, like every path in it
         layout = layout.model_copy(update={"font": str(story.resolve(layout.font))})
-    return write_pages(plan_pages(cells, layout, story.spec.title), out, story_id)
+    return write_pages(plan_pages(cells, layout, story.spec.title), out, story_id, chars)
+
+
+def page_chars(story: Story) -> str:
+    """Every character the story's pages can show (``pdf.story_chars``)."""
+    from ..output.pdf import story_chars
+
+    spec = story.spec
+    title = spec.layout.title if isinstance(spec.layout.title, str) else spec.title
+    return story_chars([title or "", *(p.caption or "" for p in spec.panels),
+                        *(p.id for p in spec.panels),
+                        *(b.text for p in spec.panels for b in p.balloons)])
+
+
+def _page_font(story: Story) -> str | None:
+    font = story.spec.layout.font
+    return str(story.resolve(font)) if font else None
+
+
+def warm_fonts(font: str | None, chars: str) -> None:
+    from ..output.pdf import warm_fonts as warm
+
+    warm(font, chars)

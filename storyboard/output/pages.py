@@ -19,6 +19,7 @@ package, SIL OFL 1.1), so Chinese, Japanese and Korean captions always render.
 from __future__ import annotations
 
 import io
+import os
 import unicodedata
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -51,6 +52,9 @@ class Cell:
     image: Image.Image | None  # None: not rendered (yet)
     caption: str = ""
     balloons: tuple = ()  # the panel's BalloonSpecs, drawn over its picture
+
+
+PNG_LEVEL = 1  # zlib level of page PNGs (page_png)
 
 
 @lru_cache(maxsize=48)
@@ -409,20 +413,32 @@ def caption_lines(caption: str, font_size: int, font: str | None, width: int) ->
     return len(wrap_text(caption, load_font(font, font_size), width))
 
 
-def write_pages(pages: list[Page], out_dir: Path, story: str) -> list[Path]:
+def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -> list[Path]:
     """page-N.png for each page (with its ``dpi`` in pHYs), story.pdf with all of them
-    (``pdf.write_pdf``: text as text, the panels lossless) and story.cbz (``cbz.write_cbz``:
-    the PNGs and ComicInfo.xml); returns the paths written. Each
-    carries storyboard's mark (``ownership``), so a later build knows it may replace it even
-    when this one was killed before its manifest was written."""
-    written, pngs = [], []
-    for n, page in enumerate(pages, 1):
-        path = out_dir / f"page-{n}.png"
-        pngs.append(page_png(rasterize(page), page_mark(story, n, len(pages)), page.dpi))
-        atomic_write_bytes(path, pngs[-1])
-        written.append(path)
+    (``pdf.write_pdf``: text as text, the panels lossless; ``chars``: its fonts' characters,
+    ``pdf.story_chars``) and story.cbz (``cbz.write_cbz``: the PNGs and ComicInfo.xml);
+    returns the paths written. Each carries storyboard's mark (``ownership``), so a later
+    build knows it may replace it even when this one was killed before its manifest was
+    written. The PNGs are encoded on threads while the PDF is written (zlib and Pillow's
+    encoder let go of the interpreter): after the last panel a writer waits for the slowest
+    of them, not their sum. Drawing stays on this thread: a FreeType face is not safe to
+    use from two threads at once, and the PDF measures text with the same faces."""
+    from concurrent.futures import ThreadPoolExecutor
+
     title, rtl = pages[0].title, pages[0].direction == "rtl"
-    atomic_write_bytes(out_dir / PDF, write_pdf(pages, title, rtl))
+    drawn = [rasterize(page) for page in pages]
+    workers = max(1, min(len(pages), (os.cpu_count() or 2) - 1, 8))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storyboard-page") as pool:
+        encoded = [pool.submit(page_png, image, page_mark(story, n, len(pages)), page.dpi)
+                   for n, (image, page) in enumerate(zip(drawn, pages), 1)]
+        pdf = write_pdf(pages, title, rtl, chars)
+        pngs = [future.result() for future in encoded]
+    written = []
+    for n, data in enumerate(pngs, 1):
+        path = out_dir / f"page-{n}.png"
+        atomic_write_bytes(path, data)
+        written.append(path)
+    atomic_write_bytes(out_dir / PDF, pdf)
     atomic_write_bytes(out_dir / CBZ, write_cbz(pngs, title, rtl))
     return written + [out_dir / PDF, out_dir / CBZ]
 
@@ -435,7 +451,10 @@ def page_png(page: Image.Image, mark: str, dpi: int | None = None) -> bytes:
     info = PngInfo()
     info.add_text(PAGE_MARK, mark)
     buf = io.BytesIO()
-    page.save(buf, format="PNG", optimize=False, pnginfo=info,
+    # zlib level 1: a page of 40 1024-px panels encodes in a fifth of the time of Pillow's
+    # default level 6, for files about a fifth larger (bench/pages_tail.py); the writer waits
+    # for this after the last panel, the disk does not mind.
+    page.save(buf, format="PNG", optimize=False, pnginfo=info, compress_level=PNG_LEVEL,
               **({"dpi": (dpi, dpi)} if dpi else {}))
     return buf.getvalue()
 

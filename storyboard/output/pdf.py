@@ -26,7 +26,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +38,7 @@ from .ownership import PDF_CREATOR
 # reproducible zips and wheels use. The pages' content decides their bytes, not the clock.
 REPRODUCIBLE_EPOCH = 315532800
 _WEIGHTS = {"Regular": 400, "Bold": 700}
+IMAGE_LEVEL = 1  # zlib level of the panels embedded in the PDF (write_pdf)
 
 
 def build_date() -> datetime.datetime:
@@ -61,13 +62,39 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def write_pdf(pages: Sequence, title: str, rtl: bool = False) -> bytes:
-    """The PDF of ``pages`` (``pages.Page``), one PDF page each."""
-    with _quiet():
-        return _write_pdf(pages, title, rtl)
+def write_pdf(pages: Sequence, title: str, rtl: bool = False, chars: str = "") -> bytes:
+    """The PDF of ``pages`` (``pages.Page``), one PDF page each. ``chars``: characters the
+    embedded fonts carry besides the pages' own (``story_chars``): a build passes the
+    story's, so the subsets ``warm_fonts`` made while panels rendered are the ones used."""
+    from fpdf.image_parsing import SETTINGS
+
+    level = SETTINGS.compression_level
+    # Each panel's pixels are deflated as they are embedded: at zlib level 1 three times as
+    # fast as fpdf2's default (6) for a PDF about a fifth larger (bench/pages_tail.py), and a
+    # writer waits for it after the last panel. Set for this call only: the setting is global.
+    SETTINGS.compression_level = IMAGE_LEVEL
+    try:
+        with _quiet():
+            return _write_pdf(pages, title, rtl, chars)
+    finally:
+        SETTINGS.compression_level = level
 
 
-def _write_pdf(pages: Sequence, title: str, rtl: bool) -> bytes:
+def story_chars(texts: Iterable[str]) -> str:
+    """Every character a story's pages can show: its title, captions, balloons and panel ids
+    (``texts``), the placeholder's words, digits and the "(n/N)" suffix's."""
+    return "".join(sorted(set("".join(texts)) | set("0123456789 ()/not rendered")))
+
+
+def warm_fonts(font: str | None, chars: str) -> None:
+    """Subset the page font's weights for ``chars`` now (``truetype_subset`` keeps them), so
+    that writing the PDF after the last panel does not: seconds for the built-in CJK font.
+    A build runs this on a thread while its panels render."""
+    for weight in _WEIGHTS:
+        truetype_subset(font, weight, chars)
+
+
+def _write_pdf(pages: Sequence, title: str, rtl: bool, chars: str = "") -> bytes:
     from fpdf import FPDF
     from fpdf.prefs import ViewerPreferences
     from fpdf.syntax import Name
@@ -96,9 +123,11 @@ def _write_pdf(pages: Sequence, title: str, rtl: bool) -> bytes:
     texts = [item for page in pages for item in page.items if hasattr(item, "text")]
     with tempfile.TemporaryDirectory(prefix="storyboard-pdf-") as tmp:
         for weight in sorted({t.weight for t in texts}):
-            chars = "".join(sorted({ch for t in texts if t.weight == weight for ch in t.text}))
+            used = {ch for t in texts if t.weight == weight for ch in t.text}
+            # With ``chars`` covering the pages' (a build's), the subset is the one warmed.
+            subset = "".join(sorted(used | set(chars))) if chars else "".join(sorted(used))
             path = Path(tmp) / f"{weight}.ttf"
-            path.write_bytes(truetype_subset(pages[0].font, weight, chars))
+            path.write_bytes(truetype_subset(pages[0].font, weight, subset))
             pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
         for page in pages:
             _page(pdf, page)

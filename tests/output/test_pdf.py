@@ -171,3 +171,34 @@ def test_a_margin_may_be_a_length_on_the_sheet(tmp_path):
     rows, cols = np.nonzero(ink)
     assert cols.min() >= layout.margin and cols.max() < page.width - layout.margin
     assert rows.min() >= layout.margin and rows.max() < page.height - layout.margin
+
+
+def test_fonts_cut_while_panels_render_are_the_ones_the_pdf_embeds(tmp_path):
+    """A build cuts the fonts for the story's characters on a thread while its panels render
+    (``warm_fonts``); writing the PDF after the last panel then cuts nothing, and its text is
+    the same."""
+    from storyboard.output import pdf as pdf_module
+
+    title = "The Lighthouse Keeper"
+    chars = pdf_module.story_chars([title, *CAPTIONS, *(f"p{i}" for i in range(4))])
+    pages = plan_pages(cells(), LayoutSpec(columns=2, panels_per_page=3), title)
+    pdf_module.truetype_subset.cache_clear()
+    pdf_module.warm_fonts(None, chars)
+    cut = pdf_module.truetype_subset.cache_info().misses
+    write_pages(pages, tmp_path, "story", chars)
+    assert pdf_module.truetype_subset.cache_info().misses == cut  # nothing cut after
+    text = "".join("".join(p.extract_text() for p in PdfReader(tmp_path / "story.pdf").pages)
+                   .split())
+    assert all("".join(c.split()) in text for c in CAPTIONS)
+    # The same pages give the same bytes whether the PNGs were encoded on threads or not.
+    from storyboard.output.pages import page_png, rasterize
+
+    assert (tmp_path / "page-1.png").read_bytes() == page_png(
+        rasterize(pages[0]), _mark(tmp_path / "page-1.png"), pages[0].dpi)
+
+
+def _mark(path) -> str:
+    from storyboard.output.ownership import PAGE_MARK
+
+    with Image.open(path) as im:
+        return im.text[PAGE_MARK]

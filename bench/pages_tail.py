@@ -1,0 +1,78 @@
+"""The wait after the last panel: composing the pages, the PDF and the CBZ of 40 1024-px panels.
+
+In: nothing (makes 40 1024x1024 panel PNGs that compress like renders do: gradients and
+blurred noise, about 1.3 MB each). Out: on stdout, seconds for each part of
+``output.pages.write_pages`` as a build runs it after its last panel: with the PDF fonts cut
+while the panels rendered (``pdf.warm_fonts``, what a build does) and without. CPU only; run
+from the repository root: ``python bench/pages_tail.py [--panels 40]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def panels(folder: Path, count: int) -> list[Path]:
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1024, 0:1024]
+    paths = []
+    for i in range(count):
+        base = np.stack([(x * 255 // 1024 + i * 5) % 256, (y * 255 // 1024) % 256,
+                         ((x + y) // 8 + i) % 256], -1).astype(np.float32)
+        noise = Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8))
+        noise = np.asarray(noise.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32)
+        path = folder / f"{i}.png"
+        Image.fromarray(np.clip(base * 0.7 + noise * 0.3, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    from PIL import Image
+
+    from storyboard.output import pdf as pdf_module
+    from storyboard.output.pages import Cell, plan_pages, write_pages
+    from storyboard.story.layout import LayoutSpec
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--panels", type=int, default=40)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = panels(folder, args.panels)
+        captions = [f"Panel {n}: the keeper climbs the stairs, 他们回家了吗？"
+                    for n in range(1, args.panels + 1)]
+        chars = pdf_module.story_chars(["The Lighthouse Keeper", *captions,
+                                        *(f"p{n}" for n in range(1, args.panels + 1))])
+        for warm in (False, True):
+            pdf_module.truetype_subset.cache_clear()
+            if warm:  # what a build does while its panels render
+                t = time.perf_counter()
+                pdf_module.warm_fonts(None, chars)
+                print(f"fonts cut while rendering: {time.perf_counter() - t:.2f} s")
+            t = time.perf_counter()
+            cells = []
+            for n, path in enumerate(paths, 1):
+                with Image.open(path) as im:
+                    cells.append(Cell(f"p{n}", n, im.convert("RGB"), captions[n - 1], ()))
+            loaded = time.perf_counter()
+            pages = plan_pages(cells, LayoutSpec(panels_per_page=8), "The Lighthouse Keeper")
+            planned = time.perf_counter()
+            write_pages(pages, folder, "bench", chars)
+            done = time.perf_counter()
+            print(f"{'warm' if warm else 'cold'} fonts: load {loaded - t:.2f} s, plan "
+                  f"{planned - loaded:.2f} s, write pages+PDF+CBZ {done - planned:.2f} s, "
+                  f"after the last panel {done - t:.2f} s ({len(pages)} pages)")
+
+
+if __name__ == "__main__":
+    main()
