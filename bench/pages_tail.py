@@ -1,10 +1,11 @@
 """The wait after the last panel: composing the pages, the PDF and the CBZ of 40 1024-px panels.
 
 In: nothing (makes 40 1024x1024 panel PNGs that compress like renders do: gradients and
-blurred noise, about 1.3 MB each). Out: on stdout, seconds for each part of
-``output.pages.write_pages`` as a build runs it after its last panel: with the PDF fonts cut
-while the panels rendered (``pdf.warm_fonts``, what a build does) and without. CPU only; run
-from the repository root: ``python bench/pages_tail.py [--panels 40]``.
+blurred noise, about 1.3 MB each). Out: on stdout, the seconds a build waits after its last
+panel: composing everything then (``output.pages.write_pages``, with the PDF fonts cut before
+or not), and composing each page as its panels arrive (``output.compose.PageComposer``, what a
+build does), the panels arriving ``--render-s`` apart as a GPU renders them. CPU only; run
+from the repository root: ``python bench/pages_tail.py [--panels 40] [--render-s 1.9]``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--panels", type=int, default=40)
+    ap.add_argument("--render-s", type=float, default=1.9,
+                    help="seconds between panels (SDXL on an H200: about 1.9)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -72,6 +75,22 @@ def main() -> None:
             print(f"{'warm' if warm else 'cold'} fonts: load {loaded - t:.2f} s, plan "
                   f"{planned - loaded:.2f} s, write pages+PDF+CBZ {done - planned:.2f} s, "
                   f"after the last panel {done - t:.2f} s ({len(pages)} pages)")
+        from storyboard.output.compose import PageComposer, Slot
+
+        pdf_module.truetype_subset.cache_clear()
+        slots = [Slot(f"p{n}", n, captions[n - 1], (), (1024, 1024))
+                 for n in range(1, args.panels + 1)]
+        out = folder / "progressive"
+        out.mkdir()
+        with PageComposer(slots, LayoutSpec(panels_per_page=8), "The Lighthouse Keeper",
+                          "bench", out, chars) as composer:
+            for i, path in enumerate(paths):
+                time.sleep(args.render_s)  # the GPU rendering the next panel
+                composer.arrived(i, path)
+            t = time.perf_counter()
+            composer.finish(lambda i: True)
+        print(f"composed as panels arrive ({args.render_s} s apart): after the last panel "
+              f"{time.perf_counter() - t:.2f} s")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ interrupted build keeps its work and the next one resumes where it stopped.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +43,7 @@ from .train import train_first
 
 if TYPE_CHECKING:
     from ..engine.session import RenderInfo, Session
+    from ..plan import PanelJob
 
 PANELS_DIR = "panels"
 
@@ -125,39 +126,52 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
               "to_render": [job.panel for job in todo]})
 
         # 5. Render what is missing; the model is loaded only when something is. Meanwhile
-        #    the pages' fonts are cut to the story's characters for the PDF (seconds for the
-        #    built-in CJK font), so that is not waited for after the last panel.
+        #    each page is composed as soon as its panels are in (``output.compose``), so the
+        #    build ends soon after its last panel.
         chars = page_chars(run.story) if pages else ""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-fonts") as fonts:
-            warmed = fonts.submit(warm_fonts, _page_font(run.story), chars) \
-                if pages and todo else None
+        index = {job.panel: job.index for job in jobs}
+        with ExitStack() as stack:
+            composer = stack.enter_context(page_composer(run.story, jobs, out, run.story_id,
+                                                         chars)) if pages and todo else None
+            if composer is not None:
+                waiting = {job.panel for job in todo}
+                for job in jobs:
+                    if job.panel not in waiting and sound[job.panel] is not None:
+                        composer.arrived(job.index, sound[job.panel])
             rendered, report.render = render_into_cache(
                 todo, cache, run.options, emit, story=run.story_id,
-                dtype_override=run.options.dtype, session=session)
-            if warmed is not None:
-                warmed.exception()  # done; a font that fails is reported where pages are made
+                dtype_override=run.options.dtype, session=session,
+                on_panel=None if composer is None else lambda job: composer.arrived(
+                    index[job.panel], cache.path(keys[job.panel])))
 
-        # 6. Put every available panel in place, in story order.
-        panel_dir = out / PANELS_DIR
-        for job in jobs:
-            done = rendered.get(job.hash) if job.panel in selected else None
-            if done is not None:
-                outcome = PanelOutcome(job, done.status, done.seconds, done.error)
-            else:
-                status = "cached" if sound[job.panel] else "missing"
-                outcome = PanelOutcome(job, status)
-            if outcome.status in ("rendered", "cached") and (pages or job.panel in selected):
-                outcome.path = materialize(cache.path(keys[job.panel]),
-                                           panel_dir / f"{job.panel}.png", job, run.story_id)
-            report.outcomes.append(outcome)
+            # 6. Put every available panel in place, in story order.
+            panel_dir = out / PANELS_DIR
+            for job in jobs:
+                done = rendered.get(job.hash) if job.panel in selected else None
+                if done is not None:
+                    outcome = PanelOutcome(job, done.status, done.seconds, done.error)
+                else:
+                    status = "cached" if sound[job.panel] else "missing"
+                    outcome = PanelOutcome(job, status)
+                if outcome.status in ("rendered", "cached") and (pages or job.panel in selected):
+                    outcome.path = materialize(cache.path(keys[job.panel]),
+                                               panel_dir / f"{job.panel}.png", job, run.story_id)
+                report.outcomes.append(outcome)
 
-        # 7. Compose pages (missing panels show as placeholders), unless nothing they show changed.
-        key = pages_key(run.story, report.outcomes)
-        if pages:
-            previous = previous_pages(out, key)
-            report.files += previous if previous is not None else compose_story_pages(
-                run.story, report.outcomes, out, run.story_id, chars)
-            _remove_stale_pages(out, report.files, outputs)
+            # 7. Compose pages (missing panels show as placeholders), unless nothing they show
+            #    changed.
+            key = pages_key(run.story, report.outcomes)
+            if pages:
+                previous = previous_pages(out, key)
+                if previous is not None:
+                    report.files += previous
+                elif composer is not None:
+                    report.files += composer.finish(
+                        lambda i: report.outcomes[i].path is not None)
+                else:
+                    report.files += compose_story_pages(run.story, report.outcomes, out,
+                                                        run.story_id, chars)
+                _remove_stale_pages(out, report.files, outputs)
 
         # 8. Record: the manifest, and which cache entries this story now needs.
         report.seconds = time.perf_counter() - t0
@@ -198,10 +212,8 @@ def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
                 image = im.convert("RGB")
         cells.append(Cell(outcome.job.panel, n, image, outcome.job.caption,
                           tuple(story.spec.panels[outcome.job.index].balloons)))
-    layout = story.spec.layout
-    if layout.font:  # relative to the story file, like every path in it
-        layout = layout.model_copy(update={"font": str(story.resolve(layout.font))})
-    return write_pages(plan_pages(cells, layout, story.spec.title), out, story_id, chars)
+    return write_pages(plan_pages(cells, _layout(story), story.spec.title), out, story_id,
+                       chars)
 
 
 def page_chars(story: Story) -> str:
@@ -215,12 +227,18 @@ def page_chars(story: Story) -> str:
                         *(b.text for p in spec.panels for b in p.balloons)])
 
 
-def _page_font(story: Story) -> str | None:
-    font = story.spec.layout.font
-    return str(story.resolve(font)) if font else None
+def page_composer(story: Story, jobs: list[PanelJob], out: Path, story_id: str,
+                  chars: str):
+    """A ``compose.PageComposer`` for ``story``'s pages (its panels' slots from their jobs)."""
+    from ..output.compose import PageComposer, Slot
+
+    slots = [Slot(job.panel, n, job.caption, tuple(story.spec.panels[job.index].balloons),
+                  (job.width, job.height)) for n, job in enumerate(jobs, 1)]
+    return PageComposer(slots, _layout(story), story.spec.title, story_id, out, chars)
 
 
-def warm_fonts(font: str | None, chars: str) -> None:
-    from ..output.pdf import warm_fonts as warm
-
-    warm(font, chars)
+def _layout(story: Story):
+    layout = story.spec.layout
+    if layout.font:  # relative to the story file, like every path in it
+        layout = layout.model_copy(update={"font": str(story.resolve(layout.font))})
+    return layout

@@ -50,9 +50,12 @@ class PanelOutcome:
 def render_into_cache(jobs: list[PanelJob], cache: PanelCache, options: RuntimeOptions,
                       emit: Event, *, story: str | None, dtype_override: str | None = None,
                       session: Session | None = None,
+                      on_panel: Callable[[PanelJob], None] | None = None,
                       ) -> tuple[dict[str, PanelOutcome], RenderInfo | None]:
     """Render ``jobs`` into ``cache``; outcomes by job hash, and what the engine did (None when
-    there was nothing to render, and so no model was loaded)."""
+    there was nothing to render, and so no model was loaded). ``on_panel(job)``: called on
+    this thread for each job whose panel is rendered and in the cache (a build composes its
+    pages as their panels arrive)."""
     if any(job.awaiting for job in jobs):  # callers train first or refuse (commands.common)
         raise ValueError("a job waiting for a trained LoRA cannot render")
     if not jobs:
@@ -90,6 +93,8 @@ def render_into_cache(jobs: list[PanelJob], cache: PanelCache, options: RuntimeO
                 emit({"event": "panel", "panel": twin.panel, "seed": twin.seed,
                       "status": result.status, "seconds": round(result.seconds, 3),
                       "error": result.error})
+                if on_panel is not None and result.status == "rendered":
+                    on_panel(twin)
 
     def on_event(event: dict) -> None:
         # batch_start comes between pipeline calls: a failed write may stop the build there.

@@ -433,6 +433,13 @@ def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -
                    for n, (image, page) in enumerate(zip(drawn, pages), 1)]
         pdf = write_pdf(pages, title, rtl, chars)
         pngs = [future.result() for future in encoded]
+    return write_outputs(out_dir, pngs, pdf, title, rtl)
+
+
+def write_outputs(out_dir: Path, pngs: list[bytes], pdf: bytes, title: str,
+                  rtl: bool) -> list[Path]:
+    """The pages' files from their bytes: page-N.png, story.pdf and story.cbz (made here from
+    the PNGs); the paths written."""
     written = []
     for n, data in enumerate(pngs, 1):
         path = out_dir / f"page-{n}.png"

@@ -66,18 +66,85 @@ def write_pdf(pages: Sequence, title: str, rtl: bool = False, chars: str = "") -
     """The PDF of ``pages`` (``pages.Page``), one PDF page each. ``chars``: characters the
     embedded fonts carry besides the pages' own (``story_chars``): a build passes the
     story's, so the subsets ``warm_fonts`` made while panels rendered are the ones used."""
-    from fpdf.image_parsing import SETTINGS
+    writer = PdfWriter(pages[0].font if pages else None, title, rtl, font_chars(pages, chars))
+    for page in pages:
+        writer.add(page)
+    return writer.finish()
 
-    level = SETTINGS.compression_level
-    # Each panel's pixels are deflated as they are embedded: at zlib level 1 three times as
-    # fast as fpdf2's default (6) for a PDF about a fifth larger (bench/pages_tail.py), and a
-    # writer waits for it after the last panel. Set for this call only: the setting is global.
-    SETTINGS.compression_level = IMAGE_LEVEL
-    try:
+
+def font_chars(pages: Sequence, chars: str = "") -> dict[str, str]:
+    """The characters each weight's embedded font carries: those the pages draw in it, and
+    ``chars`` (with ``chars`` covering the pages', exactly the subset ``warm_fonts`` made)."""
+    texts = [item for page in pages for item in page.items if hasattr(item, "text")]
+    return {weight: "".join(sorted({ch for t in texts if t.weight == weight for ch in t.text}
+                                   | set(chars)))
+            for weight in sorted({t.weight for t in texts})}
+
+
+class PdfWriter:
+    """A PDF built a page at a time, so a build can add each page as soon as its panels are
+    in (``compose.PageComposer``); ``write_pdf`` adds them all at once. The same pages give
+    the same bytes either way. ``fonts``: each weight's characters (``font_chars``)."""
+
+    def __init__(self, font: str | None, title: str, rtl: bool, fonts: dict[str, str]):
+        from fpdf import FPDF
+        from fpdf.prefs import ViewerPreferences
+        from fpdf.syntax import Name
+
+        class Preferences(ViewerPreferences):
+            # fpdf2 writes its TextDirection value ("RTL"); the PDF name is /R2L (ISO 32000
+            # 12.2).
+            @property
+            def direction(self):
+                return Name("R2L") if rtl else None
+
+            @direction.setter
+            def direction(self, value):
+                pass
+
+        pdf = self.pdf = FPDF(unit="pt")
+        pdf.set_creation_date(build_date())
+        pdf.set_creator(PDF_CREATOR)
+        pdf.set_producer(PDF_CREATOR)  # not fpdf2's version: the bytes follow the pages alone
+        if title:
+            pdf.set_title(title)
+        pdf.set_margin(0)
+        pdf.set_auto_page_break(False)
+        pdf.set_image_filter("FlateDecode")  # lossless: never JPEG
+        if rtl:
+            pdf.viewer_preferences = Preferences()
+        self._tmp = tempfile.TemporaryDirectory(prefix="storyboard-pdf-")
         with _quiet():
-            return _write_pdf(pages, title, rtl, chars)
-    finally:
-        SETTINGS.compression_level = level
+            for weight, chars in sorted(fonts.items()):
+                path = Path(self._tmp.name) / f"{weight}.ttf"
+                path.write_bytes(truetype_subset(font, weight, chars))
+                pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
+
+    def add(self, page) -> None:
+        from fpdf.image_parsing import SETTINGS
+
+        level = SETTINGS.compression_level
+        # Each panel's pixels are deflated as they are embedded: at zlib level 1 three times
+        # as fast as fpdf2's default (6) for a PDF about a fifth larger (bench/pages_tail.py),
+        # and a writer waits for it after the last panel. Set for this call only: the setting
+        # is global.
+        SETTINGS.compression_level = IMAGE_LEVEL
+        try:
+            with _quiet():
+                _page(self.pdf, page)
+        finally:
+            SETTINGS.compression_level = level
+
+    def finish(self) -> bytes:
+        try:
+            with _quiet():
+                return bytes(self.pdf.output())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Remove the fonts' scratch folder (``finish`` does; a PDF not finished needs it)."""
+        self._tmp.cleanup()
 
 
 def story_chars(texts: Iterable[str]) -> str:
@@ -92,46 +159,6 @@ def warm_fonts(font: str | None, chars: str) -> None:
     A build runs this on a thread while its panels render."""
     for weight in _WEIGHTS:
         truetype_subset(font, weight, chars)
-
-
-def _write_pdf(pages: Sequence, title: str, rtl: bool, chars: str = "") -> bytes:
-    from fpdf import FPDF
-    from fpdf.prefs import ViewerPreferences
-    from fpdf.syntax import Name
-
-    class Preferences(ViewerPreferences):
-        # fpdf2 writes its TextDirection value ("RTL"); the PDF name is /R2L (ISO 32000 12.2).
-        @property
-        def direction(self):
-            return Name("R2L") if rtl else None
-
-        @direction.setter
-        def direction(self, value):
-            pass
-
-    pdf = FPDF(unit="pt")
-    pdf.set_creation_date(build_date())
-    pdf.set_creator(PDF_CREATOR)
-    pdf.set_producer(PDF_CREATOR)  # not fpdf2's version: the bytes follow the pages alone
-    if title:
-        pdf.set_title(title)
-    pdf.set_margin(0)
-    pdf.set_auto_page_break(False)
-    pdf.set_image_filter("FlateDecode")  # lossless: never JPEG
-    if rtl:
-        pdf.viewer_preferences = Preferences()
-    texts = [item for page in pages for item in page.items if hasattr(item, "text")]
-    with tempfile.TemporaryDirectory(prefix="storyboard-pdf-") as tmp:
-        for weight in sorted({t.weight for t in texts}):
-            used = {ch for t in texts if t.weight == weight for ch in t.text}
-            # With ``chars`` covering the pages' (a build's), the subset is the one warmed.
-            subset = "".join(sorted(used | set(chars))) if chars else "".join(sorted(used))
-            path = Path(tmp) / f"{weight}.ttf"
-            path.write_bytes(truetype_subset(pages[0].font, weight, subset))
-            pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
-        for page in pages:
-            _page(pdf, page)
-        return bytes(pdf.output())
 
 
 def _page(pdf, page) -> None:

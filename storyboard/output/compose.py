@@ -1,0 +1,155 @@
+"""Pages composed while panels still render, so a build ends soon after its last panel.
+
+In: the story's panels as page slots (``Slot``: id, number, caption, balloons, the size the
+panel renders at), the layout, title, story id, output folder and the PDF's characters
+(``pdf.story_chars``); then, from the build's thread, each panel's file as it lands
+(``arrived``: a cached one at once, a rendered one when its PNG is written), and at the end
+whether every panel came (``finish``). Out: the files ``pages.write_pages`` writes, with the
+same bytes: page-N.png, story.pdf and story.cbz.
+
+A page is drawn as soon as all its panels are in, and added to the PDF as soon as the pages
+before it are. Where it goes on the sheet depends on every page (``plan_pages`` gives all
+pages the biggest one's size), so the pages are first planned from the panels' sizes alone,
+which the renders then have. Drawing, and adding to the PDF, happen on one worker thread: a
+FreeType face must not be used by two threads at once, and the PDF measures its text with the
+same faces. The PNGs are encoded on other threads (zlib lets go of the interpreter). When a
+panel did not come (it failed) or came at another size, the plan no longer holds: ``finish``
+composes every page again, as ``write_pages`` would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .geometry import per_page
+from .ownership import page_mark
+from .pages import (
+    Cell, Page, page_png, placed, plan_page, plan_pages, rasterize, write_outputs, write_pages,
+)
+from .pdf import PdfWriter, font_chars
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A panel's place in the pages, known before it is rendered."""
+
+    panel: str
+    number: int  # 1-based, as the page shows it
+    caption: str
+    balloons: tuple
+    size: tuple[int, int]  # the pixels it renders at
+
+
+class PageComposer:
+    """Pages of ``slots`` composed as their panels arrive (see the module docstring). Use as
+    a context manager: leaving it stops the worker, whatever happened."""
+
+    def __init__(self, slots: list[Slot], layout, title: str, story: str, out: Path,
+                 chars: str):
+        self.slots, self.layout, self.title = slots, layout, title
+        self.story, self.out, self.chars = story, out, chars
+        count = per_page(layout, len(slots))
+        self.chunks = [list(range(i, min(i + count, len(slots))))
+                       for i in range(0, len(slots), count)] or [[]]
+        self.paths: dict[int, Path] = {}
+        self.pages: dict[int, Page] = {}  # drawn, by page index (the worker's)
+        self.pngs: dict[int, Future] = {}
+        self.queued: set[int] = set()
+        self.added = 0  # pages in the PDF, from the first (the worker's)
+        self.stale = False  # a panel came at another size than planned (the worker's)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-page")
+        self.encoders = ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2) - 1)),
+                                           thread_name_prefix="storyboard-png")
+        self.started = self.worker.submit(self._start)
+
+    def __enter__(self) -> PageComposer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.worker.shutdown(wait=True, cancel_futures=True)
+        self.encoders.shutdown(wait=True, cancel_futures=True)
+        writer = getattr(self, "pdf", None)
+        if writer is not None:
+            writer.close()
+
+    # -- on the build's thread ---------------------------------------------------------------
+
+    def arrived(self, index: int, path: Path) -> None:
+        """Panel ``index`` (story order) is in ``path``; draw each page now complete."""
+        self.paths[index] = path
+        for k, chunk in enumerate(self.chunks):
+            if k not in self.queued and all(i in self.paths for i in chunk):
+                self.queued.add(k)
+                self.worker.submit(self._compose, k, {i: self.paths[i] for i in chunk})
+
+    def finish(self, came: Callable[[int], bool]) -> list[Path]:
+        """Write the pages, the PDF and the CBZ; ``came(index)``: whether that panel is there
+        (rendered or cached). The paths written, as ``write_pages`` returns them."""
+        self.started.result()
+        if not all(came(i) for i in range(len(self.slots))) or \
+                set(self.paths) != set(range(len(self.slots))):
+            return self._again(came)
+        for k, chunk in enumerate(self.chunks):  # (all queued when every panel arrived)
+            if k not in self.queued:
+                self.queued.add(k)
+                self.worker.submit(self._compose, k, {i: self.paths[i] for i in chunk})
+        pdf = self.worker.submit(self._finish_pdf).result()
+        if pdf is None:  # a panel came at another size: the plan did not hold
+            return self._again(came)
+        pngs = [self.pngs[k].result() for k in range(len(self.chunks))]
+        return write_outputs(self.out, pngs, pdf, self.title, self.layout.direction == "rtl")
+
+    def _again(self, came: Callable[[int], bool]) -> list[Path]:
+        self.worker.submit(lambda: None).result()  # the worker is idle: faces are free
+        cells = [self._cell(i, self.paths.get(i) if came(i) else None)
+                 for i in range(len(self.slots))]
+        return write_pages(plan_pages(cells, self.layout, self.title), self.out, self.story,
+                           self.chars)
+
+    # -- on the worker ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        from PIL import Image
+
+        # Mode "1": an eighth of a byte a pixel; only the size counts here.
+        planned = plan_pages([Cell(s.panel, s.number, Image.new("1", s.size), s.caption,
+                                   s.balloons) for s in self.slots], self.layout, self.title)
+        self.size = (planned[0].width, planned[0].height)
+        # Cutting the fonts to the story's characters is the slow part: done while rendering.
+        self.pdf = PdfWriter(planned[0].font, self.title, self.layout.direction == "rtl",
+                             font_chars(planned, self.chars))
+
+    def _compose(self, k: int, paths: dict[int, Path]) -> None:
+        cells = [self._cell(i, paths[i]) for i in self.chunks[k]]
+        if any(c.image.size != self.slots[i].size for c, i in zip(cells, self.chunks[k])):
+            self.stale = True
+            return
+        page = placed(plan_page(cells, self.layout, self.title, k, len(self.chunks)),
+                      *self.size, centre_y=False)
+        self.pages[k] = page
+        self.pngs[k] = self.encoders.submit(
+            page_png, rasterize(page), page_mark(self.story, k + 1, len(self.chunks)),
+            page.dpi)
+        while self.added in self.pages:  # the PDF takes its pages in order
+            self.pdf.add(self.pages[self.added])
+            self.added += 1
+
+    def _finish_pdf(self) -> bytes | None:
+        if self.stale or self.added != len(self.chunks):
+            return None
+        return self.pdf.finish()
+
+    def _cell(self, i: int, path: Path | None) -> Cell:
+        from PIL import Image
+
+        s = self.slots[i]
+        image = None
+        if path is not None:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        return Cell(s.panel, s.number, image, s.caption, s.balloons)
+

@@ -1,0 +1,101 @@
+"""Pages composed as their panels arrive (``output.compose``): a page is drawn, and put in the
+PDF, before the panels of later pages are in; the files are byte for byte what composing
+them all at the end writes, also when a panel never came or came at another size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pagegold import panel
+
+from storyboard.output.compose import PageComposer, Slot
+from storyboard.output.pages import Cell, plan_pages, write_pages
+from storyboard.output.pdf import story_chars
+from storyboard.story.schema import LayoutSpec
+
+SIZES = [(160, 160), (120, 160), (160, 96), (96, 96), (160, 160)]
+CAPTIONS = ["The storm.", "Ada climbed.", "A boat at sea.", "她的眼睛里有了光。", "Morning."]
+TITLE = "The Lighthouse Keeper"
+LAYOUT = LayoutSpec(columns=2, panels_per_page=2)
+
+
+@pytest.fixture
+def panels(tmp_path) -> list[Path]:
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    paths = []
+    for i, (w, h) in enumerate(SIZES):
+        path = folder / f"{i}.png"
+        panel(w, h, 50 * i).save(path)
+        paths.append(path)
+    return paths
+
+
+def slots(sizes=SIZES) -> list[Slot]:
+    return [Slot(f"p{i}", i + 1, c, (), s) for i, (s, c) in enumerate(zip(sizes, CAPTIONS))]
+
+
+CHARS = story_chars([TITLE, *CAPTIONS, *(f"p{i}" for i in range(len(SIZES)))])
+
+
+def at_the_end(out: Path, paths: list[Path | None]) -> dict[str, bytes]:
+    """What composing every page after the last panel writes (the reference)."""
+    from PIL import Image
+
+    out.mkdir()
+    cells = []
+    for i, (s, path) in enumerate(zip(slots(), paths)):
+        image = None
+        if path is not None:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        cells.append(Cell(s.panel, s.number, image, s.caption, ()))
+    written = write_pages(plan_pages(cells, LAYOUT, TITLE), out, "story", CHARS)
+    return {p.name: p.read_bytes() for p in written}
+
+
+def idle(composer: PageComposer) -> None:
+    composer.worker.submit(lambda: None).result()  # everything queued before is done
+
+
+def test_a_page_is_drawn_and_in_the_pdf_before_later_panels_arrive(tmp_path, panels):
+    out = tmp_path / "out"
+    out.mkdir()
+    with PageComposer(slots(), LAYOUT, TITLE, "story", out, CHARS) as composer:
+        composer.arrived(1, panels[1])
+        composer.arrived(0, panels[0])
+        idle(composer)
+        assert set(composer.pages) == {0} and composer.added == 1  # page 1, before panel 3
+        composer.arrived(3, panels[3])  # page 2 waits for panel 3; the PDF waits in order
+        composer.arrived(4, panels[4])
+        idle(composer)
+        assert set(composer.pages) == {0, 2} and composer.added == 1
+        composer.arrived(2, panels[2])
+        written = composer.finish(lambda i: True)
+    assert composer.added == 3
+    assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
+
+
+def test_a_panel_that_never_came_gives_the_pages_a_final_compose_gives(tmp_path, panels):
+    out = tmp_path / "out"
+    out.mkdir()
+    with PageComposer(slots(), LAYOUT, TITLE, "story", out, CHARS) as composer:
+        for i in (0, 1, 3, 4):  # panel 2 failed
+            composer.arrived(i, panels[i])
+        written = composer.finish(lambda i: i != 2)
+    expected = at_the_end(tmp_path / "ref", [p if i != 2 else None
+                                             for i, p in enumerate(panels)])
+    assert {p.name: p.read_bytes() for p in written} == expected
+
+
+def test_a_panel_of_another_size_than_planned_is_composed_again(tmp_path, panels):
+    out = tmp_path / "out"
+    out.mkdir()
+    planned = list(SIZES)
+    planned[0] = (128, 128)  # the job said so; the file is 160x160
+    with PageComposer(slots(planned), LAYOUT, TITLE, "story", out, CHARS) as composer:
+        for i, path in enumerate(panels):
+            composer.arrived(i, path)
+        written = composer.finish(lambda i: True)
+    assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
