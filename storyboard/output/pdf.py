@@ -8,6 +8,8 @@ the story's title, the reading direction. Out: PDF bytes (fpdf2) where
   speech balloons and narration boxes are vector shapes;
 - the title, captions and panel numbers are real text in the page font, embedded (a subset of
   just the glyphs used), so they can be selected, searched and read aloud;
+- a ``bleed`` makes each page that much bigger on every side, with a ``/TrimBox`` of the
+  sheet and a ``/BleedBox`` of the whole page; ``trim_marks`` are vector lines in it;
 - ``direction: rtl`` sets ``/ViewerPreferences /Direction /R2L``;
 - the same pages give the same bytes: fixed dates (1980-01-01, or ``SOURCE_DATE_EPOCH``) and a
   file id that is a hash of the content, never random;
@@ -108,11 +110,16 @@ def _write_pdf(pages: Sequence, title: str, rtl: bool) -> bytes:
 def _page(pdf, page) -> None:
     from .pages import load_font
 
-    # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's.
-    pt = page.inches[0] * 72 / page.width if page.inches else 72 / page.dpi
-    size = (page.inches[0] * 72, page.inches[1] * 72) if page.inches else \
-        (page.width * pt, page.height * pt)
+    # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's. A bleed
+    # is pixels around the sheet: the sheet keeps its exact size and the bleed is added to it.
+    b = page.bleed
+    pt = page.inches[0] * 72 / (page.width - 2 * b) if page.inches else 72 / page.dpi
+    trim = (page.inches[0] * 72, page.inches[1] * 72) if page.inches else \
+        ((page.width - 2 * b) * pt, (page.height - 2 * b) * pt)
+    size = (trim[0] + 2 * b * pt, trim[1] + 2 * b * pt)
     pdf.add_page(format=size)
+    if b:
+        _page_boxes(pdf, trim=(b * pt, b * pt, b * pt + trim[0], b * pt + trim[1]), size=size)
     if page.background != (255, 255, 255):
         pdf.set_fill_color(*page.background)
         pdf.rect(0, 0, *size, style="F")
@@ -138,7 +145,10 @@ def _page(pdf, page) -> None:
             pdf.set_fill_color(*item.fill)
             pdf.set_draw_color(*item.outline)
             pdf.set_line_width(item.width * pt)
-            if item.kind == "oval":
+            if item.kind == "line":
+                (x1, y1), (x2, y2) = item.points
+                pdf.line(x1 * pt, y1 * pt, x2 * pt, y2 * pt)
+            elif item.kind == "oval":
                 pdf.ellipse(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")
             elif item.kind == "box":
                 pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")
@@ -148,6 +158,25 @@ def _page(pdf, page) -> None:
             b = item.box
             pdf.set_fill_color(*item.color)
             pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="F")
+
+
+def _page_boxes(pdf, trim: tuple[float, float, float, float],
+                size: tuple[float, float]) -> None:
+    """Give the page just added a /TrimBox (where the printer cuts) and a /BleedBox (all of
+    it, as its /MediaBox). fpdf2 2.8 has no call for page boxes; it writes a page object's
+    attributes as its keys (``trim_box`` -> ``/TrimBox``), and ``PDFPage`` has fixed slots, so
+    the page is swapped, before anything is drawn on it, for one that has these two too."""
+    from fpdf.output import PDFPage
+
+    class BoxedPage(PDFPage):
+        __slots__ = ("trim_box", "bleed_box")
+
+    old = pdf.pages[pdf.page]
+    page = BoxedPage(duration=None, transition=None, contents=old.contents, index=old.index())
+    page.set_dimensions(*old.dimensions())
+    page.trim_box = "[" + " ".join(f"{v:.2f}" for v in trim) + "]"
+    page.bleed_box = f"[0 0 {size[0]:.2f} {size[1]:.2f}]"
+    pdf.pages[pdf.page] = page
 
 
 @lru_cache(maxsize=8)

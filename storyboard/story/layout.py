@@ -77,17 +77,44 @@ class LayoutSpec(_Spec):
     ] = Field(32, description="Around the page: pixels, or a length like '10mm', '0.5in' or "
               "'12pt' (turned into pixels at `dpi`).")
 
-    @field_validator("margin")
+    bleed: Annotated[
+        Union[Annotated[Annotated[int, Field(ge=0, le=1024)], Tag("pixels")],
+              Annotated[Annotated[str, Field(max_length=32)], Tag("text")]],
+        Discriminator(_margin_kind),
+    ] = Field(0, description="For print: the page grows by this on every side (pixels, or a "
+              "length like '3mm' or '0.125in', at `dpi`), its background running out to the "
+              "edge the printer cuts off; the PDF's /TrimBox is the page without it, its "
+              "/BleedBox and /MediaBox the page with it.")
+    trim_marks: bool = Field(False, description=(
+        "For print, with a `bleed`: thin crop marks in the bleed at the four corners of the "
+        "trimmed page, where the printer cuts."))
+
+    @field_validator("margin", "bleed")
     @classmethod
-    def _margin_is_a_length(cls, v: Any) -> Any:
+    def _margin_is_a_length(cls, v: Any, info: ValidationInfo) -> Any:
+        key = info.field_name
+        example, most = {"margin": ("`margin: 10mm`", 5), "bleed": ("`bleed: 3mm`", 1)}[key]
         if isinstance(v, str):
             try:
                 inches = length_inches(v)
             except ValueError as exc:
-                raise _err("storyboard_margin", str(exc), "e.g. `margin: 10mm`") from None
-            if inches > 5:
-                raise _err("storyboard_margin", f"a margin of {v} is more than 5 inches",
-                           "e.g. `margin: 10mm`")
+                raise _err(f"storyboard_{key}", str(exc), f"e.g. {example}") from None
+            if inches > most:
+                raise _err(f"storyboard_{key}", f"a {key} of {v} is more than {most} in",
+                           f"e.g. {example}")
+        return v
+
+    @field_validator("trim_marks")
+    @classmethod
+    def _marks_need_a_bleed(cls, v: bool, info: ValidationInfo) -> bool:
+        bleed = info.data.get("bleed", 0)
+        try:
+            none = (length_inches(bleed) if isinstance(bleed, str) else bleed) == 0
+        except ValueError:
+            return v  # the bleed's own error says what is wrong
+        if v and none:
+            raise _err("storyboard_trim_marks", "trim marks sit in the bleed, and the layout "
+                       "has none", "add `bleed: 3mm`, or leave `trim_marks` out")
         return v
     background: Color = "#ffffff"
     text_color: Color = "#111111"
@@ -167,14 +194,14 @@ class LayoutSpec(_Spec):
                        f"has {columns}", f"set `columns: {n}` or more, or a smaller span")
         return v
 
-
-
     @model_validator(mode="after")
-    def _margin_in_pixels(self) -> LayoutSpec:
-        # Everything that draws a page reads `margin` as pixels: a length becomes them here,
+    def _lengths_in_pixels(self) -> LayoutSpec:
+        # Everything that draws a page reads `margin` and `bleed` as pixels: a length becomes them here,
         # at the layout's dpi (so pages_key sees the pixels too).
-        if isinstance(self.margin, str):
-            object.__setattr__(self, "margin", round(length_inches(self.margin) * self.dpi))
+        for key in ("margin", "bleed"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                object.__setattr__(self, key, round(length_inches(value) * self.dpi))
         return self
 
 

@@ -171,3 +171,42 @@ def test_a_margin_may_be_a_length_on_the_sheet(tmp_path):
     rows, cols = np.nonzero(ink)
     assert cols.min() >= layout.margin and cols.max() < page.width - layout.margin
     assert rows.min() >= layout.margin and rows.max() < page.height - layout.margin
+
+
+def test_a_bleed_grows_the_page_and_the_pdf_says_where_to_trim(tmp_path):
+    # 3 mm at 100 dpi is 12 pixels: A5 (148 x 210 mm) plus 12 on every side.
+    layout = LayoutSpec(columns=2, panels_per_page=4, page_size="A5", dpi=100, bleed="3mm",
+                        trim_marks=True, background="#ffeecc")
+    pages, pdf = write(tmp_path, layout)
+    (page,) = pages
+    assert (page.width, page.height) == (round(148 / 25.4 * 100) + 24,
+                                         round(210 / 25.4 * 100) + 24)
+    bleed = 12 * 72 / 100 * (148 / 25.4 * 100) / round(148 / 25.4 * 100)  # points
+    a5 = (148 / 25.4 * 72, 210 / 25.4 * 72)
+    box = pdf.pages[0]
+    assert [float(v) for v in box.trimbox] == pytest.approx(
+        [bleed, bleed, bleed + a5[0], bleed + a5[1]], abs=0.01)
+    assert [float(v) for v in box.mediabox] == pytest.approx(
+        [0, 0, a5[0] + 2 * bleed, a5[1] + 2 * bleed], abs=0.01)
+    assert [float(v) for v in box.bleedbox] == [float(v) for v in box.mediabox]
+    assert b" l S" in box.get_contents().get_data() or b" l\n" in box.get_contents().get_data()
+    # The PNG: the background out to the edge, a dark mark at each corner in the bleed, on
+    # the trim lines, and none inside the trimmed page's corners.
+    with Image.open(tmp_path / "page-1.png") as im:
+        a = np.asarray(im.convert("RGB")).astype(int)
+    h, w = a.shape[:2]
+    dark = a.sum(axis=2) < 200
+    for x, y in ((12, 0), (w - 12, 0), (12, h - 1), (w - 12, h - 1),
+                 (0, 12), (w - 1, 12), (0, h - 12), (w - 1, h - 12)):
+        assert dark[y, x], (x, y)
+    assert not dark[12:40, 12:40].any() and not dark[h - 40:h - 12, w - 40:w - 12].any()
+    assert tuple(a[h // 2, 2]) == (255, 238, 204), "the background runs into the bleed"
+
+
+def test_without_a_bleed_there_are_no_page_boxes_and_marks_need_one(tmp_path):
+    _, pdf = write(tmp_path, LayoutSpec(columns=2, page_size="A5", dpi=100))
+    assert "/TrimBox" not in pdf.pages[0] and "/BleedBox" not in pdf.pages[0]
+    with pytest.raises(ValueError, match="trim marks sit in the bleed, and the layout has none"):
+        LayoutSpec(trim_marks=True)
+    with pytest.raises(ValueError, match="a bleed of 2in is more than 1 in"):
+        LayoutSpec(bleed="2in")
