@@ -424,7 +424,7 @@ def rasterize(page: Page) -> Image.Image:
             style = {"fill": item.fill, "outline": item.outline, "width": item.width}
             if item.kind == "line":
                 draw.line(list(item.points), fill=item.outline, width=item.width)
-            elif item.kind == "oval":
+            elif item.kind in ("oval", "bubble"):
                 draw.ellipse(corners, **style)
             elif item.kind == "box":
                 draw.rectangle(corners, **style)

@@ -148,7 +148,7 @@ def _page(pdf, page) -> None:
             if item.kind == "line":
                 (x1, y1), (x2, y2) = item.points
                 pdf.line(x1 * pt, y1 * pt, x2 * pt, y2 * pt)
-            elif item.kind == "oval":
+            elif item.kind in ("oval", "bubble"):
                 pdf.ellipse(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")
             elif item.kind == "box":
                 pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")

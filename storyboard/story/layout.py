@@ -205,12 +205,39 @@ class LayoutSpec(_Spec):
         return self
 
 
+PLACES = ("top-left", "top", "top-right", "bottom-left", "bottom", "bottom-right")
+TAILS = ("none", "left", "right", "down-left", "down", "down-right", "up-left", "up", "up-right")
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+def _at_kind(value: Any) -> str:
+    return "at-share" if isinstance(value, (list, tuple)) else "at-name"
+
+
 class BalloonSpec(_Spec):
-    """A speech balloon or narration box drawn over a panel (vector shapes and text; the
-    panel's render never sees it)."""
+    """A speech or thought balloon, a shout or a narration box drawn over a panel (vector
+    shapes and text; the panel's render never sees it)."""
 
     text: Annotated[str, Field(min_length=1, max_length=400)]
-    kind: Literal["speech", "narration"] = Field("speech", description=(
-        "speech: an oval with a tail toward the panel's middle; narration: a box."))
-    at: Literal["top-left", "top", "top-right", "bottom-left", "bottom", "bottom-right"] = Field(
-        "top-left", description="Where in the panel it sits.")
+    kind: Literal["speech", "thought", "shout", "narration"] = Field("speech", description=(
+        "speech: an oval with a tail; thought: a cloud with a trail of small bubbles; shout: "
+        "a spiky burst with a tail; narration: a box, without a tail."))
+    at: Annotated[
+        Union[Annotated[Literal[PLACES], Tag("at-name")],  # type: ignore[valid-type]
+              Annotated[list[Share], Field(min_length=2, max_length=2), Tag("at-share")]],
+        Discriminator(_at_kind),
+    ] = Field("top-left", description=(
+        "Where in the panel it sits: top-left, top, top-right, bottom-left, bottom, "
+        "bottom-right, or [x, y], shares of the room across and down from 0 to 1 ([0, 0] "
+        "top-left, [0.5, 0.5] the middle, [1, 1] bottom-right)."))
+    tail: Literal[TAILS] | None = Field(None, description=(  # type: ignore[valid-type]
+        "Which way the tail (a thought's bubbles) points: left, right, up, down, down-left, "
+        "down-right, up-left, up-right, or none; default: toward the panel's middle."))
+
+    @field_validator("tail")
+    @classmethod
+    def _narration_has_no_tail(cls, v: Any, info: ValidationInfo) -> Any:
+        if v not in (None, "none") and info.data.get("kind") == "narration":
+            raise _err("storyboard_tail", "a narration box has no tail",
+                       "leave `tail` out, or make it `kind: speech`")
+        return v
