@@ -18,13 +18,16 @@ the story's title, the reading direction. Out: PDF bytes (fpdf2) where
 The built-in font (Noto Sans CJK) is a variable CFF2 collection, which PDF viewers cannot take
 as it is: the glyphs a story uses are cut out of it (fontTools), fixed at the weight drawn
 (Regular, Bold) and turned into TrueType outlines; a story's own font goes the same way when it
-has CFF outlines.
+has CFF outlines. Each subset is made once and kept in the cache (``fonts/``): a story's
+next build writes its PDF without the seconds subsetting takes.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -33,6 +36,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from ..paths import atomic_write_bytes, cache_root, read_bounded, sha256_of
 from .glyphs import CJK_FACE, builtin_font
 from .ownership import PDF_CREATOR
 
@@ -179,11 +183,79 @@ def _page_boxes(pdf, trim: tuple[float, float, float, float],
     pdf.pages[pdf.page] = page
 
 
+# Part of every cached subset's key: bump it when _make_subset's output changes.
+SUBSET_RECIPE = 1
+MAX_SUBSET_BYTES = 64 << 20  # a cached subset bigger than this is not one we wrote
+
+
 @lru_cache(maxsize=8)
 def truetype_subset(font: str | None, weight: str, chars: str) -> bytes:
     """A TrueType font with just the glyphs for ``chars``, from the page font (``None``: the
-    built-in one, at ``weight``; a story's font as it is). Subsetting first keeps this to a
-    few seconds for a 65,000-glyph CJK collection."""
+    built-in one, at ``weight``; a story's font as it is). Making one takes seconds (4-5 for
+    the 65,000-glyph CJK collection), so it is kept in the cache
+    (``fonts/<key>.ttf``, the key a hash of the font's identity, weight, characters,
+    fontTools' version and ``SUBSET_RECIPE``) and read back the next time, if it is whole:
+    an entry that does not parse, or whose tables fail their checksums, is made again."""
+    key = _subset_key(font, weight, chars)
+    path = cache_root() / "fonts" / f"{key}.ttf" if key else None
+    if path is not None:
+        cached = _read_subset(path)
+        if cached is not None:
+            return cached
+    data = _make_subset(font, weight, chars)
+    if path is not None:
+        try:
+            atomic_write_bytes(path, data)
+        except OSError:
+            pass  # a cache that cannot be written costs time on the next build, nothing more
+    return data
+
+
+def _subset_key(font: str | None, weight: str, chars: str) -> str | None:
+    """The cache key of a subset; None for a font that cannot be read (``_make_subset`` then
+    says why, as it always has)."""
+    import fontTools
+
+    if font is None:
+        path = Path(builtin_font())
+        try:
+            stat = path.stat()  # a reinstalled package: a new entry
+            identity = f"builtin:{path.name}:{CJK_FACE}:{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            return None
+    else:
+        digest = sha256_of(Path(font))
+        if digest is None:
+            return None
+        identity = f"file:{digest}"
+    blob = json.dumps([identity, weight, chars, fontTools.version, SUBSET_RECIPE],
+                      ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _read_subset(path: Path) -> bytes | None:
+    """A cached subset's bytes, or None when there is none or it is damaged (cut short,
+    overwritten, too big): every table is read and its checksum checked."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        data = read_bounded(path, MAX_SUBSET_BYTES)
+    except OSError:
+        return None
+    if len(data) > MAX_SUBSET_BYTES:
+        return None
+    try:
+        tt = TTFont(io.BytesIO(data), checkChecksums=2, lazy=False)
+        if "glyf" not in tt or "cmap" not in tt:
+            return None
+        tt.ensureDecompiled()
+    except Exception:  # fontTools raises many kinds on a damaged file: all mean "make it again"
+        return None
+    return data
+
+
+def _make_subset(font: str | None, weight: str, chars: str) -> bytes:
+    """Subsetting first keeps this to a few seconds for a 65,000-glyph CJK collection."""
     from fontTools import subset
     from fontTools.ttLib import TTFont
 

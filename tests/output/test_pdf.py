@@ -210,3 +210,33 @@ def test_without_a_bleed_there_are_no_page_boxes_and_marks_need_one(tmp_path):
         LayoutSpec(trim_marks=True)
     with pytest.raises(ValueError, match="a bleed of 2in is more than 1 in"):
         LayoutSpec(bleed="2in")
+
+
+def test_font_subsets_are_cached_and_a_damaged_entry_is_made_again(tmp_path, monkeypatch):
+    from storyboard.output import pdf as pdf_module
+
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "cache"))
+    subset = pdf_module.truetype_subset
+    subset.cache_clear()  # the in-memory cache: every call below goes to disk
+    first = subset(None, "Bold", "Ab猫")
+    (entry,) = (tmp_path / "cache" / "fonts").glob("*.ttf")
+    assert entry.read_bytes() == first
+
+    made = []
+    real = pdf_module._make_subset
+    monkeypatch.setattr(pdf_module, "_make_subset", lambda *a: made.append(a) or real(*a))
+    subset.cache_clear()
+    assert subset(None, "Bold", "Ab猫") == first and made == [], "read back, not made again"
+    # Another weight or other characters are other entries.
+    subset.cache_clear()
+    subset(None, "Regular", "Ab猫")
+    assert len(made) == 1 and len(list(entry.parent.glob("*.ttf"))) == 2
+
+    for damage in (first[: len(first) // 2], first[:-40] + bytes(40), b"not a font"):
+        entry.write_bytes(damage)
+        subset.cache_clear()
+        made.clear()
+        assert subset(None, "Bold", "Ab猫") == first
+        assert len(made) == 1, "a damaged entry is made again"
+        assert entry.read_bytes() == first, "... and replaced"
+    subset.cache_clear()
