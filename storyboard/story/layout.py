@@ -107,7 +107,9 @@ class LayoutSpec(_Spec):
     @field_validator("trim_marks")
     @classmethod
     def _marks_need_a_bleed(cls, v: bool, info: ValidationInfo) -> bool:
-        bleed = info.data.get("bleed", 0)
+        if "bleed" not in info.data:
+            return v  # the bleed's own error says what is wrong
+        bleed = info.data["bleed"]
         try:
             none = (length_inches(bleed) if isinstance(bleed, str) else bleed) == 0
         except ValueError:
