@@ -58,6 +58,16 @@ def check_golden(path: Path, actual: str) -> None:
                                "STORYBOARD_UPDATE_GOLDENS=1 to accept"
 
 
+@pytest.fixture(autouse=True)
+def page_cache(request, tmp_path_factory, monkeypatch):
+    """The page tests (tests/output) write PDFs, whose font subsets are kept in the cache
+    (``pdf.truetype_subset``): they keep them in one of their own, never the user's ~/.cache
+    (a test that asks for ``session_cache`` or ``fresh_cache`` gets that one instead)."""
+    if request.node.path.parent.name == "output" and not {"session_cache", "fresh_cache"} \
+            & set(request.fixturenames):
+        monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path_factory.getbasetemp() / "pages"))
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory):
     """One storyboard cache (built-in models, converted LoRAs, panels) for the whole run, so

@@ -110,12 +110,30 @@ def plan(story: str, as_json: bool, model: str | None, device: str, dtype: str |
     render = plan_render(unique_jobs(todo), options, device=device,
                          dtype=resolved) if todo else None
     training = _training(loaded)
+    sizes = _size_suggestions(loaded, jobs)
     if as_json:
-        click.echo(json.dumps(_plan_dict(jobs, render, training), ensure_ascii=False,
-                              indent=2))
+        click.echo(json.dumps(_plan_dict(jobs, render, training)
+                              | {"sizes": [s.to_dict() for s in sizes]},
+                              ensure_ascii=False, indent=2))
         return
     _print_plan(loaded, jobs, render)
     _print_training(training)
+    if sizes:
+        click.echo("\nsizes (the model's native size that best fits each panel's box on the "
+                   "page):")
+        for suggestion in sizes:
+            click.echo(f"  {suggestion.line()}")
+
+
+def _size_suggestions(story: Story, jobs: list[PanelJob]) -> list:
+    """``output.sizes``: the panels a native size would fit their place on the page better."""
+    from ..plan.compile import default_panel_size
+    from ..output.sizes import size_suggestions
+
+    model = jobs[0].model
+    native = default_panel_size(model.ref if model.kind == "builtin" else None, model.family)
+    return size_suggestions([(j.panel, j.width, j.height) for j in jobs], story.spec.layout,
+                            native)
 
 
 def _training(story: Story) -> list[dict]:

@@ -1,19 +1,22 @@
-"""Speech balloons and narration boxes over a panel: where they go and how big.
+"""Speech and thought balloons, shouts and narration boxes over a panel: where they go, how
+big, what shape.
 
 In: a panel's ``BalloonSpec`` list, the box of its picture on the page, the page font and the
-captions' size. Out: ``Shape`` items (an oval, a box, a tail) and ``pages.Text`` lines, drawn
-after the picture by the PNG rasterizer and the PDF writer alike (vector shapes and real text in
-the PDF).
+captions' size. Out: ``Shape`` items (an oval with a tail, a scalloped cloud with a trail of
+bubbles, a spiky burst with a tail, a box) and ``pages.Text`` lines, drawn after the picture
+by the PNG rasterizer and the PDF writer alike (vector shapes and real text in the PDF).
 
 Each balloon keeps to a bounded share of its panel (``SHARE_W`` of its width, ``SHARE_H`` of its
-height), in the corner or edge its ``at`` names, so a balloon never hides the picture it talks
-about; its text starts at the captions' size and shrinks (to half of it at least) until it fits
+height), in the corner or edge its ``at`` names (or at the shares of the room it gives), so a
+balloon never hides the picture it talks about; its text starts at the captions' size and shrinks (to half of it at least) until it fits
 that share; a text too long even then makes the balloon taller, up to the whole panel, and is
-never cut.
+never cut. A tail points the way ``tail`` names, else toward the panel's middle, and never
+leaves the panel.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .geometry import Box, line_height
@@ -26,12 +29,28 @@ WHITE = (255, 255, 255)
 
 @dataclass(frozen=True)
 class Shape:
-    kind: str  # "oval", "box" or "tail" (a triangle through ``points``)
+    # "oval", "box" and "bubble" (an oval) fill ``box``; "tail", "cloud" and "burst" are
+    # polygons through ``points``; "line" a line from ``points[0]`` to ``points[1]``.
+    kind: str
     box: Box
     points: tuple[tuple[float, float], ...] = ()
     fill: tuple[int, int, int] = WHITE
     outline: tuple[int, int, int] = (0, 0, 0)
     width: int = 1  # the outline's, in pixels
+
+
+# How much bigger than its text block each kind's shape is, each way: an oval around a block
+# is about sqrt(2) times it; a cloud's scallops and a burst's spikes reach in past the oval
+# they are cut from, so the text keeps to the smaller oval inside them.
+SCALLOP = 0.12  # a cloud's scallops: the outer tenth or so of its half-widths
+SPIKES = 14  # a shout's points; their depth, by turns, of its half-widths:
+SPIKE_DEPTH = (0.22, 0.16, 0.26, 0.18)
+GROW = {"speech": OVAL, "thought": OVAL / (1 - SCALLOP),
+        "shout": OVAL / (1 - max(SPIKE_DEPTH)), "narration": 1.0}
+# A tail's direction (x right, y down), by name.
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1),
+              "up-left": (-1, -1), "up-right": (1, -1), "down-left": (-1, 1),
+              "down-right": (1, 1)}
 
 
 def balloon_items(balloons, inner: Box, font_path: str | None, fs: int, ink) -> list:
@@ -42,9 +61,8 @@ def balloon_items(balloons, inner: Box, font_path: str | None, fs: int, ink) -> 
     margin = max(2, inner.w // 40)
     stroke = max(1, fs // 12)
     for balloon in balloons:
-        oval = balloon.kind == "speech"
         pad = max(2, fs // 3)
-        grow = OVAL if oval else 1.0
+        grow = GROW[balloon.kind]
         max_w = int(inner.w * SHARE_W - 2 * margin)
         max_h = int(inner.h * SHARE_H - 2 * margin)
         text_w = max(1, int(max_w / grow) - 2 * pad)
@@ -64,9 +82,13 @@ def balloon_items(balloons, inner: Box, font_path: str | None, fs: int, ink) -> 
         x = inner.x + margin + int(across * (inner.w - 2 * margin - w))
         y = inner.y + margin + int(down * (inner.h - 2 * margin - h))
         box = Box(x, y, w, h)
-        if oval:
-            items.append(_tail(box, inner, stroke))
-        items.append(Shape("oval" if oval else "box", box, width=stroke))
+        tail = getattr(balloon, "tail", None)
+        if balloon.kind != "narration" and tail != "none":
+            if balloon.kind == "thought":
+                items += _bubbles(box, inner, tail, stroke)
+            else:
+                items.append(_tail(box, inner, tail, stroke))
+        items.append(_outline(balloon.kind, box, stroke))
         top = y + (h - tall) // 2
         for k, line in enumerate(lines):
             items.append(Text(x + (w - font.getlength(line)) / 2,
@@ -75,31 +97,108 @@ def balloon_items(balloons, inner: Box, font_path: str | None, fs: int, ink) -> 
     return items
 
 
-def _place(at: str) -> tuple[float, float]:
-    """(across, down) as shares of the room left: 0 left/top, 0.5 middle, 1 right/bottom."""
+def _place(at) -> tuple[float, float]:
+    """(across, down) as shares of the room left: 0 left/top, 0.5 middle, 1 right/bottom; a
+    balloon ``at: [x, y]`` gives them as they are."""
+    if not isinstance(at, str):
+        return float(at[0]), float(at[1])
     down = 1.0 if at.startswith("bottom") else 0.0
     across = 0.0 if at.endswith("left") else 1.0 if at.endswith("right") else 0.5
     return across, down
 
 
-def _tail(box: Box, inner: Box, stroke: int) -> Shape:
-    """A triangle from inside the oval toward the panel's middle; the oval, drawn after it,
+def _outline(kind: str, box: Box, stroke: int) -> Shape:
+    """The balloon itself: an oval (speech), a box (narration), or a polygon of many points
+    (a thought's cloud, a shout's burst), the same polygon in the PNG and the PDF."""
+    if kind in ("speech", "narration"):
+        return Shape("oval" if kind == "speech" else "box", box, width=stroke)
+    cx, cy, rx, ry = box.x + box.w / 2, box.y + box.h / 2, box.w / 2, box.h / 2
+    points = []
+    if kind == "thought":
+        # Scallops: bumps of |sin| along an oval, each a round arc out from it; about one
+        # bump per 1.2 line heights of the oval's length, at least eight.
+        bumps = max(8, min(18, round((box.w + box.h) / max(8.0, box.h / 3))))
+        steps = bumps * 10
+        for k in range(steps):
+            angle = 2 * math.pi * k / steps
+            r = 1 - SCALLOP + SCALLOP * abs(math.sin(bumps * angle / 2)) ** 0.6
+            points.append((cx + rx * r * math.cos(angle), cy + ry * r * math.sin(angle)))
+    else:  # shout: points out on the oval, valleys in by a depth that changes by turns
+        for k in range(2 * SPIKES):
+            angle = 2 * math.pi * (k + 0.5) / (2 * SPIKES)
+            r = 1.0 if k % 2 == 0 else 1 - SPIKE_DEPTH[(k // 2) % len(SPIKE_DEPTH)]
+            points.append((cx + rx * r * math.cos(angle), cy + ry * r * math.sin(angle)))
+    return Shape("cloud" if kind == "thought" else "burst", box,
+                 tuple((round(x, 2), round(y, 2)) for x, y in points), width=stroke)
+
+
+def _direction(box: Box, inner: Box, tail: str | None) -> tuple[float, float]:
+    """The tail's unit direction: the named one, else toward the panel's middle (straight
+    down from a balloon already there)."""
+    if tail in DIRECTIONS:
+        dx, dy = DIRECTIONS[tail]
+    else:
+        dx = inner.x + inner.w / 2 - (box.x + box.w / 2)
+        dy = inner.y + inner.h / 2 - (box.y + box.h / 2)
+    length = (dx * dx + dy * dy) ** 0.5
+    return (dx / length, dy / length) if length > 1e-6 else (0.0, 1.0)
+
+
+def _edge(box: Box, ux: float, uy: float) -> float:
+    """From the oval's centre to its edge in direction (ux, uy)."""
+    return 1 / max(1e-6, ((ux * 2 / box.w) ** 2 + (uy * 2 / box.h) ** 2) ** 0.5)
+
+
+def _room(box: Box, inner: Box, ux: float, uy: float) -> float:
+    """How far from the balloon's centre the panel goes in direction (ux, uy): a tail never
+    leaves its panel."""
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    ts = [(inner.x + inner.w - 1 - cx) / ux if ux > 0 else (inner.x - cx) / ux if ux < 0
+          else math.inf,
+          (inner.y + inner.h - 1 - cy) / uy if uy > 0 else (inner.y - cy) / uy if uy < 0
+          else math.inf]
+    return max(0.0, min(ts))
+
+
+def _tail(box: Box, inner: Box, tail: str | None, stroke: int) -> Shape:
+    """A triangle from inside the oval out the way ``tail`` says; the oval, drawn after it,
     covers its base."""
     cx, cy = box.x + box.w / 2, box.y + box.h / 2
-    px, py = inner.x + inner.w / 2, inner.y + inner.h / 2
-    dx, dy = px - cx, py - cy
-    length = max(1.0, (dx * dx + dy * dy) ** 0.5)
-    ux, uy = dx / length, dy / length
-    # From the centre to the oval's edge in that direction, then out by a quarter of the
-    # panel's smaller side (half the oval's height at most), never past the panel's middle.
-    edge = 1 / max(1e-6, ((ux * 2 / box.w) ** 2 + (uy * 2 / box.h) ** 2) ** 0.5)
-    reach = min(edge + min(inner.w, inner.h) * 0.25, edge + box.h / 2, max(edge, length))
+    ux, uy = _direction(box, inner, tail)
+    # From the centre to the oval's edge that way, then out by a quarter of the panel's
+    # smaller side (half the oval's height at most); toward the middle, never past it.
+    edge = _edge(box, ux, uy)
+    middle = ((inner.x + inner.w / 2 - cx) ** 2 + (inner.y + inner.h / 2 - cy) ** 2) ** 0.5
+    reach = min(edge + min(inner.w, inner.h) * 0.25, edge + box.h / 2, _room(box, inner, ux, uy))
+    reach = min(reach, max(edge, middle)) if tail is None else reach
     tip = (cx + ux * reach, cy + uy * reach)
     half = max(2.0, box.w * 0.08)
     # The base runs across the direction of the tail.
-    nx, ny = -dy / length * half, dx / length * half
+    nx, ny = -uy * half, ux * half
     points = ((cx + nx, cy + ny), (cx - nx, cy - ny), tip)
+    return Shape("tail", _bounds(points), points, width=stroke)
+
+
+def _bubbles(box: Box, inner: Box, tail: str | None, stroke: int) -> list[Shape]:
+    """A thought's trail: three small circles, smaller and further out the way ``tail``
+    says, each kept inside the panel."""
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    ux, uy = _direction(box, inner, tail)
+    at = _edge(box, ux, uy) * (1 - SCALLOP / 2)
+    room = _room(box, inner, ux, uy)
+    shapes = []
+    for share in (0.2, 0.14, 0.09):
+        d = max(3, round(min(box.w, box.h) * share))
+        at += d * 0.75
+        t = min(at, room - d / 2)
+        x, y = cx + ux * t, cy + uy * t
+        shapes.append(Shape("bubble", Box(round(x - d / 2), round(y - d / 2), d, d),
+                            width=stroke))
+        at += d * 0.6
+    return shapes
+
+
+def _bounds(points) -> Box:
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    bounds = Box(int(min(xs)), int(min(ys)), int(max(xs) - min(xs)) + 1,
-                 int(max(ys) - min(ys)) + 1)
-    return Shape("tail", bounds, points, width=stroke)
+    return Box(int(min(xs)), int(min(ys)), int(max(xs) - min(xs)) + 1,
+               int(max(ys) - min(ys)) + 1)

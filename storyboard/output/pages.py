@@ -198,6 +198,7 @@ class Page:
     title: str = ""  # the story's, for the PDF's document information
     direction: str = "ltr"
     inches: tuple[float, float] | None = None  # the sheet's exact size, with a page_size
+    bleed: int = 0  # pixels on every side past the trimmed page (in width and height)
 
     def image(self) -> Image.Image:
         return rasterize(self)
@@ -215,7 +216,38 @@ def plan_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Page]:
     chunks = [cells[i:i + count] for i in range(0, len(cells), count)] or [[]]
     pages = [plan_page(chunk, layout, title, n, len(chunks)) for n, chunk in enumerate(chunks)]
     width, height = max(p.width for p in pages), max(p.height for p in pages)
-    return [placed(p, width, height, centre_y=False) for p in pages]
+    return [bled(placed(p, width, height, centre_y=False), layout) for p in pages]
+
+
+def bled(page: Page, layout: LayoutSpec) -> Page:
+    """``page`` grown by the layout's ``bleed`` on every side, its background running out to
+    the edge, with ``trim_marks`` in that margin at the trimmed page's corners."""
+    b = layout.bleed
+    if not b:
+        return page
+    page = replace(placed(page, page.width + 2 * b, page.height + 2 * b), bleed=b)
+    if layout.trim_marks:
+        page.items += trim_marks(page.width, page.height, b, layout.dpi)
+    return page
+
+
+def trim_marks(width: int, height: int, bleed: int, dpi: int) -> list[Shape]:
+    """Crop marks at the trim's four corners, in the bleed: along each trim edge, from the
+    page's edge to a gap short of the corner, so none reaches into the trimmed page (a cut a
+    hair off still shows no line). A quarter point thick (the printers' usual hairline)."""
+    stroke = max(1, round(dpi * 0.25 / 72))
+    gap = max(1, bleed // 3)
+    right, bottom = width - bleed, height - bleed
+    lines = []
+    for x, out in ((bleed, 0), (right, width)):  # the trim's left and right edges
+        for y, edge in ((bleed, 0), (bottom, height)):  # its top and bottom
+            near_y = bleed - gap if edge == 0 else bottom + gap
+            near_x = bleed - gap if out == 0 else right + gap
+            lines.append(((x, edge), (x, near_y)))  # vertical, above/below the corner
+            lines.append(((out, y), (near_x, y)))  # horizontal, left/right of it
+    return [Shape("line", Box(int(min(a[0], c[0])), int(min(a[1], c[1])),
+                              int(abs(a[0] - c[0])) + 1, int(abs(a[1] - c[1])) + 1),
+                  (a, c), fill=(0, 0, 0), width=stroke) for a, c in lines]
 
 
 def plan_page(cells: list[Cell], layout: LayoutSpec, title: str, index: int,
@@ -394,7 +426,9 @@ def rasterize(page: Page) -> Image.Image:
             b = item.box
             corners = [b.x, b.y, b.x + b.w - 1, b.y + b.h - 1]
             style = {"fill": item.fill, "outline": item.outline, "width": item.width}
-            if item.kind == "oval":
+            if item.kind == "line":
+                draw.line(list(item.points), fill=item.outline, width=item.width)
+            elif item.kind in ("oval", "bubble"):
                 draw.ellipse(corners, **style)
             elif item.kind == "box":
                 draw.rectangle(corners, **style)

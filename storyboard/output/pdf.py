@@ -8,6 +8,8 @@ the story's title, the reading direction. Out: PDF bytes (fpdf2) where
   speech balloons and narration boxes are vector shapes;
 - the title, captions and panel numbers are real text in the page font, embedded (a subset of
   just the glyphs used), so they can be selected, searched and read aloud;
+- a ``bleed`` makes each page that much bigger on every side, with a ``/TrimBox`` of the
+  sheet and a ``/BleedBox`` of the whole page; ``trim_marks`` are vector lines in it;
 - ``direction: rtl`` sets ``/ViewerPreferences /Direction /R2L``;
 - the same pages give the same bytes: fixed dates (1980-01-01, or ``SOURCE_DATE_EPOCH``) and a
   file id that is a hash of the content, never random;
@@ -16,13 +18,16 @@ the story's title, the reading direction. Out: PDF bytes (fpdf2) where
 The built-in font (Noto Sans CJK) is a variable CFF2 collection, which PDF viewers cannot take
 as it is: the glyphs a story uses are cut out of it (fontTools), fixed at the weight drawn
 (Regular, Bold) and turned into TrueType outlines; a story's own font goes the same way when it
-has CFF outlines.
+has CFF outlines. Each subset is made once and kept in the cache (``fonts/``): a story's
+next build writes its PDF without the seconds subsetting takes.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -31,6 +36,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from ..paths import atomic_write_bytes, cache_root, read_bounded, sha256_of
 from .glyphs import CJK_FACE, builtin_font
 from .ownership import PDF_CREATOR
 
@@ -164,11 +170,16 @@ def warm_fonts(font: str | None, chars: str) -> None:
 def _page(pdf, page) -> None:
     from .pages import load_font
 
-    # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's.
-    pt = page.inches[0] * 72 / page.width if page.inches else 72 / page.dpi
-    size = (page.inches[0] * 72, page.inches[1] * 72) if page.inches else \
-        (page.width * pt, page.height * pt)
+    # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's. A bleed
+    # is pixels around the sheet: the sheet keeps its exact size and the bleed is added to it.
+    b = page.bleed
+    pt = page.inches[0] * 72 / (page.width - 2 * b) if page.inches else 72 / page.dpi
+    trim = (page.inches[0] * 72, page.inches[1] * 72) if page.inches else \
+        ((page.width - 2 * b) * pt, (page.height - 2 * b) * pt)
+    size = (trim[0] + 2 * b * pt, trim[1] + 2 * b * pt)
     pdf.add_page(format=size)
+    if b:
+        _page_boxes(pdf, trim=(b * pt, b * pt, b * pt + trim[0], b * pt + trim[1]), size=size)
     if page.background != (255, 255, 255):
         pdf.set_fill_color(*page.background)
         pdf.rect(0, 0, *size, style="F")
@@ -194,7 +205,10 @@ def _page(pdf, page) -> None:
             pdf.set_fill_color(*item.fill)
             pdf.set_draw_color(*item.outline)
             pdf.set_line_width(item.width * pt)
-            if item.kind == "oval":
+            if item.kind == "line":
+                (x1, y1), (x2, y2) = item.points
+                pdf.line(x1 * pt, y1 * pt, x2 * pt, y2 * pt)
+            elif item.kind in ("oval", "bubble"):
                 pdf.ellipse(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")
             elif item.kind == "box":
                 pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="DF")
@@ -206,11 +220,98 @@ def _page(pdf, page) -> None:
             pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="F")
 
 
+def _page_boxes(pdf, trim: tuple[float, float, float, float],
+                size: tuple[float, float]) -> None:
+    """Give the page just added a /TrimBox (where the printer cuts) and a /BleedBox (all of
+    it, as its /MediaBox). fpdf2 2.8 has no call for page boxes; it writes a page object's
+    attributes as its keys (``trim_box`` -> ``/TrimBox``), and ``PDFPage`` has fixed slots, so
+    the page is swapped, before anything is drawn on it, for one that has these two too."""
+    from fpdf.output import PDFPage
+
+    class BoxedPage(PDFPage):
+        __slots__ = ("trim_box", "bleed_box")
+
+    old = pdf.pages[pdf.page]
+    page = BoxedPage(duration=None, transition=None, contents=old.contents, index=old.index())
+    page.set_dimensions(*old.dimensions())
+    page.trim_box = "[" + " ".join(f"{v:.2f}" for v in trim) + "]"
+    page.bleed_box = f"[0 0 {size[0]:.2f} {size[1]:.2f}]"
+    pdf.pages[pdf.page] = page
+
+
+# Part of every cached subset's key: bump it when _make_subset's output changes.
+SUBSET_RECIPE = 1
+MAX_SUBSET_BYTES = 64 << 20  # a cached subset bigger than this is not one we wrote
+
+
 @lru_cache(maxsize=8)
 def truetype_subset(font: str | None, weight: str, chars: str) -> bytes:
     """A TrueType font with just the glyphs for ``chars``, from the page font (``None``: the
-    built-in one, at ``weight``; a story's font as it is). Subsetting first keeps this to a
-    few seconds for a 65,000-glyph CJK collection."""
+    built-in one, at ``weight``; a story's font as it is). Making one takes seconds (4-5 for
+    the 65,000-glyph CJK collection), so it is kept in the cache
+    (``fonts/<key>.ttf``, the key a hash of the font's identity, weight, characters,
+    fontTools' version and ``SUBSET_RECIPE``) and read back the next time, if it is whole:
+    an entry that does not parse, or whose tables fail their checksums, is made again."""
+    key = _subset_key(font, weight, chars)
+    path = cache_root() / "fonts" / f"{key}.ttf" if key else None
+    if path is not None:
+        cached = _read_subset(path)
+        if cached is not None:
+            return cached
+    data = _make_subset(font, weight, chars)
+    if path is not None:
+        try:
+            atomic_write_bytes(path, data)
+        except OSError:
+            pass  # a cache that cannot be written costs time on the next build, nothing more
+    return data
+
+
+def _subset_key(font: str | None, weight: str, chars: str) -> str | None:
+    """The cache key of a subset; None for a font that cannot be read (``_make_subset`` then
+    says why, as it always has)."""
+    import fontTools
+
+    if font is None:
+        path = Path(builtin_font())
+        try:
+            stat = path.stat()  # a reinstalled package: a new entry
+            identity = f"builtin:{path.name}:{CJK_FACE}:{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            return None
+    else:
+        digest = sha256_of(Path(font))
+        if digest is None:
+            return None
+        identity = f"file:{digest}"
+    blob = json.dumps([identity, weight, chars, fontTools.version, SUBSET_RECIPE],
+                      ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _read_subset(path: Path) -> bytes | None:
+    """A cached subset's bytes, or None when there is none or it is damaged (cut short,
+    overwritten, too big): every table is read and its checksum checked."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        data = read_bounded(path, MAX_SUBSET_BYTES)
+    except OSError:
+        return None
+    if len(data) > MAX_SUBSET_BYTES:
+        return None
+    try:
+        tt = TTFont(io.BytesIO(data), checkChecksums=2, lazy=False)
+        if "glyf" not in tt or "cmap" not in tt:
+            return None
+        tt.ensureDecompiled()
+    except Exception:  # fontTools raises many kinds on a damaged file: all mean "make it again"
+        return None
+    return data
+
+
+def _make_subset(font: str | None, weight: str, chars: str) -> bytes:
+    """Subsetting first keeps this to a few seconds for a 65,000-glyph CJK collection."""
     from fontTools import subset
     from fontTools.ttLib import TTFont
 

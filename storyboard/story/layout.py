@@ -77,17 +77,46 @@ class LayoutSpec(_Spec):
     ] = Field(32, description="Around the page: pixels, or a length like '10mm', '0.5in' or "
               "'12pt' (turned into pixels at `dpi`).")
 
-    @field_validator("margin")
+    bleed: Annotated[
+        Union[Annotated[Annotated[int, Field(ge=0, le=1024)], Tag("pixels")],
+              Annotated[Annotated[str, Field(max_length=32)], Tag("text")]],
+        Discriminator(_margin_kind),
+    ] = Field(0, description="For print: the page grows by this on every side (pixels, or a "
+              "length like '3mm' or '0.125in', at `dpi`), its background running out to the "
+              "edge the printer cuts off; the PDF's /TrimBox is the page without it, its "
+              "/BleedBox and /MediaBox the page with it.")
+    trim_marks: bool = Field(False, description=(
+        "For print, with a `bleed`: thin crop marks in the bleed at the four corners of the "
+        "trimmed page, where the printer cuts."))
+
+    @field_validator("margin", "bleed")
     @classmethod
-    def _margin_is_a_length(cls, v: Any) -> Any:
+    def _margin_is_a_length(cls, v: Any, info: ValidationInfo) -> Any:
+        key = info.field_name
+        example, most = {"margin": ("`margin: 10mm`", 5), "bleed": ("`bleed: 3mm`", 1)}[key]
         if isinstance(v, str):
             try:
                 inches = length_inches(v)
             except ValueError as exc:
-                raise _err("storyboard_margin", str(exc), "e.g. `margin: 10mm`") from None
-            if inches > 5:
-                raise _err("storyboard_margin", f"a margin of {v} is more than 5 inches",
-                           "e.g. `margin: 10mm`")
+                raise _err(f"storyboard_{key}", str(exc), f"e.g. {example}") from None
+            if inches > most:
+                raise _err(f"storyboard_{key}", f"a {key} of {v} is more than {most} in",
+                           f"e.g. {example}")
+        return v
+
+    @field_validator("trim_marks")
+    @classmethod
+    def _marks_need_a_bleed(cls, v: bool, info: ValidationInfo) -> bool:
+        if "bleed" not in info.data:
+            return v  # the bleed's own error says what is wrong
+        bleed = info.data["bleed"]
+        try:
+            none = (length_inches(bleed) if isinstance(bleed, str) else bleed) == 0
+        except ValueError:
+            return v  # the bleed's own error says what is wrong
+        if v and none:
+            raise _err("storyboard_trim_marks", "trim marks sit in the bleed, and the layout "
+                       "has none", "add `bleed: 3mm`, or leave `trim_marks` out")
         return v
     background: Color = "#ffffff"
     text_color: Color = "#111111"
@@ -167,23 +196,50 @@ class LayoutSpec(_Spec):
                        f"has {columns}", f"set `columns: {n}` or more, or a smaller span")
         return v
 
-
-
     @model_validator(mode="after")
-    def _margin_in_pixels(self) -> LayoutSpec:
-        # Everything that draws a page reads `margin` as pixels: a length becomes them here,
+    def _lengths_in_pixels(self) -> LayoutSpec:
+        # Everything that draws a page reads `margin` and `bleed` as pixels: a length becomes them here,
         # at the layout's dpi (so pages_key sees the pixels too).
-        if isinstance(self.margin, str):
-            object.__setattr__(self, "margin", round(length_inches(self.margin) * self.dpi))
+        for key in ("margin", "bleed"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                object.__setattr__(self, key, round(length_inches(value) * self.dpi))
         return self
 
 
+PLACES = ("top-left", "top", "top-right", "bottom-left", "bottom", "bottom-right")
+TAILS = ("none", "left", "right", "down-left", "down", "down-right", "up-left", "up", "up-right")
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+def _at_kind(value: Any) -> str:
+    return "at-share" if isinstance(value, (list, tuple)) else "at-name"
+
+
 class BalloonSpec(_Spec):
-    """A speech balloon or narration box drawn over a panel (vector shapes and text; the
-    panel's render never sees it)."""
+    """A speech or thought balloon, a shout or a narration box drawn over a panel (vector
+    shapes and text; the panel's render never sees it)."""
 
     text: Annotated[str, Field(min_length=1, max_length=400)]
-    kind: Literal["speech", "narration"] = Field("speech", description=(
-        "speech: an oval with a tail toward the panel's middle; narration: a box."))
-    at: Literal["top-left", "top", "top-right", "bottom-left", "bottom", "bottom-right"] = Field(
-        "top-left", description="Where in the panel it sits.")
+    kind: Literal["speech", "thought", "shout", "narration"] = Field("speech", description=(
+        "speech: an oval with a tail; thought: a cloud with a trail of small bubbles; shout: "
+        "a spiky burst with a tail; narration: a box, without a tail."))
+    at: Annotated[
+        Union[Annotated[Literal[PLACES], Tag("at-name")],  # type: ignore[valid-type]
+              Annotated[list[Share], Field(min_length=2, max_length=2), Tag("at-share")]],
+        Discriminator(_at_kind),
+    ] = Field("top-left", description=(
+        "Where in the panel it sits: top-left, top, top-right, bottom-left, bottom, "
+        "bottom-right, or [x, y], shares of the room across and down from 0 to 1 ([0, 0] "
+        "top-left, [0.5, 0.5] the middle, [1, 1] bottom-right)."))
+    tail: Literal[TAILS] | None = Field(None, description=(  # type: ignore[valid-type]
+        "Which way the tail (a thought's bubbles) points: left, right, up, down, down-left, "
+        "down-right, up-left, up-right, or none; default: toward the panel's middle."))
+
+    @field_validator("tail")
+    @classmethod
+    def _narration_has_no_tail(cls, v: Any, info: ValidationInfo) -> Any:
+        if v not in (None, "none") and info.data.get("kind") == "narration":
+            raise _err("storyboard_tail", "a narration box has no tail",
+                       "leave `tail` out, or make it `kind: speech`")
+        return v

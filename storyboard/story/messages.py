@@ -26,6 +26,7 @@ def problems_from_pydantic(exc: ValidationError, doc: SourceDoc) -> list[Problem
     for error in exc.errors(include_url=False):
         loc = tuple(part for part in error["loc"] if part not in ("text", "parts", "flag",
                                                                    "pixels", "{mapping}",
+                                                                   "at-name", "at-share",
                                                                    "function-before[...]"))
         loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
         message, hint, key = _describe(error, loc)
@@ -94,6 +95,11 @@ def _describe(error: dict, loc: Loc) -> tuple[str, str | None, bool]:
         if loc and loc[-1] in ("background", "text_color", "border_color"):
             return f"expected a colour like '#ffffff', got {_got(value)}", None, False
         return f"invalid value {_got(value)}", None, False
+    if kind in ("too_short", "too_long") and loc and loc[-1] == "at":
+        got = f"{len(value)} number{'s' if len(value) != 1 else ''}" \
+            if isinstance(value, list) else _got(value)
+        return (f"expected [x, y], two shares of the panel from 0 to 1, got {got}",
+                "e.g. `at: [0.5, 0.2]`", False)
     if kind == "too_short" and loc == ("panels",):
         return "a story needs at least one panel", None, False
     if kind == "too_short":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from conftest import run_cli
 from pagegold import check_page, panel
 from pypdf import PdfReader
@@ -109,3 +111,76 @@ def test_validate_checks_balloons(story_file):
 def test_golden_balloons():
     (page,) = compose_pages(cells(), LayoutSpec(columns=3), "Balloons")
     check_page("balloons", page)
+
+
+def kinds() -> list[Cell]:
+    return [
+        Cell("a", 1, panel(256, 256, 0), "Thinking.", (
+            BalloonSpec(text="Where did the boats go?", kind="thought"),
+            BalloonSpec(text="Hmm.", kind="thought", at="bottom-right", tail="up-left"))),
+        Cell("b", 2, panel(256, 256, 120), "Shouting.", (
+            BalloonSpec(text="LOOK OUT!", kind="shout", at="top-right", tail="down-left"),
+            BalloonSpec(text="快跑！", kind="shout", at="bottom-left", tail="none"))),
+        Cell("c", 3, panel(256, 256, 200), "Placed.", (
+            BalloonSpec(text="Over here.", at=[0.5, 0.45], tail="down"),
+            BalloonSpec(text="Left!", at="top-left", tail="left"),
+            BalloonSpec(text="Night fell.", kind="narration", at="bottom-right"))),
+    ]
+
+
+def test_thought_shout_tails_and_shares():
+    (page,) = plan_pages(kinds(), LayoutSpec(columns=3), "Balloon kinds")
+    pictures = [i.box for i in page.items if isinstance(i, Picture)]
+    shapes = [i for i in page.items if isinstance(i, Shape)]
+
+    def inside(box, p):
+        return p.x <= box.x and box.x + box.w <= p.x + p.w and p.y <= box.y \
+            and box.y + box.h <= p.y + p.h
+
+    # Every shape, tails and bubbles too, stays in its panel, and a balloon in its share.
+    for shape in shapes:
+        assert any(inside(shape.box, p) for p in pictures), shape
+        for x, y in shape.points:
+            assert any(p.x <= x <= p.x + p.w and p.y <= y <= p.y + p.h for p in pictures)
+    clouds = [s for s in shapes if s.kind == "cloud"]
+    bursts = [s for s in shapes if s.kind == "burst"]
+    assert len(clouds) == 2 and len(bursts) == 2
+    for s in clouds + bursts:
+        assert s.box.w <= pictures[0].w * SHARE_W and s.box.h <= pictures[0].h * SHARE_H
+    assert [s.kind for s in shapes].count("bubble") == 6, "three bubbles a thought"
+    # A thought has bubbles, not a tail; a burst's tail goes the way it is told, and
+    # `tail: none` has none; narration never has one.
+    tails = [s for s in shapes if s.kind == "tail"]
+    assert len(tails) == 3  # LOOK OUT!, Over here., Left!
+    look = next(s for s in bursts if s.box.x > pictures[1].x + pictures[1].w / 2)
+    tip = tails[0].points[2]
+    assert tip[0] < look.box.x + look.box.w / 2 and tip[1] > look.box.y + look.box.h / 2
+    # The trail of the bottom-right thought goes up and left, smaller and smaller.
+    hmm = clouds[1]
+    trail = [s.box for s in shapes if s.kind == "bubble"][3:]
+    assert all(b.x < hmm.box.x + hmm.box.w / 2 and b.y < hmm.box.y + hmm.box.h / 2
+               for b in trail)
+    assert trail[0].w > trail[1].w > trail[2].w
+    # at: [0.5, 0.45]: across the middle, a little above it; its tail straight down.
+    c = pictures[2]
+    here = next(s.box for s in shapes if s.kind == "oval" and s.box.y > c.y + c.h / 4)
+    assert abs((here.x + here.w / 2) - (c.x + c.w / 2)) <= 2
+    assert here.y + here.h / 2 < c.y + c.h / 2
+    down = tails[1].points
+    assert down[2][0] == pytest.approx(here.x + here.w / 2) and down[2][1] > here.y + here.h
+
+
+def test_golden_balloon_kinds():
+    (page,) = compose_pages(kinds(), LayoutSpec(columns=3), "Balloon kinds")
+    check_page("balloon-kinds", page)
+
+
+def test_thought_and_shout_are_vector_polygons_in_the_pdf(tmp_path):
+    pages = plan_pages(kinds(), LayoutSpec(columns=3, page_size="A5", dpi=150), "Kinds")
+    write_pages(pages, tmp_path, "s")
+    page = PdfReader(tmp_path / "story.pdf").pages[0]
+    assert len(page.images) == 3
+    content = page.get_contents().get_data()
+    # A cloud is a closed path of many points: at least a hundred line segments each.
+    assert content.count(b" l") > 2 * 100
+    assert "LOOKOUT!" in "".join(page.extract_text().split())

@@ -202,3 +202,72 @@ def _mark(path) -> str:
 
     with Image.open(path) as im:
         return im.text[PAGE_MARK]
+
+
+def test_a_bleed_grows_the_page_and_the_pdf_says_where_to_trim(tmp_path):
+    # 3 mm at 100 dpi is 12 pixels: A5 (148 x 210 mm) plus 12 on every side.
+    layout = LayoutSpec(columns=2, panels_per_page=4, page_size="A5", dpi=100, bleed="3mm",
+                        trim_marks=True, background="#ffeecc")
+    pages, pdf = write(tmp_path, layout)
+    (page,) = pages
+    assert (page.width, page.height) == (round(148 / 25.4 * 100) + 24,
+                                         round(210 / 25.4 * 100) + 24)
+    bleed = 12 * 72 / 100 * (148 / 25.4 * 100) / round(148 / 25.4 * 100)  # points
+    a5 = (148 / 25.4 * 72, 210 / 25.4 * 72)
+    box = pdf.pages[0]
+    assert [float(v) for v in box.trimbox] == pytest.approx(
+        [bleed, bleed, bleed + a5[0], bleed + a5[1]], abs=0.01)
+    assert [float(v) for v in box.mediabox] == pytest.approx(
+        [0, 0, a5[0] + 2 * bleed, a5[1] + 2 * bleed], abs=0.01)
+    assert [float(v) for v in box.bleedbox] == [float(v) for v in box.mediabox]
+    assert b" l S" in box.get_contents().get_data() or b" l\n" in box.get_contents().get_data()
+    # The PNG: the background out to the edge, a dark mark at each corner in the bleed, on
+    # the trim lines, and none inside the trimmed page's corners.
+    with Image.open(tmp_path / "page-1.png") as im:
+        a = np.asarray(im.convert("RGB")).astype(int)
+    h, w = a.shape[:2]
+    dark = a.sum(axis=2) < 200
+    for x, y in ((12, 0), (w - 12, 0), (12, h - 1), (w - 12, h - 1),
+                 (0, 12), (w - 1, 12), (0, h - 12), (w - 1, h - 12)):
+        assert dark[y, x], (x, y)
+    assert not dark[12:40, 12:40].any() and not dark[h - 40:h - 12, w - 40:w - 12].any()
+    assert tuple(a[h // 2, 2]) == (255, 238, 204), "the background runs into the bleed"
+
+
+def test_without_a_bleed_there_are_no_page_boxes_and_marks_need_one(tmp_path):
+    _, pdf = write(tmp_path, LayoutSpec(columns=2, page_size="A5", dpi=100))
+    assert "/TrimBox" not in pdf.pages[0] and "/BleedBox" not in pdf.pages[0]
+    with pytest.raises(ValueError, match="trim marks sit in the bleed, and the layout has none"):
+        LayoutSpec(trim_marks=True)
+    with pytest.raises(ValueError, match="a bleed of 2in is more than 1 in"):
+        LayoutSpec(bleed="2in")
+
+
+def test_font_subsets_are_cached_and_a_damaged_entry_is_made_again(tmp_path, monkeypatch):
+    from storyboard.output import pdf as pdf_module
+
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "cache"))
+    subset = pdf_module.truetype_subset
+    subset.cache_clear()  # the in-memory cache: every call below goes to disk
+    first = subset(None, "Bold", "Ab猫")
+    (entry,) = (tmp_path / "cache" / "fonts").glob("*.ttf")
+    assert entry.read_bytes() == first
+
+    made = []
+    real = pdf_module._make_subset
+    monkeypatch.setattr(pdf_module, "_make_subset", lambda *a: made.append(a) or real(*a))
+    subset.cache_clear()
+    assert subset(None, "Bold", "Ab猫") == first and made == [], "read back, not made again"
+    # Another weight or other characters are other entries.
+    subset.cache_clear()
+    subset(None, "Regular", "Ab猫")
+    assert len(made) == 1 and len(list(entry.parent.glob("*.ttf"))) == 2
+
+    for damage in (first[: len(first) // 2], first[:-40] + bytes(40), b"not a font"):
+        entry.write_bytes(damage)
+        subset.cache_clear()
+        made.clear()
+        assert subset(None, "Bold", "Ab猫") == first
+        assert len(made) == 1, "a damaged entry is made again"
+        assert entry.read_bytes() == first, "... and replaced"
+    subset.cache_clear()
