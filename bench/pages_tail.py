@@ -41,7 +41,8 @@ def main() -> None:
     from PIL import Image
 
     from storyboard.output import pdf as pdf_module
-    from storyboard.output.pages import Cell, plan_pages, write_pages
+    from storyboard.output.pages import Cell, plan_pages
+    from storyboard.output.compose import write_pages
     from storyboard.story.layout import LayoutSpec
 
     ap = argparse.ArgumentParser()

@@ -202,7 +202,8 @@ def compose_story_pages(story: Story, outcomes: list[PanelOutcome], out: Path,
     ``chars``: the PDF fonts' characters (``page_chars``)."""
     from PIL import Image
 
-    from ..output.pages import Cell, plan_pages, write_pages
+    from ..output.compose import write_pages
+    from ..output.pages import Cell, plan_pages
 
     cells = []
     for n, outcome in enumerate(outcomes, 1):

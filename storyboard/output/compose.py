@@ -1,10 +1,12 @@
 """Pages composed while panels still render, so a build ends soon after its last panel.
 
-In: the story's panels as page slots (``Slot``: id, number, caption, balloons, the size the
+``write_pages`` writes them all at once, after the last panel; ``PageComposer`` as they come.
+
+In (``PageComposer``): the story's panels as page slots (``Slot``: id, number, caption, balloons, the size the
 panel renders at), the layout, title, story id, output folder and the PDF's characters
 (``pdf.story_chars``); then, from the build's thread, each panel's file as it lands
 (``arrived``: a cached one at once, a rendered one when its PNG is written), and at the end
-whether every panel came (``finish``). Out: the files ``pages.write_pages`` writes, with the
+whether every panel came (``finish``). Out: the files ``write_pages`` writes, with the
 same bytes: page-N.png, story.pdf and story.cbz.
 
 A page is drawn as soon as all its panels are in, and added to the PDF as soon as the pages
@@ -25,12 +27,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..paths import atomic_write_bytes
+from .cbz import CBZ, write_cbz
 from .geometry import per_page
+from .manifest import PDF
 from .ownership import page_mark
-from .pages import (
-    Cell, Page, page_png, placed, plan_page, plan_pages, rasterize, write_outputs, write_pages,
-)
-from .pdf import PdfWriter, font_chars
+from .pages import Cell, Page, page_png, placed, plan_page, plan_pages, rasterize
+from .pdf import PdfWriter, font_chars, write_pdf
 
 
 @dataclass(frozen=True)
@@ -153,3 +156,39 @@ class PageComposer:
                 image = im.convert("RGB")
         return Cell(s.panel, s.number, image, s.caption, s.balloons)
 
+
+def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -> list[Path]:
+    """page-N.png for each page (with its ``dpi`` in pHYs), story.pdf with all of them
+    (``pdf.write_pdf``: text as text, the panels lossless; ``chars``: its fonts' characters,
+    ``pdf.story_chars``) and story.cbz (``cbz.write_cbz``: the PNGs and ComicInfo.xml);
+    returns the paths written. Each carries storyboard's mark (``ownership``), so a later
+    build knows it may replace it even when this one was killed before its manifest was
+    written. The PNGs are encoded on threads while the PDF is written (zlib and Pillow's
+    encoder let go of the interpreter): after the last panel a writer waits for the slowest
+    of them, not their sum. Drawing stays on this thread: a FreeType face is not safe to
+    use from two threads at once, and the PDF measures text with the same faces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    title, rtl = pages[0].title, pages[0].direction == "rtl"
+    drawn = [rasterize(page) for page in pages]
+    workers = max(1, min(len(pages), (os.cpu_count() or 2) - 1, 8))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storyboard-page") as pool:
+        encoded = [pool.submit(page_png, image, page_mark(story, n, len(pages)), page.dpi)
+                   for n, (image, page) in enumerate(zip(drawn, pages), 1)]
+        pdf = write_pdf(pages, title, rtl, chars)
+        pngs = [future.result() for future in encoded]
+    return write_outputs(out_dir, pngs, pdf, title, rtl)
+
+
+def write_outputs(out_dir: Path, pngs: list[bytes], pdf: bytes, title: str,
+                  rtl: bool) -> list[Path]:
+    """The pages' files from their bytes: page-N.png, story.pdf and story.cbz (made here from
+    the PNGs); the paths written."""
+    written = []
+    for n, data in enumerate(pngs, 1):
+        path = out_dir / f"page-{n}.png"
+        atomic_write_bytes(path, data)
+        written.append(path)
+    atomic_write_bytes(out_dir / PDF, pdf)
+    atomic_write_bytes(out_dir / CBZ, write_cbz(pngs, title, rtl))
+    return written + [out_dir / PDF, out_dir / CBZ]

@@ -2,9 +2,9 @@
 
 In: the panels in story order (image, number, caption; an image may be missing), the story's
 ``LayoutSpec`` and title. Out: ``Page`` plans (what is drawn where, in pixels, from
-``geometry.measure``), PIL page images rasterized from them, and ``write_pages`` saving them as
-``page-1.png``, ``page-2.png``, ... plus ``story.pdf`` and ``story.cbz``, each written
-atomically.
+``geometry.measure``), PIL page images rasterized from them, and their PNG bytes with
+storyboard's mark (``page_png``). ``compose.write_pages`` saves them as ``page-1.png``,
+``page-2.png``, ... plus ``story.pdf`` and ``story.cbz``, each written atomically.
 
 A page is a grid: ``columns`` cells per row, each ``cell_width`` wide; a panel fits its cell
 without distortion and is never scaled past its own pixels (unless ``upscale``); each caption
@@ -19,15 +19,12 @@ package, SIL OFL 1.1), so Chinese, Japanese and Korean captions always render.
 from __future__ import annotations
 
 import io
-import os
 import unicodedata
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..paths import atomic_write_bytes
 from ..story.fields import page_inches
 from ..story.schema import LayoutSpec
 from .geometry import (
@@ -35,11 +32,8 @@ from .geometry import (
     font_size, line_height, measure, panel_size, per_page, sheet, spans, title_size,
 )
 from .balloons import Shape, balloon_items
-from .cbz import CBZ, write_cbz
 from .fonts import SUPERSAMPLE, PageFont, draw_text, page_font
-from .manifest import PDF
-from .ownership import PAGE_MARK, page_mark
-from .pdf import write_pdf
+from .ownership import PAGE_MARK
 
 _NO_LINE_START = set("，。、！？；：”’）》」』】〕〉…‥・ー—―-~～%）)]}.,!?;:'\"·")
 _NO_LINE_END = set("“‘（《「『【〔〈([{")
@@ -445,43 +439,6 @@ def caption_lines(caption: str, font_size: int, font: str | None, width: int) ->
     """How many lines ``caption`` takes in a cell ``width`` pixels wide (for
     ``geometry.layout_problems``)."""
     return len(wrap_text(caption, load_font(font, font_size), width))
-
-
-def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -> list[Path]:
-    """page-N.png for each page (with its ``dpi`` in pHYs), story.pdf with all of them
-    (``pdf.write_pdf``: text as text, the panels lossless; ``chars``: its fonts' characters,
-    ``pdf.story_chars``) and story.cbz (``cbz.write_cbz``: the PNGs and ComicInfo.xml);
-    returns the paths written. Each carries storyboard's mark (``ownership``), so a later
-    build knows it may replace it even when this one was killed before its manifest was
-    written. The PNGs are encoded on threads while the PDF is written (zlib and Pillow's
-    encoder let go of the interpreter): after the last panel a writer waits for the slowest
-    of them, not their sum. Drawing stays on this thread: a FreeType face is not safe to
-    use from two threads at once, and the PDF measures text with the same faces."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    title, rtl = pages[0].title, pages[0].direction == "rtl"
-    drawn = [rasterize(page) for page in pages]
-    workers = max(1, min(len(pages), (os.cpu_count() or 2) - 1, 8))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storyboard-page") as pool:
-        encoded = [pool.submit(page_png, image, page_mark(story, n, len(pages)), page.dpi)
-                   for n, (image, page) in enumerate(zip(drawn, pages), 1)]
-        pdf = write_pdf(pages, title, rtl, chars)
-        pngs = [future.result() for future in encoded]
-    return write_outputs(out_dir, pngs, pdf, title, rtl)
-
-
-def write_outputs(out_dir: Path, pngs: list[bytes], pdf: bytes, title: str,
-                  rtl: bool) -> list[Path]:
-    """The pages' files from their bytes: page-N.png, story.pdf and story.cbz (made here from
-    the PNGs); the paths written."""
-    written = []
-    for n, data in enumerate(pngs, 1):
-        path = out_dir / f"page-{n}.png"
-        atomic_write_bytes(path, data)
-        written.append(path)
-    atomic_write_bytes(out_dir / PDF, pdf)
-    atomic_write_bytes(out_dir / CBZ, write_cbz(pngs, title, rtl))
-    return written + [out_dir / PDF, out_dir / CBZ]
 
 
 def page_png(page: Image.Image, mark: str, dpi: int | None = None) -> bytes:

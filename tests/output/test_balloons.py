@@ -14,7 +14,8 @@ from pypdf import PdfReader
 
 from storyboard.output.balloons import SHARE_H, SHARE_W, Shape
 from storyboard.output.manifest import pages_key
-from storyboard.output.pages import Cell, Picture, Text, compose_pages, plan_pages, write_pages
+from storyboard.output.pages import Cell, Picture, Text, compose_pages, plan_pages
+from storyboard.output.compose import write_pages
 from storyboard.plan import compile_story
 from storyboard.story import load_story
 from storyboard.story.layout import BalloonSpec

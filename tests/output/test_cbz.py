@@ -11,7 +11,8 @@ from pagegold import panel
 
 from storyboard.output.cbz import write_cbz
 from storyboard.output.ownership import Outputs
-from storyboard.output.pages import Cell, plan_pages, write_pages
+from storyboard.output.pages import Cell, plan_pages
+from storyboard.output.compose import write_pages
 from storyboard.story.schema import LayoutSpec
 
 

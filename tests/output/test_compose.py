@@ -10,7 +10,8 @@ import pytest
 from pagegold import panel
 
 from storyboard.output.compose import PageComposer, Slot
-from storyboard.output.pages import Cell, plan_pages, write_pages
+from storyboard.output.pages import Cell, plan_pages
+from storyboard.output.compose import write_pages
 from storyboard.output.pdf import story_chars
 from storyboard.story.schema import LayoutSpec
 

@@ -8,7 +8,8 @@ from PIL import Image
 
 from pypdf import PdfReader
 
-from storyboard.output.pages import Cell, compose_pages, load_font, plan_pages, wrap_text, write_pages
+from storyboard.output.pages import Cell, compose_pages, load_font, plan_pages, wrap_text
+from storyboard.output.compose import write_pages
 from storyboard.story.schema import LayoutSpec
 
 CAPTIONS = ["小紫一个人在家，百无聊赖。窗外的雨一直下，她托着腮望着天花板发呆。",

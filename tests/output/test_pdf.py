@@ -11,7 +11,8 @@ from PIL import Image
 from pypdf import PdfReader
 
 from storyboard.output.ownership import Outputs
-from storyboard.output.pages import Cell, Picture, plan_pages, write_pages
+from storyboard.output.pages import Cell, Picture, plan_pages
+from storyboard.output.compose import write_pages
 from storyboard.story.schema import LayoutSpec
 
 CAPTIONS = ["The storm had raged for three days.", "Ada climbed the stairs.",
