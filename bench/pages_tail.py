@@ -6,6 +6,11 @@ panel: composing everything then (``output.pages.write_pages``, with the PDF fon
 or not), and composing each page as its panels arrive (``output.compose.PageComposer``, what a
 build does), the panels arriving ``--render-s`` apart as a GPU renders them. CPU only; run
 from the repository root: ``python bench/pages_tail.py [--panels 40] [--render-s 1.9]``.
+
+Run 2026-12-01 on the H200 machine's CPU (16 cores), 40 panels, 8 a page: composing at the end
+9.93 s after the last panel with the fonts cut then (the 11.5 s the issue measured in a real
+build), 6.77 s with them cut while rendering, and 1.88 s composing as the panels arrive. On
+this 2-core machine: 17.7, 12.8 and 3.4 s.
 """
 
 from __future__ import annotations
