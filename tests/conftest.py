@@ -133,3 +133,17 @@ def fresh_cache(session_cache, tmp_path, monkeypatch):
     (folder / "models").symlink_to(models)
     monkeypatch.setenv("STORYBOARD_CACHE", str(folder))
     return folder
+
+
+def training_story(folder: Path, text: str, pictures: int = 5) -> Path:
+    """``text`` written as ``folder/story.yaml``, beside ``refs/mira/`` holding ``pictures``
+    small reddish pictures (64x64, each a shade apart): a story that trains on the CPU."""
+    from PIL import Image
+
+    refs = folder / "refs" / "mira"
+    refs.mkdir(parents=True)
+    for i in range(pictures):
+        Image.new("RGB", (64, 64), (200, 20 * i, 30)).save(refs / f"{i}.png")
+    path = folder / "story.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, training_story
 from storyboard.commands import build
 from storyboard.commands.reroll import reroll
 from storyboard.errors import UserError
@@ -40,13 +40,7 @@ QUIET = RuntimeOptions(progress=False, device="cpu")
 
 @pytest.fixture
 def story(tmp_path, fresh_cache):
-    refs = tmp_path / "refs" / "mira"
-    refs.mkdir(parents=True)
-    for i in range(5):
-        Image.new("RGB", (64, 64), (200, 30 * i, 30)).save(refs / f"{i}.png")
-    path = tmp_path / "story.yaml"
-    path.write_text(STORY, encoding="utf-8")
-    return path
+    return training_story(tmp_path, STORY)
 
 
 def test_a_build_trains_first_renders_with_the_lora_then_does_nothing(story, fresh_cache):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import training_story
 from PIL import Image
 
 from storyboard.commands.train import train
@@ -41,13 +42,7 @@ QUIET = RuntimeOptions(progress=False, device="cpu")
 
 @pytest.fixture
 def story(tmp_path, fresh_cache):
-    refs = tmp_path / "refs" / "mira"
-    refs.mkdir(parents=True)
-    for i in range(5):
-        Image.new("RGB", (64, 64), (200, 20 * i, 30)).save(refs / f"{i}.png")
-    path = tmp_path / "story.yaml"
-    path.write_text(STORY, encoding="utf-8")
-    return path
+    return training_story(tmp_path, STORY)
 
 
 def test_trained_once_then_reused_then_trained_again_after_a_picture_changes(story, fresh_cache):
