@@ -15,6 +15,7 @@ them into click's exits here, and nowhere else.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -100,7 +101,27 @@ def main() -> None:
         cli(prog_name="storyboard")
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        _exit(130)
+    except SystemExit as exc:
+        _exit(exc.code)
+
+
+def _exit(code) -> None:
+    """Leave with ``code`` (as ``SystemExit`` takes it). A process that used the GPU spent
+    2.2 s more tearing down what it loaded (the CUDA context, the allocator's cache, library
+    threads) after an SDXL build on an H200; by now every file the command wrote is written,
+    renamed into place and closed, its locks and thread pools let go, so it ends at once."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        sys.exit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # The commands register themselves on `cli` when their modules load.

@@ -2,4 +2,7 @@
 
 from . import main
 
-main()
+# Guarded: a process started with "spawn" (the PDF's font subsets) imports this module again
+# under another name, and must not run the command a second time.
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ from ..output.cache import PanelCache, cache_key
 from ..paths import atomic_write_text, read_bounded
 from ..plan import PanelJob, RenderPlan, plan_render
 from ..plan.batches import unique_jobs
-from ..plan.speed import COMPILE_PAYS_FROM, unet_work
+from ..plan.speed import unet_work
 from ..story import Story, StorySpec
 from ..training.compile import check_training, has_training
 from ..training.store import LORA_FILE, TrainedStore
@@ -116,7 +116,7 @@ def plan(story: str, as_json: bool, model: str | None, device: str, dtype: str |
                               | {"sizes": [s.to_dict() for s in sizes]},
                               ensure_ascii=False, indent=2))
         return
-    _print_plan(loaded, jobs, render)
+    _print_plan(loaded, jobs, render, options.compile)
     _print_training(training)
     if sizes:
         click.echo("\nsizes (the model's native size that best fits each panel's box on the "
@@ -186,7 +186,8 @@ def _plan_dict(jobs: list[PanelJob], render: RenderPlan | None,
     }
 
 
-def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None) -> None:
+def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None,
+                compile_: bool | str = "auto") -> None:
     model = jobs[0].model
     title = story.spec.title or story.name
     click.echo(click.style(f"{title}: {len(jobs)} panel{'s' * (len(jobs) != 1)}, model "
@@ -224,8 +225,15 @@ def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None) -
                f"batch{'es' * (n != 1)} ({sizes}; up to {render.batch_size} panels per call)")
     work = unet_work(list(render.batches))
     why = (f"{sum(work.values())} panel-steps over {len(work)} batch shape"
-           f"{'s' * (len(work) != 1)}; auto compiles from {COMPILE_PAYS_FROM} per shape")
-    click.echo(f"compile: {'yes' if render.compiles else 'no'} ({why})")
+           f"{'s' * (len(work) != 1)}")
+    if render.compiles:
+        click.echo(f"compile: yes ({why})")
+    elif compile_ == "auto" and render.device.startswith("cuda"):
+        # Measurements are the GPU's, read by the build that has it loaded: plan has no torch.
+        click.echo(f"compile: auto ({why}): only batch shapes this machine has compiled before "
+                   "(--compile), and only where its timings say it pays")
+    else:
+        click.echo(f"compile: no ({why})")
     click.echo("speed-ups: " + (", ".join(map(str, render.speedups)) or "none"))
     if render.refusal:
         click.echo(f"refused: {render.refusal}")

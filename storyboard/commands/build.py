@@ -19,6 +19,7 @@ interrupted build keeps its work and the next one resumes where it stopped.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -130,6 +131,8 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
         #    build ends soon after its last panel.
         chars = page_chars(run.story) if pages else ""
         index = {job.panel: job.index for job in jobs}
+        panel_dir = out / PANELS_DIR
+        placed: dict[str, Future] = {}  # panel id -> its copy in `panels/`, made as it lands
         with ExitStack() as stack:
             composer = stack.enter_context(page_composer(run.story, jobs, out, run.story_id,
                                                          chars)) if pages and todo else None
@@ -138,14 +141,29 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
                 for job in jobs:
                     if job.panel not in waiting and sound[job.panel] is not None:
                         composer.arrived(job.index, sound[job.panel])
+            # Each copy is synced to disk: done on threads as panels land, not all after the
+            # last one (40 SDXL panels waited seconds for it).
+            placer = stack.enter_context(ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="storyboard-place"))
+
+            def landed(job: PanelJob) -> None:
+                if composer is not None:
+                    composer.arrived(index[job.panel], cache.path(keys[job.panel]))
+                if pages or job.panel in selected:
+                    placed[job.panel] = placer.submit(
+                        materialize, cache.path(keys[job.panel]),
+                        panel_dir / f"{job.panel}.png", job, run.story_id)
+
+            def progress(event: dict) -> None:
+                if composer is not None and event["event"] == "model_loaded":
+                    composer.begin()  # deferred until now: see PageComposer.begin
+                emit(event)
+
             rendered, report.render = render_into_cache(
-                todo, cache, run.options, emit, story=run.story_id,
-                dtype_override=run.options.dtype, session=session,
-                on_panel=None if composer is None else lambda job: composer.arrived(
-                    index[job.panel], cache.path(keys[job.panel])))
+                todo, cache, run.options, progress, story=run.story_id,
+                dtype_override=run.options.dtype, session=session, on_panel=landed)
 
             # 6. Put every available panel in place, in story order.
-            panel_dir = out / PANELS_DIR
             for job in jobs:
                 done = rendered.get(job.hash) if job.panel in selected else None
                 if done is not None:
@@ -154,14 +172,16 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
                     status = "cached" if sound[job.panel] else "missing"
                     outcome = PanelOutcome(job, status)
                 if outcome.status in ("rendered", "cached") and (pages or job.panel in selected):
-                    outcome.path = materialize(cache.path(keys[job.panel]),
-                                               panel_dir / f"{job.panel}.png", job, run.story_id)
+                    outcome.path = placed[job.panel].result() if job.panel in placed else \
+                        materialize(cache.path(keys[job.panel]), panel_dir / f"{job.panel}.png",
+                                    job, run.story_id)
                 report.outcomes.append(outcome)
 
             # 7. Compose pages (missing panels show as placeholders), unless nothing they show
             #    changed.
             key = pages_key(run.story, report.outcomes)
             if pages:
+                t_pages = time.perf_counter()
                 previous = previous_pages(out, key)
                 if previous is not None:
                     report.files += previous
@@ -172,6 +192,9 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
                     report.files += compose_story_pages(run.story, report.outcomes, out,
                                                         run.story_id, chars)
                 _remove_stale_pages(out, report.files, outputs)
+                emit({"event": "pages", "files": [p.name for p in report.files],
+                      "seconds": round(time.perf_counter() - t_pages, 3),
+                      **(composer.timings if composer is not None else {})})
 
         # 8. Record: the manifest, and which cache entries this story now needs.
         report.seconds = time.perf_counter() - t0
@@ -230,12 +253,14 @@ def page_chars(story: Story) -> str:
 
 def page_composer(story: Story, jobs: list[PanelJob], out: Path, story_id: str,
                   chars: str):
-    """A ``compose.PageComposer`` for ``story``'s pages (its panels' slots from their jobs)."""
+    """A ``compose.PageComposer`` for ``story``'s pages (its panels' slots from their jobs),
+    deferred: the build begins it once its model is loaded (``PageComposer.begin``)."""
     from ..output.compose import PageComposer, Slot
 
     slots = [Slot(job.panel, n, job.caption, tuple(story.spec.panels[job.index].balloons),
                   (job.width, job.height)) for n, job in enumerate(jobs, 1)]
-    return PageComposer(slots, _layout(story), story.spec.title, story_id, out, chars)
+    return PageComposer(slots, _layout(story), story.spec.title, story_id, out, chars,
+                        defer=True)
 
 
 def _layout(story: Story):

@@ -11,7 +11,8 @@ only report progress; every fact comes back in these return values.
 2. every character LoRA the jobs use, loaded as a named adapter; the whole render is refused,
    before any denoising, if one does not fit the model (``adapters``);
 3. the plan: batches and speed-ups from the jobs alone (``plan.speed.plan_render``), with the
-   device, dtype and free memory known now;
+   device, dtype and free memory known now, and what this machine measured rendering before
+   (``speed.timings``: whether compiling pays); each finished batch adds to that;
 4. the speed-ups, applied once per loaded model at its first render (``speed.apply``); FP8
    weights cannot take a LoRA merge, so the render's one LoRA set goes in first.
 Then ``results()`` renders each batch (``runner.run_batch``).
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
@@ -38,6 +39,7 @@ from .loading import LoadedModel, load_model
 from .runner import PanelResult, run_batch
 from .schedulers import Schedulers
 from .speed.apply import AppliedSpeedups, apply_speedups, unfuse_qkv
+from .speed.timings import Timings
 
 Event = Callable[[dict[str, Any]], None]
 
@@ -50,6 +52,15 @@ class ModelState:
     adapters: Adapters
     schedulers: Schedulers
     speed: AppliedSpeedups | None = None  # None until its first render decides
+    _timings: dict = field(default_factory=dict)  # (loras, tune) -> Timings | None
+
+    def timings(self, loras: bool, tune: bool | None) -> Timings | None:
+        """This model's timings on this machine for renders with or without LoRAs and tuning
+        (one object per kind for the model's life: it knows which shapes it compiled)."""
+        key = (loras, tune is not False)
+        if key not in self._timings:
+            self._timings[key] = Timings.for_model(self.model, loras=loras, tune=tune)
+        return self._timings[key]
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class RenderResult:
 class PreparedRender:
     state: ModelState
     info: RenderInfo
+    timings: Timings | None = None  # where this machine's batch timings are kept
 
     def results(self, on_event: Event | None = None) -> Iterator[PanelResult]:
         """Render the planned batches; yields results as batches finish (story order within
@@ -83,7 +95,13 @@ class PreparedRender:
         emit = on_event or (lambda event: None)
         for batch in self.info.plan.batches:
             emit({"event": "batch_start", "panels": batch.panels})
-            yield from run_batch(self.state, batch, on_event)
+            t0 = time.perf_counter()
+            results = run_batch(self.state, batch, on_event)
+            # Only a whole batch that rendered as planned measures its shape's speed.
+            if self.timings is not None and all(
+                    r.status == "rendered" and r.batch_size == len(batch.jobs) for r in results):
+                self.timings.batch_done(batch, time.perf_counter() - t0, self.info.speedups)
+            yield from results
 
 
 class Session:
@@ -134,9 +152,12 @@ class Session:
         # 2. Adapters, all checked before any denoising.
         state.adapters.load(jobs)
 
-        # 3. The plan, with what only the loaded model knows: device, dtype, free memory.
+        # 3. The plan, with what only the loaded model knows: device, dtype, free memory, and
+        #    what this machine measured rendering with it (whether compiling pays).
+        timings = state.timings(any(job.loras for job in jobs), options.tune)
         plan = plan_render(jobs, options, device=model.device, dtype=model.dtype,
-                           free_bytes=_free_bytes(model.device))
+                           free_bytes=_free_bytes(model.device),
+                           measured=timings.measured() if timings else None)
 
         # 4. Speed-ups. FP8 weights cannot take a LoRA merge, so its one LoRA set goes in first.
         adapters = state.adapters
@@ -169,7 +190,7 @@ class Session:
             emit({"event": "speedups", "applied": [str(s) for s in applied]})
         info = RenderInfo(model.ref.ref, model.family, model.device, model.dtype, applied,
                           round(seconds, 3), plan)
-        return PreparedRender(state, info)
+        return PreparedRender(state, info, timings)
 
     def render(self, jobs: list[PanelJob], options: RuntimeOptions | None = None, *,
                on_event: Event | None = None) -> RenderResult:

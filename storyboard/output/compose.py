@@ -22,6 +22,7 @@ composes every page again, as ``write_pages`` would.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class PageComposer:
     a context manager: leaving it stops the worker, whatever happened."""
 
     def __init__(self, slots: list[Slot], layout, title: str, story: str, out: Path,
-                 chars: str):
+                 chars: str, *, defer: bool = False):
         self.slots, self.layout, self.title = slots, layout, title
         self.story, self.out, self.chars = story, out, chars
         count = per_page(layout, len(slots))
@@ -67,7 +68,10 @@ class PageComposer:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-page")
         self.encoders = ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2) - 1)),
                                            thread_name_prefix="storyboard-png")
-        self.started = self.worker.submit(self._start)
+        self.started: Future | None = None
+        self.timings: dict[str, float] = {}  # filled by finish
+        if not defer:
+            self.begin()
 
     def __enter__(self) -> PageComposer:
         return self
@@ -81,9 +85,23 @@ class PageComposer:
 
     # -- on the build's thread ---------------------------------------------------------------
 
+    def begin(self) -> None:
+        """Start planning the pages and preparing the PDF (once), then draw the pages whose
+        panels are all in. A build defers this until its model is loaded: the first pages
+        load fonts and libraries for seconds, in this interpreter, and would slow the model's
+        loading, which needs it too; once the GPU renders, this process has time to spare."""
+        if self.started is None:
+            self.started = self.worker.submit(self._start)
+            self._queue_complete()
+
     def arrived(self, index: int, path: Path) -> None:
-        """Panel ``index`` (story order) is in ``path``; draw each page now complete."""
+        """Panel ``index`` (story order) is in ``path``; draw each page now complete (once
+        ``begin`` was called)."""
         self.paths[index] = path
+        if self.started is not None:
+            self._queue_complete()
+
+    def _queue_complete(self) -> None:
         for k, chunk in enumerate(self.chunks):
             if k not in self.queued and all(i in self.paths for i in chunk):
                 self.queued.add(k)
@@ -92,6 +110,7 @@ class PageComposer:
     def finish(self, came: Callable[[int], bool]) -> list[Path]:
         """Write the pages, the PDF and the CBZ; ``came(index)``: whether that panel is there
         (rendered or cached). The paths written, as ``write_pages`` returns them."""
+        self.begin()
         self.started.result()
         if not all(came(i) for i in range(len(self.slots))) or \
                 set(self.paths) != set(range(len(self.slots))):
@@ -100,11 +119,21 @@ class PageComposer:
             if k not in self.queued:
                 self.queued.add(k)
                 self.worker.submit(self._compose, k, {i: self.paths[i] for i in chunk})
+        t0 = time.perf_counter()
+        composed = self.worker.submit(lambda: time.perf_counter()).result()
         pdf = self.worker.submit(self._finish_pdf).result()
         if pdf is None:  # a panel came at another size: the plan did not hold
             return self._again(came)
+        t1 = time.perf_counter()
         pngs = [self.pngs[k].result() for k in range(len(self.chunks))]
-        return write_outputs(self.out, pngs, pdf, self.title, self.layout.direction == "rtl")
+        t2 = time.perf_counter()
+        written = write_outputs(self.out, pngs, pdf, self.title,
+                                self.layout.direction == "rtl")
+        # Where the wait after the last panel went (a build reports it in its "pages" event).
+        self.timings = {"composing_s": round(composed - t0, 3),
+                        "pdf_s": round(t1 - composed, 3), "png_s": round(t2 - t1, 3),
+                        "writing_s": round(time.perf_counter() - t2, 3)}
+        return written
 
     def _again(self, came: Callable[[int], bool]) -> list[Path]:
         self.worker.submit(lambda: None).result()  # the worker is idle: faces are free

@@ -120,10 +120,11 @@ class PdfWriter:
         if rtl:
             pdf.viewer_preferences = Preferences()
         self._tmp = tempfile.TemporaryDirectory(prefix="storyboard-pdf-")
+        subsets = truetype_subsets(font, fonts)
         with _quiet():
-            for weight, chars in sorted(fonts.items()):
+            for weight in sorted(fonts):
                 path = Path(self._tmp.name) / f"{weight}.ttf"
-                path.write_bytes(truetype_subset(font, weight, chars))
+                path.write_bytes(subsets[weight])
                 pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
 
     def add(self, page) -> None:
@@ -267,6 +268,69 @@ def truetype_subset(font: str | None, weight: str, chars: str) -> bytes:
     return data
 
 
+def truetype_subsets(font: str | None, wanted: dict[str, str]) -> dict[str, bytes]:
+    """``truetype_subset`` for each weight of ``wanted`` (weight -> characters). Those not in
+    the cache are made at the same time, each in a process of its own: fontTools holds the
+    interpreter for the seconds the CJK font takes, and while a build's panels render that
+    would be taken from the model loading and the render loop in this process. Where no
+    process can be started, they are made here, one after the other."""
+    found: dict[str, bytes] = {}
+    paths: dict[str, Path | None] = {}
+    for weight, chars in wanted.items():
+        key = _subset_key(font, weight, chars)
+        paths[weight] = path = cache_root() / "fonts" / f"{key}.ttf" if key else None
+        cached = _read_subset(path) if path is not None else None
+        if cached is not None:
+            found[weight] = cached
+    missing = {w: c for w, c in wanted.items() if w not in found and paths[w] is not None}
+    if len(missing) > 1 or (missing and (os.cpu_count() or 1) > 1):
+        found.update(_subsets_in_processes(font, missing))
+    for weight, chars in wanted.items():
+        if weight not in found:
+            found[weight] = truetype_subset(font, weight, chars)  # and its error, if any
+        elif weight in missing:
+            try:
+                atomic_write_bytes(paths[weight], found[weight])
+            except OSError:
+                pass  # as in truetype_subset: the next build makes it again
+    return found
+
+
+def _subsets_in_processes(font: str | None, missing: dict[str, str]) -> dict[str, bytes]:
+    """The subsets of ``missing`` made at the same time, each by a new interpreter running
+    this module (never ``multiprocessing``, which would import the caller's main script again
+    in each child); those that failed are left out, to be made (or to raise their error) in
+    this process."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    made: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="storyboard-fonts-") as tmp:
+        procs = {}
+        for weight, chars in missing.items():
+            order = Path(tmp) / f"{weight}.json"
+            order.write_text(json.dumps([font, weight, chars]), "utf-8")
+            try:
+                procs[weight] = subprocess.Popen(
+                    [sys.executable, "-m", __name__, str(order)], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            except OSError:  # no processes here (a sandbox, a limit): made in this one
+                break
+        for weight, proc in procs.items():
+            out, _ = proc.communicate()
+            if proc.returncode == 0 and out:
+                made[weight] = out
+    return made
+
+
+def _make_subset_quietly(font: str | None, weight: str, chars: str) -> bytes:
+    """``_make_subset`` in a process of its own, its fontTools chatter kept off the terminal
+    as in this one (``_quiet``)."""
+    with _quiet():
+        return _make_subset(font, weight, chars)
+
+
 def _subset_key(font: str | None, weight: str, chars: str) -> str | None:
     """The cache key of a subset; None for a font that cannot be read (``_make_subset`` then
     says why, as it always has)."""
@@ -372,3 +436,12 @@ def _to_truetype(tt) -> None:
     post.formatType, post.extraNames, post.mapping = 2.0, [], {}
     tt["head"].glyphDataFormat = 0
     tt.sfntVersion = "\x00\x01\x00\x00"
+
+
+if __name__ == "__main__":
+    # A subset made for ``_subsets_in_processes``: its order (font, weight, characters) in the
+    # JSON file named, the font's bytes on stdout.
+    import sys
+
+    _font, _weight, _chars = json.loads(Path(sys.argv[1]).read_text("utf-8"))
+    sys.stdout.buffer.write(_make_subset_quietly(_font, _weight, _chars))

@@ -42,12 +42,31 @@ class Speedup(str, Enum):
         return self.value
 
 
-# A new `storyboard build` process with a warm compile cache reached steady speed 12.1-12.4 s
-# later than one that does not compile, and a compiled step then saves about 6-7 ms per panel
-# (28.5-28.8 ms tuned, 8 panels per call, against about 36 ms eager): compiling pays back from
-# about 2000 panel-steps per batch shape, 40 panels of 50 steps (cold_start_* in
-# bench/results/nvidia-h200-2026-11-21-{sdxl,kolors}.json). Each shape is a graph of its own.
-COMPILE_PAYS_FROM = 2000  # panel-steps per distinct batch shape
+# A compile paid only in later processes, and a first compile on a machine blocks the build for
+# minutes (40 SDXL panels: 340.6 s against 103.4 s eager on an H200; issue 17). So "auto"
+# compiles only batch shapes this machine has compiled before (their kernels are in the compile
+# cache) and only when what it measured here says the render pays the warm compile back
+# (``ShapeTimings``, kept by engine/speed/timings.py). Until a warm compile is measured here, its
+# cost is taken as the H200's: a new `storyboard build` with a warm cache reached steady speed
+# 12.1-12.4 s later than one that did not compile (cold_start_* in
+# bench/results/nvidia-h200-2026-11-21-{sdxl,kolors}.json).
+WARM_COMPILE_PRIOR_S = 12.5
+
+
+@dataclass(frozen=True)
+class ShapeTimings:
+    """What this machine measured for one batch shape, in seconds per panel-step (a batch's
+    seconds over its panels x steps x sampler order) and seconds of compiling."""
+
+    eager: float | None = None
+    compiled: float | None = None  # steady: a compiled batch after the shape's first
+    warm_compile: float | None = None  # the extra seconds of a first batch, cache warm
+    cold_compile: float | None = None  # the same, on a cache without this shape
+
+    @property
+    def compiled_here(self) -> bool:
+        """Whether this machine's compile cache holds this shape's kernels."""
+        return self.warm_compile is not None or self.cold_compile is not None
 
 
 def unet_work(batches: list[Batch]) -> dict[tuple, int]:
@@ -57,26 +76,45 @@ def unet_work(batches: list[Batch]) -> dict[tuple, int]:
     work: dict[tuple, int] = {}
     for batch in batches:
         j = batch.jobs[0]
-        shape = (len(batch.jobs), j.width, j.height, j.guidance > 1)
+        shape = batch_shape(batch)
         work[shape] = work.get(shape, 0) + len(batch.jobs) * j.steps * SAMPLERS[j.scheduler].order
     return work
 
 
-def compile_pays(work: dict[tuple, int]) -> bool:
-    """Whether compiling pays back in one render: ``work`` maps each batch shape the UNet will
-    see to the panel-steps rendered in it."""
-    return bool(work) and sum(work.values()) >= COMPILE_PAYS_FROM * len(work)
+def batch_shape(batch: Batch) -> tuple:
+    """The shape a compiled UNet is specialised to: panels, width, height, and CFG or not."""
+    j = batch.jobs[0]
+    return (len(batch.jobs), j.width, j.height, j.guidance > 1)
+
+
+def compile_pays(work: dict[tuple, int], measured: dict[tuple, ShapeTimings] | None) -> bool:
+    """Whether compiling pays back in this render, by this machine's measurements: ``work``
+    maps each batch shape the UNet will see to its panel-steps. Every shape must have been
+    compiled here before, with its eager and compiled speeds measured, and the seconds saved
+    must exceed the warm compiles' (measured, else ``WARM_COMPILE_PRIOR_S`` each)."""
+    if not work or not measured:
+        return False
+    saving = cost = 0.0
+    for shape, steps in work.items():
+        t = measured.get(shape)
+        if t is None or not t.compiled_here or t.eager is None or t.compiled is None:
+            return False
+        saving += steps * (t.eager - t.compiled)
+        cost += t.warm_compile if t.warm_compile is not None else WARM_COMPILE_PRIOR_S
+    return saving > cost
 
 
 def choose_speedups(*, device: str, dtype: str, options: RuntimeOptions, loras: bool,
-                    work: dict[tuple, int]) -> tuple[Speedup, ...]:
+                    work: dict[tuple, int],
+                    measured: dict[tuple, ShapeTimings] | None = None) -> tuple[Speedup, ...]:
     """The speed-ups for a render on ``device`` in ``dtype``, in the order they are applied.
     ``--no-fuse`` / ``--no-compile`` / ``--no-tune`` and the story's ``render:`` section turn
-    them off; ``compile="auto"`` compiles only a render whose ``work`` pays the compile back."""
+    them off; ``compile="auto"`` compiles only a render whose ``work`` pays a compile back by
+    what this machine ``measured`` (``compile_pays``)."""
     fast = device.startswith("cuda") and options.fuse
     if options.compile == "auto":
         # FP8 was measured compiled only: its quantisation kernels need the compiler's fusion.
-        wanted = dtype == "fp8" or compile_pays(work)
+        wanted = dtype == "fp8" or compile_pays(work, measured)
     else:
         wanted = bool(options.compile)
     # Offloading moves weights in and out of the GPU around every call: not measured with
@@ -128,16 +166,18 @@ class RenderPlan:
 
 
 def plan_render(jobs: list[PanelJob], options: RuntimeOptions, *, device: str, dtype: str,
-                free_bytes: float | None = None) -> RenderPlan:
+                free_bytes: float | None = None,
+                measured: dict[tuple, ShapeTimings] | None = None) -> RenderPlan:
     """Plan rendering ``jobs`` on ``device`` in ``dtype`` (both resolved: "cuda", "fp16").
     ``free_bytes``: the GPU's free memory, for the default batch size (None: a large GPU). A
     build passes each distinct job once (``batches.unique_jobs``): panels with the same settings
-    render once."""
+    render once. ``measured``: this machine's timings per batch shape, for ``compile="auto"``
+    (None: nothing measured, so "auto" does not compile)."""
     size = options.batch_size or default_batch_size(device, free_bytes)
     batches = plan_batches(jobs, size)
     loras = any(job.loras for job in jobs)
     speedups = choose_speedups(device=device, dtype=dtype, options=options, loras=loras,
-                               work=unet_work(batches))
+                               work=unet_work(batches), measured=measured)
     refusal = None
     sets = sorted({lora_set(job) for job in jobs})
     if Speedup.FP8 in speedups and loras and options.fuse and not options.offload \

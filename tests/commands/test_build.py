@@ -124,6 +124,26 @@ def test_first_build_renders_all_and_writes_everything(story):
     assert not list(out.rglob("*.tmp")), "no temporary files left behind"
 
 
+def test_pages_begin_once_the_model_is_loaded_and_report_their_wait(story, monkeypatch):
+    """The page composer's first work (fonts, libraries) waits until the model is loaded, so
+    it does not slow the loading; the "pages" event says where the wait after the last panel
+    went; each panel's copy in panels/ is made as it lands."""
+    from storyboard.output import compose
+
+    seen: list = []
+    begin = compose.PageComposer.begin
+    monkeypatch.setattr(compose.PageComposer, "begin",
+                        lambda self: seen.append("begin") or begin(self))
+    report = run_build(story, on_event=lambda e: seen.append(e["event"]))
+    assert report.exit_code == 0
+    events = [e for e in seen if e not in ("step", "batch_start")]
+    assert events[:3] == ["plan", "begin", "model_loaded"]  # begun as the model is loaded
+    assert events[-2:] == ["pages", "done"] and events.count("panel") == 3
+    out = story.with_name("story.out")
+    assert sorted(p.name for p in (out / "panels").iterdir()) == ["one.png", "three.png",
+                                                                    "two.png"]
+
+
 def test_manifest_says_which_speedups_ran(story, monkeypatch):
     import storyboard.plan.speed as speed
 

@@ -78,6 +78,37 @@ def test_a_page_is_drawn_and_in_the_pdf_before_later_panels_arrive(tmp_path, pan
     assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
 
 
+def test_a_deferred_composer_draws_nothing_until_begun_then_catches_up(tmp_path, panels):
+    """A build begins its composer once the model is loaded (the first pages load fonts and
+    libraries, which would slow the loading): panels that arrived before are drawn then, and
+    the bytes are the same."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with PageComposer(slots(), LAYOUT, TITLE, "story", out, CHARS, defer=True) as composer:
+        composer.arrived(0, panels[0])
+        composer.arrived(1, panels[1])
+        assert composer.started is None and not composer.queued
+        composer.begin()
+        idle(composer)
+        assert set(composer.pages) == {0} and composer.added == 1
+        composer.begin()  # once only
+        for i in (2, 3, 4):
+            composer.arrived(i, panels[i])
+        written = composer.finish(lambda i: True)
+    assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
+
+
+def test_finish_begins_a_composer_never_begun(tmp_path, panels):
+    out = tmp_path / "out"
+    out.mkdir()
+    with PageComposer(slots(), LAYOUT, TITLE, "story", out, CHARS, defer=True) as composer:
+        for i, path in enumerate(panels):
+            composer.arrived(i, path)
+        written = composer.finish(lambda i: True)
+    assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
+    assert set(composer.timings) == {"composing_s", "pdf_s", "png_s", "writing_s"}
+
+
 def test_a_panel_that_never_came_gives_the_pages_a_final_compose_gives(tmp_path, panels):
     out = tmp_path / "out"
     out.mkdir()

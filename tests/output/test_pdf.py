@@ -3,6 +3,8 @@ text, panels embedded losslessly, right-to-left reading, the same bytes for the 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -272,3 +274,56 @@ def test_font_subsets_are_cached_and_a_damaged_entry_is_made_again(tmp_path, mon
         assert len(made) == 1, "a damaged entry is made again"
         assert entry.read_bytes() == first, "... and replaced"
     subset.cache_clear()
+
+
+def test_missing_subsets_are_made_in_other_processes_with_the_same_bytes(tmp_path, monkeypatch):
+    """A build's fonts are cut in processes of their own (fontTools would hold this one's
+    interpreter while its model loads): the same bytes as cut here, kept in the cache, and
+    read back the next time without cutting anything."""
+    from storyboard.output import pdf as pdf_module
+
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "cache"))
+    wanted = {"Regular": "Ab猫 (1/2)", "Bold": "Title猫"}
+    here = {w: pdf_module._make_subset(None, w, c) for w, c in wanted.items()}
+    spawned = []
+    real = pdf_module._subsets_in_processes
+    monkeypatch.setattr(pdf_module, "_subsets_in_processes",
+                        lambda font, missing: spawned.append(sorted(missing)) or real(font, missing))
+    assert pdf_module.truetype_subsets(None, wanted) == here
+    assert spawned == [["Bold", "Regular"]]
+    assert len(list((tmp_path / "cache" / "fonts").glob("*.ttf"))) == 2
+    made = []
+    monkeypatch.setattr(pdf_module, "_make_subset", lambda *a: made.append(a))
+    assert pdf_module.truetype_subsets(None, wanted) == here
+    assert made == [] and spawned == [["Bold", "Regular"]], "read back from the cache"
+
+
+def test_a_subset_that_fails_in_its_process_raises_its_error_here(tmp_path, monkeypatch):
+    from storyboard.output import pdf as pdf_module
+
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "cache"))
+    font = tmp_path / "broken.ttf"
+    font.write_bytes(b"not a font at all")
+    with pytest.raises(Exception) as caught:
+        pdf_module.truetype_subsets(str(font), {"Regular": "abc"})
+    with pytest.raises(type(caught.value)):
+        pdf_module._make_subset(str(font), "Regular", "abc")
+
+
+def test_cutting_fonts_in_other_processes_never_runs_the_callers_script_again(tmp_path):
+    """``multiprocessing`` would import an unguarded main script again in each child (and run
+    its build again): the subsets are made by new interpreters running pdf.py alone."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("from storyboard.output import pdf\n"
+                      "print('ran', flush=True)\n"
+                      "fonts = pdf.truetype_subsets(None, {'Regular': 'abc', 'Bold': 'T'})\n"
+                      "print(sorted(fonts), flush=True)\n", "utf-8")
+    env = dict(os.environ, STORYBOARD_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["ran", "['Bold', 'Regular']"]
+    assert len(list((tmp_path / "cache" / "fonts").glob("*.ttf"))) == 2

@@ -11,14 +11,19 @@ import pytest
 from storyboard.options import RuntimeOptions
 from storyboard.plan import Speedup, compile_story, plan_render
 from storyboard.plan.batches import default_batch_size, plan_batches
-from storyboard.plan.speed import COMPILE_PAYS_FROM, choose_speedups, compile_pays, unet_work
+from storyboard.plan.speed import (WARM_COMPILE_PRIOR_S, ShapeTimings, choose_speedups,
+                                   compile_pays, unet_work)
 from storyboard.story import load_story
 
 S = Speedup
 COMPILED = [S.CHANNELS_LAST, S.FUSED_QKV, S.TUNED_KERNELS, S.TORCH_COMPILE, S.VAE_COMPILE,
             S.CROSS_KV]
 COURSE = {(8, 1024, 1024, True): 400}  # the course story: 8 panels of 50 steps, one call
-BIG = {(8, 1024, 1024, True): COMPILE_PAYS_FROM}  # 40 panels of 50 steps in batches of 8
+BIG = {(8, 1024, 1024, True): 2000}  # 40 panels of 50 steps in batches of 8
+# What an H200 measured for that shape: seconds per panel-step eager and compiled, and the
+# extra seconds of a first compiled batch with the cache warm.
+H200 = {(8, 1024, 1024, True): ShapeTimings(eager=0.0376, compiled=0.0290, warm_compile=12.3,
+                                            cold_compile=170.0)}
 
 
 def jobs(tmp_path: Path, panels: str, extra: str = "") -> list:
@@ -48,9 +53,10 @@ TABLE = [
      [S.CHANNELS_LAST, S.TUNED_KERNELS, S.TORCH_COMPILE, S.VAE_COMPILE, S.CROSS_KV]),
     # Eager: only the K/V cache (channels_last and fused QKV were slower or no faster).
     ("cuda", "fp16", RuntimeOptions(compile=False), False, BIG, [S.CROSS_KV]),
-    # auto: compile where the work pays it back, and only there.
+    # auto, with nothing measured on this machine: never a compile whose cost is unknown here
+    # (the first compile on a machine blocks a build for minutes).
     ("cuda", "fp16", RuntimeOptions(), False, COURSE, [S.CROSS_KV]),
-    ("cuda", "fp16", RuntimeOptions(), False, BIG, COMPILED),
+    ("cuda", "fp16", RuntimeOptions(), False, BIG, [S.CROSS_KV]),
     ("cuda", "fp16", RuntimeOptions(), False, {}, [S.CROSS_KV]),
     # --no-fuse: nothing (and so no compile either).
     ("cuda", "fp16", RuntimeOptions(fuse=False, compile=True), False, BIG, []),
@@ -115,20 +121,48 @@ def test_panels_with_other_loras_or_weights_are_other_batches(tmp_path):
     assert batches[2].loras == ()
 
 
-def test_compile_pays_only_with_enough_work_per_batch_shape(tmp_path):
+def test_auto_compiles_what_this_machine_measured_pays(tmp_path):
     def work(count: int, steps: int, batch: int = 8, extra: str = "") -> dict:
         return unet_work(plan_batches(jobs(tmp_path, many(count, steps) + extra), batch))
 
+    def auto(work: dict, measured: dict) -> bool:
+        return S.TORCH_COMPILE in choose_speedups(device="cuda", dtype="fp16", loras=False,
+                                                  options=RuntimeOptions(), work=work,
+                                                  measured=measured)
+
     course = work(8, 50)
-    assert course == {(8, 64, 64, True): 400} and not compile_pays(course)
+    assert course == {(8, 64, 64, True): 400}
     big = work(40, 50)
-    assert big == {(8, 64, 64, True): COMPILE_PAYS_FROM} and compile_pays(big)
-    # Each batch shape is a graph of its own to compile: 41 panels make batches of 7 and 6.
-    assert work(41, 50) == {(7, 64, 64, True): 1750, (6, 64, 64, True): 300}
-    assert not compile_pays(work(41, 50))
+    assert big == {(8, 64, 64, True): 2000}
+    shape = (8, 64, 64, True)
+    h200 = {shape: H200[(8, 1024, 1024, True)]}
+    # 2000 panel-steps save 2000 x 8.6 ms = 17.2 s, more than the 12.3 s warm compile.
+    assert compile_pays(big, h200) and auto(big, h200)
+    assert not compile_pays(course, h200)  # 3.4 s saved: not worth 12.3 s
+    assert not compile_pays(big, None) and not compile_pays(big, {}) and not compile_pays({}, h200)
+    # Never compiled here: the kernels are not in the cache, and a cold compile blocks.
+    eager_only = {shape: ShapeTimings(eager=0.0376, compiled=0.0290)}
+    assert not compile_pays(big, eager_only) and not auto(big, eager_only)
+    # Compiled here once (cold), warm compile not measured yet: the H200's figure stands in.
+    cold_only = {shape: ShapeTimings(eager=0.0376, compiled=0.0290, cold_compile=160.0)}
+    assert compile_pays(big, cold_only) == (2000 * (0.0376 - 0.0290) > WARM_COMPILE_PRIOR_S)
+    # A slow warm compile measured here wins over the prior.
+    slow = {shape: ShapeTimings(eager=0.0376, compiled=0.0290, warm_compile=30.0)}
+    assert not compile_pays(big, slow)
+    # Each batch shape is a graph of its own to compile: 41 panels make batches of 7 and 6,
+    # and every one of them must have been measured.
+    split = work(41, 50)
+    assert split == {(7, 64, 64, True): 1750, (6, 64, 64, True): 300}
+    assert not compile_pays(split, {(7, 64, 64, True): h200[shape]})
+    # An explicit --compile / --no-compile is the writer's, whatever was measured.
+    assert S.TORCH_COMPILE in choose_speedups(device="cuda", dtype="fp16", loras=False,
+                                              options=RuntimeOptions(compile=True),
+                                              work=course, measured={})
+    assert S.TORCH_COMPILE not in choose_speedups(device="cuda", dtype="fp16", loras=False,
+                                                  options=RuntimeOptions(compile=False),
+                                                  work=big, measured=h200)
     wide = "  - {id: wide, prompt: a wide cat, width: 128, guidance: 1}\n"
     assert work(1, 50, extra=wide) == {(1, 64, 64, True): 50, (1, 128, 64, False): 3}
-    assert not compile_pays({})
     # Heun calls the UNet twice per step: 20 panels of 50 steps count as 2000 panel-steps.
     heun = unet_work(plan_batches(jobs(tmp_path, many(20, 50, "h", ", scheduler: Heun")), 8))
     assert heun == {(7, 64, 64, True): 1400, (6, 64, 64, True): 600}
@@ -146,7 +180,10 @@ def test_the_render_plan(tmp_path):
     js = jobs(tmp_path, many(40, 50))
     plan = plan_render(js, RuntimeOptions(), device="cuda", dtype="fp16", free_bytes=80e9)
     assert plan.batch_size == 8 and [len(b.jobs) for b in plan.batches] == [8] * 5
-    assert plan.compiles and plan.batch_of(js[9]) == 1
+    assert not plan.compiles and plan.batch_of(js[9]) == 1  # nothing measured here yet
+    measured = {(8, 64, 64, True): H200[(8, 1024, 1024, True)]}
+    assert plan_render(js, RuntimeOptions(), device="cuda", dtype="fp16", free_bytes=80e9,
+                       measured=measured).compiles
     assert plan_render(js[:8], RuntimeOptions(), device="cuda", dtype="fp16").batch_of(js[9]) \
         is None
     small = plan_render(js[:8], RuntimeOptions(batch_size=3), device="cuda", dtype="fp16")
