@@ -194,7 +194,7 @@ def build(story_path: str | Path, out_dir: str | Path | None = None, *,
                 _remove_stale_pages(out, report.files, outputs)
                 emit({"event": "pages", "files": [p.name for p in report.files],
                       "seconds": round(time.perf_counter() - t_pages, 3),
-                      **(composer.timings if composer is not None else {})})
+                      **({"parts": composer.timings} if composer and composer.timings else {})})
 
         # 8. Record: the manifest, and which cache entries this story now needs.
         report.seconds = time.perf_counter() - t0

@@ -130,9 +130,8 @@ class PageComposer:
         written = write_outputs(self.out, pngs, pdf, self.title,
                                 self.layout.direction == "rtl")
         # Where the wait after the last panel went (a build reports it in its "pages" event).
-        self.timings = {"composing_s": round(composed - t0, 3),
-                        "pdf_s": round(t1 - composed, 3), "png_s": round(t2 - t1, 3),
-                        "writing_s": round(time.perf_counter() - t2, 3)}
+        self.timings = {"composing": round(composed - t0, 3), "pdf": round(t1 - composed, 3),
+                        "png": round(t2 - t1, 3), "writing": round(time.perf_counter() - t2, 3)}
         return written
 
     def _again(self, came: Callable[[int], bool]) -> list[Path]:

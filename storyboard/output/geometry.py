@@ -136,13 +136,21 @@ def caption_width(size: tuple[int, int] | None, width: int, layout: LayoutSpec, 
     return max(1, w - 2 * int(fs * INSIDE_PAD))
 
 
+# A page's rows when the layout does not say: a comic page holds 6-9 panels, and one page of
+# a long story's every panel is tens of thousands of pixels tall, composed only after its last
+# panel (40 SDXL panels waited 11 s for it; issue 17).
+DEFAULT_PAGE_PANELS = 8
+
+
 def per_page(layout: LayoutSpec, panels: int) -> int:
-    """Panels a page: the layout's, else a ``rows`` pattern's, else all of them."""
+    """Panels a page: the layout's, else a ``rows`` pattern's, else all of them up to about
+    ``DEFAULT_PAGE_PANELS`` (whole rows: 8 in 2 or 4 columns, 9 in 3)."""
     if layout.panels_per_page:
         return layout.panels_per_page
     if layout.rows:
         return sum(len(row) for row in layout.rows)
-    return max(panels, 1)
+    whole_rows = layout.columns * -(-DEFAULT_PAGE_PANELS // layout.columns)
+    return max(min(panels, whole_rows), 1)
 
 
 def spans(panels: Sequence[str], layout: LayoutSpec) -> list[int]:

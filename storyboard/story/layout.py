@@ -60,7 +60,7 @@ class LayoutSpec(_Spec):
     columns: int = Field(2, ge=1, le=MAX_COLUMNS, description=(
         "Cells a row; with `rows`, at least the widest row's column count."))
     panels_per_page: int | None = Field(None, ge=1, le=C.MAX_PANELS,
-                                        description="Default: all panels on one page.")
+                                        description="Default: up to 8 (whole rows: 9 in 3 columns).")
     cell_width: Pixels | None = Field(None, description="Width of each cell on the page; "
                                       "default: the widest panel's. Panels fit inside it.")
     cell_height: Pixels | None = Field(None, description=(

@@ -29,7 +29,7 @@ def normalised(output: str) -> str:
     lines = []
     for line in output.splitlines():
         event = json.loads(line)
-        for key in ("seconds",):
+        for key in ("seconds", "parts"):  # parts: the seconds of each part of composing
             if key in event:
                 event[key] = "<seconds>"
         lines.append(json.dumps(event, ensure_ascii=False, sort_keys=False))

@@ -106,7 +106,7 @@ def test_finish_begins_a_composer_never_begun(tmp_path, panels):
             composer.arrived(i, path)
         written = composer.finish(lambda i: True)
     assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
-    assert set(composer.timings) == {"composing_s", "pdf_s", "png_s", "writing_s"}
+    assert set(composer.timings) == {"composing", "pdf", "png", "writing"}
 
 
 def test_a_panel_that_never_came_gives_the_pages_a_final_compose_gives(tmp_path, panels):

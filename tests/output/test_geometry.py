@@ -58,7 +58,8 @@ def test_a_page_past_the_side_limit_cannot_be_a_jpeg():
 
 
 def test_a_one_column_page_too_tall_is_refused_with_a_panels_per_page_hint(story_file):
-    tall = story_file(story_text(20, 64, 4096, "{columns: 1}"))
+    # 20 panels of 4096 pixels, all on one page: far past the limit.
+    tall = story_file(story_text(20, 64, 4096, "{columns: 1, panels_per_page: 20}"))
     result = run_cli("validate", str(tall))
     assert result.exit_code == 2, result.output
     assert "more than 65,500 pixels a side" in result.output and "Traceback" not in result.output
@@ -66,6 +67,9 @@ def test_a_one_column_page_too_tall_is_refused_with_a_panels_per_page_hint(story
     fixed = story_file(story_text(20, 64, 4096, f"{{columns: 1, panels_per_page: {hint}}}"),
                        "fixed.yaml")
     assert run_cli("validate", str(fixed)).exit_code == 0
+    # By default a page holds 8 panels (32,768 pixels here): within it.
+    assert run_cli("validate", str(story_file(story_text(20, 64, 4096, "{columns: 1}"),
+                                              "default.yaml"))).exit_code == 0
     # The hinted pages compose and write (blank panels of the story's size stand in).
     cells = [Cell(f"p{i}", i + 1, Image.new("RGB", (64, 4096)), "") for i in range(int(hint))]
     (page,) = compose_pages(cells, LayoutSpec(columns=1, panels_per_page=int(hint)), "Limits")
