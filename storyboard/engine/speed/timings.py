@@ -75,6 +75,7 @@ class Timings:
     key: str
     path: Path = field(default_factory=record_path)
     compiled_now: set = field(default_factory=set)  # shapes compiled in this process
+    batches: int = 0  # batches this process has finished with the model
 
     @classmethod
     def for_model(cls, model, *, loras: bool, tune: bool | None) -> Timings | None:
@@ -102,11 +103,18 @@ class Timings:
         if panel_steps <= 0 or seconds <= 0:
             return
         shape = batch_shape(batch)
+        self.batches += 1
+        first = self.batches == 1
+        compiled = Speedup.TORCH_COMPILE in speedups
+        if first and not compiled:
+            # A process's first batch also starts cuBLAS and cuDNN and loads their kernels
+            # (about 4 s of the notebook's first SDXL panel on an H200): not a step's speed.
+            return
         entries = read_record(self.path)
         shapes = entries.setdefault(self.key, {})
         now = ShapeTimings(**shapes.get(shape_name(shape), {}))
         per_step = seconds / panel_steps
-        if Speedup.TORCH_COMPILE not in speedups:
+        if not compiled:
             now = replace(now, eager=_blend(now.eager, per_step))
         elif shape not in self.compiled_now:  # this process's first batch of it: compiles
             self.compiled_now.add(shape)
