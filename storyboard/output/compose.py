@@ -14,9 +14,9 @@ before it are. Where it goes on the sheet depends on every page (``plan_pages`` 
 pages the biggest one's size), so the pages are first planned from the panels' sizes alone,
 which the renders then have. Drawing, and adding to the PDF, happen on one worker thread: a
 FreeType face must not be used by two threads at once, and the PDF measures its text with the
-same faces. The PNGs are encoded on other threads (zlib lets go of the interpreter). When a
-panel did not come (it failed) or came at another size, the plan no longer holds: ``finish``
-composes every page again, as ``write_pages`` would.
+same faces. The PNGs are encoded, and each page written, on other threads (zlib lets go of the
+interpreter). When a panel did not come (it failed) or came at another size, the plan no
+longer holds: ``finish`` composes every page again, as ``write_pages`` would.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class PageComposer:
         pngs = [self.pngs[k].result() for k in range(len(self.chunks))]
         t2 = time.perf_counter()
         written = write_outputs(self.out, pngs, pdf, self.title,
-                                self.layout.direction == "rtl")
+                                self.layout.direction == "rtl", pages_written=True)
         # Where the wait after the last panel went (a build reports it in its "pages" event).
         self.timings = {"composing": round(composed - t0, 3), "pdf": round(t1 - composed, 3),
                         "png": round(t2 - t1, 3), "writing": round(time.perf_counter() - t2, 3)}
@@ -163,11 +163,18 @@ class PageComposer:
                       *self.size, centre_y=False)
         self.pages[k] = page
         self.pngs[k] = self.encoders.submit(
-            page_png, rasterize(page), page_mark(self.story, k + 1, len(self.chunks)),
-            page.dpi)
+            self._encode_and_write, k, rasterize(page),
+            page_mark(self.story, k + 1, len(self.chunks)), page.dpi)
         while self.added in self.pages:  # the PDF takes its pages in order
             self.pdf.add(self.pages[self.added])
             self.added += 1
+
+    def _encode_and_write(self, k: int, image, mark: str, dpi: int | None) -> bytes:
+        # Written as soon as it is encoded, not all after the last panel; a page composed
+        # again (``_again``) is written again.
+        data = page_png(image, mark, dpi)
+        atomic_write_bytes(self.out / f"page-{k + 1}.png", data)
+        return data
 
     def _finish_pdf(self) -> bytes | None:
         if self.stale or self.added != len(self.chunks):
@@ -209,13 +216,15 @@ def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -
 
 
 def write_outputs(out_dir: Path, pngs: list[bytes], pdf: bytes, title: str,
-                  rtl: bool) -> list[Path]:
-    """The pages' files from their bytes: page-N.png, story.pdf and story.cbz (made here from
-    the PNGs); the paths written."""
+                  rtl: bool, pages_written: bool = False) -> list[Path]:
+    """The pages' files from their bytes: page-N.png (unless ``pages_written``: the page
+    composer writes each as it is encoded), story.pdf and story.cbz (made here from the PNGs);
+    the paths written."""
     written = []
     for n, data in enumerate(pngs, 1):
         path = out_dir / f"page-{n}.png"
-        atomic_write_bytes(path, data)
+        if not pages_written:
+            atomic_write_bytes(path, data)
         written.append(path)
     atomic_write_bytes(out_dir / PDF, pdf)
     atomic_write_bytes(out_dir / CBZ, write_cbz(pngs, title, rtl))

@@ -68,6 +68,8 @@ def test_a_page_is_drawn_and_in_the_pdf_before_later_panels_arrive(tmp_path, pan
         composer.arrived(0, panels[0])
         idle(composer)
         assert set(composer.pages) == {0} and composer.added == 1  # page 1, before panel 3
+        composer.pngs[0].result()
+        assert (out / "page-1.png").is_file(), "a page is written as soon as it is encoded"
         composer.arrived(3, panels[3])  # page 2 waits for panel 3; the PDF waits in order
         composer.arrived(4, panels[4])
         idle(composer)
