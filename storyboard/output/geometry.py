@@ -68,9 +68,11 @@ class PageGeometry:
     width: int
     height: int
 
-    def fits(self) -> bool:
-        return (max(self.width, self.height) <= MAX_PAGE_SIDE
-                and self.width * self.height <= MAX_PAGE_PIXELS)
+    def fits(self, bleed: int = 0) -> bool:
+        """Whether the page, grown by ``bleed`` pixels on every side (as ``pages.bled`` grows
+        it), stays within what can be composed and written."""
+        w, h = self.width + 2 * bleed, self.height + 2 * bleed
+        return max(w, h) <= MAX_PAGE_SIDE and w * h <= MAX_PAGE_PIXELS
 
 
 def sheet(layout: LayoutSpec) -> tuple[int, int] | None:
@@ -292,7 +294,7 @@ def layout_problems(story, jobs: Sequence, font: str | None,
         widths = spans([jobs[i].panel for i in chunk], layout)
         bound = measure(sizes, [most_lines(jobs[i].caption) if captions else 0 for i in chunk],
                         layout, most_lines(title), spans_=widths)
-        if bound.fits() or not (captions or title):
+        if bound.fits(bleed) or not (captions or title):
             return bound
         cell_w, fs = bound.cell_width, bound.font_size
         inner = bound.width - 2 * layout.margin
@@ -304,34 +306,44 @@ def layout_problems(story, jobs: Sequence, font: str | None,
         t_lines = lines(title, title_size(layout, cell_w), font, inner) if title else 0
         return measure(sizes, [exact[i] for i in chunk], layout, t_lines, spans_=widths)
 
+    # The page as written: a bleed grows it by that many pixels on every side.
+    bleed = layout.bleed
+    bled = f" with its bleed ({bleed:,} pixels on every side)" if bleed else ""
     fixed = sheet(layout)
     if fixed is not None:  # every page is the sheet, whatever is on it
         g = measure([], [], layout, 0)
         g = PageGeometry(g.columns, g.cell_width, g.font_size, g.line_height, g.pad, (), 0, 0,
                          0, *fixed)
-        if g.fits():
+        if g.fits(bleed):
             return []
         return [story.doc.problem(("layout", "dpi"), f"a {layout.page_size} page at "
-                                  f"{layout.dpi} dpi would be {g.width:,} x {g.height:,} pixels,"
-                                  " too big to compose or write", "lower `dpi`")]
+                                  f"{layout.dpi} dpi would be {g.width + 2 * bleed:,} x "
+                                  f"{g.height + 2 * bleed:,} pixels{bled}, too big to compose "
+                                  "or write", "lower `dpi`" + (" or `bleed`" if bleed and
+                                                               g.fits() else ""))]
     count = per_page(layout, len(jobs))
     too_big = [(first // count + 1, g) for first in range(0, len(jobs), count)
-               if not (g := page(first, count)).fits()]
+               if not (g := page(first, count)).fits(bleed)]
     if not too_big:
         return []
     number, geometry = too_big[0]
-    where = f"page {number} would be {geometry.width:,} x {geometry.height:,} pixels"
-    limit = (f"more than {MAX_PAGE_SIDE:,} pixels a side" if max(geometry.width,
-             geometry.height) > MAX_PAGE_SIDE else f"more than {MAX_PAGE_PIXELS:,} pixels")
-    if geometry.width > MAX_PAGE_SIDE:
+    width, height = geometry.width + 2 * bleed, geometry.height + 2 * bleed
+    where = f"page {number} would be {width:,} x {height:,} pixels{bled}"
+    limit = (f"more than {MAX_PAGE_SIDE:,} pixels a side" if max(width, height) > MAX_PAGE_SIDE
+             else f"more than {MAX_PAGE_PIXELS:,} pixels")
+    if width > MAX_PAGE_SIDE:
         hint = "use fewer `columns` or a smaller `cell_width`"
     else:
         fitting = next((n for n in range(min(count, len(jobs)) - 1, 0, -1)
-                        if all(page(first, n).fits() for first in range(0, len(jobs), n))),
+                        if all(page(first, n).fits(bleed)
+                               for first in range(0, len(jobs), n))),
                        None)
         hint = (f"set `panels_per_page: {fitting}` to spread the panels over more pages"
                 if fitting else "shorten the longest captions, or lower `font_size` or "
                 "`columns`")
+    if bleed and geometry.fits():
+        hint = f"lower `bleed` (without it the page is {geometry.width:,} x " \
+               f"{geometry.height:,} pixels), or {hint}"
     more = f" ({len(too_big)} pages are too big)" if len(too_big) > 1 else ""
     return [story.doc.problem(("layout",), f"{where}, {limit}: too big to compose or write"
                               f"{more}", hint)]

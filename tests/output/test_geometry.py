@@ -102,3 +102,34 @@ def test_long_captions_that_fit_need_no_font(story_file):
         raise AssertionError("measured with the font")
 
     assert layout_problems(story, compile_story(story), None, no_font) == []
+
+
+def test_a_bleed_counts_toward_the_limits_at_validate_time(story_file):
+    """A page just under the side limit goes over it with a one-inch bleed (300 pixels a side
+    at 300 dpi): `validate` refuses it, naming the bleed, and the hint's fix validates."""
+    fine = story_file(story_text(16, 64, 4040, "{columns: 1, title: false}"))
+    assert run_cli("validate", str(fine)).exit_code == 0
+    bled = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, bleed: 1in}"),
+                      "bled.yaml")
+    result = run_cli("validate", str(bled))
+    assert result.exit_code == 2, result.output
+    assert "bled.yaml:4:9: layout: page 1 would be 732 x 65,608 pixels with its bleed (300 " \
+           "pixels on every side), more than 65,500 pixels a side" in result.output
+    assert "hint: lower `bleed` (without it the page is 132 x 65,008 pixels), or set " \
+           "`panels_per_page: 15`" in result.output and "Traceback" not in result.output
+    fixed = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, bleed: 1in, "
+                                  "panels_per_page: 15}"), "fixed.yaml")
+    assert run_cli("validate", str(fixed)).exit_code == 0
+
+
+def test_a_sheet_with_its_bleed_is_checked_too(story_file):
+    # A4 at 950 dpi is 87 million pixels, under the limit; a quarter inch on every side
+    # takes it to 96 million, over.
+    fine = story_file(story_text(1, 64, 64, "{page_size: A4, dpi: 950}"))
+    assert run_cli("validate", str(fine)).exit_code == 0
+    bled = story_file(story_text(1, 64, 64, "{page_size: A4, dpi: 950, bleed: 0.25in}"),
+                      "bled.yaml")
+    result = run_cli("validate", str(bled))
+    assert result.exit_code == 2, result.output
+    assert "with its bleed (238 pixels on every side), too big to compose or write" in \
+        result.output and "hint: lower `dpi` or `bleed`" in result.output
