@@ -29,7 +29,7 @@ from ..story.fields import page_inches
 from ..story.schema import LayoutSpec
 from .geometry import (
     INSIDE_PAD, Box, CellGeometry, PageGeometry, arrange, caption_width, cell_width, fits_inside,
-    font_size, line_height, measure, panel_size, per_page, sheet, spans, title_size,
+    font_size, line_height, measure, panel_size, per_page, row_spans, sheet, spans, title_size,
 )
 from .balloons import Shape, balloon_items
 from .fonts import SUPERSAMPLE, PageFont, draw_text, page_font
@@ -314,26 +314,28 @@ def fit_title(text: str, font_path: str | None, largest: int, smallest: int,
 def _plan(cells: list[Cell], layout: LayoutSpec, title: str, index: int, count: int) -> Page:
     sizes = [c.image.size if c.image else None for c in cells]
     widths = spans([c.panel for c in cells], layout)
+    tall = row_spans([c.panel for c in cells], layout)
     cell_w = cell_width(sizes, layout, widths)
     gutter = layout.gutter
     wide = [n * cell_w + (n - 1) * gutter for n in widths]  # each cell, spans included
     fs = font_size(layout, cell_w)
     font = load_font(layout.font, fs)
     show = layout.caption != "none"
-    captions = [wrap_text(c.caption, font, caption_width(s, w, layout, fs))
-                if c.caption and show else [] for c, s, w in zip(cells, sizes, wide)]
+    captions = [wrap_text(c.caption, font, caption_width(s, w, layout, fs, k))
+                if c.caption and show else [] for c, s, w, k in zip(cells, sizes, wide, tall)]
     if layout.caption == "inside":  # one that would cover most of its panel goes below it
         captions = [lines if fits_inside(len(lines) * line_height(fs),
-                                         panel_size(s, w - 2 * layout.border, layout)[1], fs)
+                                         panel_size(s, w - 2 * layout.border, layout, k)[1], fs)
                     else wrap_text(c.caption, font, w)
-                    for c, s, w, lines in zip(cells, sizes, wide, captions)]
+                    for c, s, w, k, lines in zip(cells, sizes, wide, tall, captions)]
     title_text = page_title(layout, title, index, count)
-    columns = max([col + n for row in arrange(widths, layout) for _, col, n in row], default=1)
+    columns = max([col + n for row in arrange(widths, layout, tall) for _, col, n in row],
+                  default=1)
     inner = columns * cell_w + (columns - 1) * gutter
     t_size, t_lines = fit_title(title_text, layout.font, title_size(layout, cell_w), fs,
                                 inner) if title_text else (0, [])
     g = measure(sizes, [len(c) for c in captions], layout, len(t_lines), t_size or None,
-                widths)
+                widths, tall)
     ink = _rgb(layout.text_color)
     background = _rgb(layout.background)
     items: list[Text | Picture | Fill] = []

@@ -50,8 +50,10 @@ def test_a_long_title_and_its_page_suffix_fit_on_the_page(columns, panels):
 
 
 @pytest.mark.parametrize("where", ["below", "above", "inside"])
-def test_every_caption_touches_its_own_panel(where):
-    page = plan_page(mixed_cells(), LayoutSpec(columns=2, caption=where), "Title", 0, 1)
+@pytest.mark.parametrize("tall", [{}, {"p0": 2}, {"p1": 3}])  # panels across rows too
+def test_every_caption_touches_its_own_panel(where, tall):
+    page = plan_page(mixed_cells(), LayoutSpec(columns=2, caption=where, row_span=tall),
+                     "Title", 0, 1)
     for i, cell in enumerate(page.geometry.cells):
         assert cell.caption is not None
         assert cell.panel.touches(cell.caption), f"panel {i}'s caption is away from it"
