@@ -83,6 +83,20 @@ def sheet(layout: LayoutSpec) -> tuple[int, int] | None:
     return round(w * layout.dpi), round(h * layout.dpi)
 
 
+READABLE_INCHES = 210 / 25.4  # A5's longer side: the least a page is printed at, unless told
+
+
+def print_dpi(layout: LayoutSpec, width: int, height: int) -> int:
+    """The pixels per inch a ``width`` x ``height`` page is printed at (its PDF page's size,
+    its PNG's pHYs): the layout's ``dpi``, except that a page of few pixels (small panels,
+    like the built-in models' 128-pixel ones) would be a stamp at 300 dpi (1.2 x 1.5 in), so
+    when the story gives neither ``dpi`` nor ``page_size`` nor ``bleed`` (whose lengths are
+    at ``dpi``), its longer side is spread over ``READABLE_INCHES`` instead."""
+    if layout.page_size or layout.bleed or "dpi" in layout.model_fields_set:
+        return layout.dpi
+    return max(1, min(layout.dpi, int(max(width, height) / READABLE_INCHES)))
+
+
 def font_size(layout: LayoutSpec, cell_w: int) -> int:
     """The captions' size in pixels: the layout's ``font_size``, else a size that keeps the
     same share of the cell whatever its width (28 px in a 512-pixel cell), so a caption under

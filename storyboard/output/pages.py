@@ -29,7 +29,8 @@ from ..story.fields import page_inches
 from ..story.schema import LayoutSpec
 from .geometry import (
     INSIDE_PAD, Box, CellGeometry, PageGeometry, arrange, caption_width, cell_width, fits_inside,
-    font_size, line_height, measure, panel_size, per_page, row_spans, sheet, spans, title_size,
+    font_size, line_height, measure, panel_size, per_page, print_dpi, row_spans, sheet, spans,
+    title_size,
 )
 from .balloons import Shape, balloon_items
 from .fonts import SUPERSAMPLE, PageFont, draw_text, page_font
@@ -205,12 +206,15 @@ def compose_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Ima
 
 def plan_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Page]:
     """Every page of a story, all the same size: the ``page_size`` sheet, else the biggest
-    page's (a shorter last page keeps its content at the top), as a printed book's pages are."""
+    page's (a shorter last page keeps its content at the top), as a printed book's pages are;
+    printed at ``geometry.print_dpi``."""
     count = per_page(layout, len(cells))
     chunks = [cells[i:i + count] for i in range(0, len(cells), count)] or [[]]
     pages = [plan_page(chunk, layout, title, n, len(chunks)) for n, chunk in enumerate(chunks)]
     width, height = max(p.width for p in pages), max(p.height for p in pages)
-    return [bled(placed(p, width, height, centre_y=False), layout) for p in pages]
+    dpi = print_dpi(layout, width, height)
+    return [replace(bled(placed(p, width, height, centre_y=False), layout), dpi=dpi)
+            for p in pages]
 
 
 def bled(page: Page, layout: LayoutSpec) -> Page:

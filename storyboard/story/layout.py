@@ -162,7 +162,9 @@ class LayoutSpec(_Spec):
         "page as big as its panels, all pages of a story the same size."))
     dpi: int = Field(300, ge=72, le=1200, description=(
         "Pixels per inch: the pages' pixels on paper (the PDF's page size in points, the PNGs' "
-        "pHYs) and, with `page_size`, how many pixels a page has."))
+        "pHYs) and, with `page_size`, how many pixels a page has. Left out, with no "
+        "`page_size` or `bleed`: a page of few pixels is printed at a lower dpi, its longer "
+        "side 210 mm (A5's), so that small panels do not make a 1-inch PDF page."))
     direction: Literal["ltr", "rtl"] = Field("ltr", description=(
         "Reading order: rtl (manga) fills each row right to left and marks the PDF and CBZ "
         "to be read right to left."))
