@@ -55,7 +55,7 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1),
 
 def balloon_items(balloons, inner: Box, font_path: str | None, fs: int, ink) -> list:
     """The shapes and text lines of a panel's balloons, ``inner`` being its picture's box."""
-    from .pages import Text, load_font, wrap_text
+    from .pages import Text
 
     items: list = []
     margin = max(2, inner.w // 40)
