@@ -100,3 +100,21 @@ def draw_text(image, x: float, baseline: float, text: str, font: PageFont, big: 
         pen += font.advance(ch) * n
     mask = mask.resize((width, height), Image.Resampling.BOX)
     image.paste(Image.new("RGB", (width, height), fill), (left, top), mask)
+
+
+def draw_turned(image, x: float, y: float, text: str, font: PageFont, big: PageFont,
+                fill) -> None:
+    """``text`` turned a quarter turn clockwise about (``x``, ``y``), its baseline running
+    down from there (a character on its side in vertical text): drawn level into a mask of
+    its own with ``draw_text``, the mask turned, then pasted."""
+    from PIL import Image
+
+    size = font.size
+    w, h = int(font.getlength(text)) + 2 * size, 3 * size
+    level = Image.new("RGB", (w, h), (0, 0, 0))
+    ox, oy = size, 2 * size  # where (x, y) is in the level mask
+    draw_text(level, ox, oy, text, font, big, (255, 255, 255))
+    # Clockwise: the level mask's (a, b) goes to (h - 1 - b, a).
+    turned = level.convert("L").transpose(Image.Transpose.ROTATE_270)
+    image.paste(Image.new("RGB", turned.size, fill), (round(x - (h - 1 - oy)), round(y - ox)),
+                turned)

@@ -84,3 +84,32 @@ def glyph_warnings(story, jobs: Sequence, font: str | None) -> list[Problem]:
             "would show empty boxes for them",
             "remove them, or set `layout.font` to a font that has them", severity=WARNING))
     return problems
+
+
+def vertical_problems(story, jobs: Sequence, font: str | None) -> list[Problem]:
+    """An error for each balloon with ``vertical: true`` that cannot be set vertically: a
+    font without vertical metrics, a text with no CJK in it, punctuation whose vertical form
+    the font lacks (``vertical.vertical_problem``)."""
+    from .vertical import font_facts, vertical_problem
+
+    problems = []
+    for job in jobs:
+        for k, balloon in enumerate(story.spec.panels[job.index].balloons):
+            if not balloon.vertical:
+                continue
+            try:
+                cmap, has_vertical = font_facts(font, 0) if font else \
+                    font_facts(builtin_font(), CJK_FACE)
+            except Exception:  # noqa: BLE001 - an unreadable font is reported when pages load it
+                return []
+            why = vertical_problem(balloon.text, cmap, has_vertical)
+            if why is None:
+                continue
+            hint = ("leave `vertical` out, or `layout.font` for the built-in Noto Sans CJK"
+                    if font and not has_vertical else "leave `vertical` out: such text is set "
+                    "across" if "has none" in why else "leave `vertical` out, or use a font "
+                    "with vertical forms (the built-in Noto Sans CJK has them)")
+            problems.append(story.doc.problem(
+                ("panels", job.index, "balloons", k, "vertical"),
+                f"panel {job.panel!r}: balloon {k + 1} cannot be set vertically: {why}", hint))
+    return problems

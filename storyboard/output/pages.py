@@ -33,7 +33,7 @@ from .geometry import (
     title_size,
 )
 from .balloons import Shape, balloon_items
-from .fonts import SUPERSAMPLE, PageFont, draw_text, page_font
+from .fonts import SUPERSAMPLE, PageFont, draw_text, draw_turned, page_font
 from .ownership import PAGE_MARK
 
 _NO_LINE_START = set("，。、！？；：”’）》」』】〕〉…‥・ー—―-~～%）)]}.,!?;:'\"·")
@@ -164,6 +164,7 @@ class Text:
     size: int
     weight: str  # "Regular" or "Bold"
     color: tuple[int, int, int]
+    rotate: int = 0  # 90: turned a quarter turn clockwise about (x, y) (vertical text)
 
 
 @dataclass(frozen=True)
@@ -435,9 +436,12 @@ def rasterize(page: Page) -> Image.Image:
             else:
                 draw.polygon(list(item.points), **style)
         else:
-            draw_text(image, item.x, item.y, item.text,
-                      load_font(page.font, item.size, item.weight),
-                      load_font(page.font, item.size * SUPERSAMPLE, item.weight), item.color)
+            fonts = (load_font(page.font, item.size, item.weight),
+                     load_font(page.font, item.size * SUPERSAMPLE, item.weight))
+            if item.rotate:
+                draw_turned(image, item.x, item.y, item.text, *fonts, item.color)
+            else:
+                draw_text(image, item.x, item.y, item.text, *fonts, item.color)
     return image
 
 

@@ -155,8 +155,13 @@ class PdfWriter:
 
 def story_chars(texts: Iterable[str]) -> str:
     """Every character a story's pages can show: its title, captions, balloons and panel ids
-    (``texts``), the placeholder's words, digits and the "(n/N)" suffix's."""
-    return "".join(sorted(set("".join(texts)) | set("0123456789 ()/not rendered")))
+    (``texts``), the vertical forms of their punctuation (vertical balloons draw those), the
+    placeholder's words, digits and the "(n/N)" suffix's."""
+    from .vertical import FORMS
+
+    chars = set("".join(texts))
+    return "".join(sorted(chars | {FORMS[ch] for ch in chars if ch in FORMS}
+                          | set("0123456789 ()/not rendered")))
 
 
 def warm_fonts(font: str | None, chars: str) -> None:
@@ -196,7 +201,11 @@ def _page(pdf, page) -> None:
             own = pdf.get_string_width(item.text)
             pdf.set_stretching(100 * given / own if own and abs(given - own) > own / 200
                                else 100)
-            pdf.text(item.x * pt, item.y * pt, item.text)
+            if item.rotate:  # on its side in a column of vertical text
+                with pdf.rotation(-item.rotate, item.x * pt, item.y * pt):
+                    pdf.text(item.x * pt, item.y * pt, item.text)
+            else:
+                pdf.text(item.x * pt, item.y * pt, item.text)
         elif hasattr(item, "image"):
             b = item.box
             pdf.image(item.image, b.x * pt, b.y * pt, b.w * pt, b.h * pt)

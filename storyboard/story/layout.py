@@ -257,6 +257,11 @@ class BalloonSpec(_Spec):
         "Which way the tail (a thought's bubbles) points: left, right, up, down, down-left, "
         "down-right, up-left, up-right, or none; default: toward the panel's middle."))
 
+    vertical: bool = Field(False, description=(
+        "Chinese, Japanese or Korean text set vertically: top to bottom, columns right to "
+        "left, punctuation in its vertical forms, Latin letters and ー on their side (needs "
+        "a font with vertical metrics, as the built-in Noto Sans CJK has)."))
+
     @field_validator("tail")
     @classmethod
     def _narration_has_no_tail(cls, v: Any, info: ValidationInfo) -> Any:
