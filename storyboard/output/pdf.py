@@ -7,7 +7,8 @@ the story's title, the reading direction. Out: PDF bytes (fpdf2) where
 - panels are embedded losslessly (Flate, the pixels the PNG page shows, at print resolution);
   speech balloons and narration boxes are vector shapes;
 - the title, captions and panel numbers are real text in the page font, embedded (a subset of
-  just the glyphs used), so they can be selected, searched and read aloud;
+  just the glyphs used), so they can be selected, searched and read aloud; characters it
+  lacks that the emoji font has are text in that one, embedded too;
 - a ``bleed`` makes each page that much bigger on every side, with a ``/TrimBox`` of the
   sheet and a ``/BleedBox`` of the whole page; ``trim_marks`` are vector lines in it;
 - ``direction: rtl`` sets ``/ViewerPreferences /Direction /R2L``;
@@ -37,7 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..paths import atomic_write_bytes, cache_root, read_bounded, sha256_of
-from .glyphs import CJK_FACE, builtin_font
+from .glyphs import CJK_FACE, builtin_font, emoji_font, fallback_chars
 from .ownership import PDF_CREATOR
 
 # The date a PDF says it was made, unless SOURCE_DATE_EPOCH says otherwise: 1980-01-01, as
@@ -125,6 +126,12 @@ class PdfWriter:
                 path = Path(self._tmp.name) / f"{weight}.ttf"
                 path.write_bytes(truetype_subset(font, weight, chars))
                 pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
+            # What the page font lacks and the emoji font has, in every weight: one face.
+            emoji = fallback_chars("".join(fonts.values()), font)
+            if emoji:
+                path = Path(self._tmp.name) / "Emoji.ttf"
+                path.write_bytes(truetype_subset(emoji_font(), "Regular", emoji))
+                pdf.add_font("emoji", "", str(path))
 
     def add(self, page) -> None:
         from fpdf.image_parsing import SETTINGS
@@ -170,11 +177,12 @@ def warm_fonts(font: str | None, chars: str) -> None:
     A build runs this on a thread while its panels render."""
     for weight in _WEIGHTS:
         truetype_subset(font, weight, chars)
+    emoji = fallback_chars(chars, font)
+    if emoji:
+        truetype_subset(emoji_font(), "Regular", emoji)
 
 
 def _page(pdf, page) -> None:
-    from .pages import load_font
-
     # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's. A bleed
     # is pixels around the sheet: the sheet keeps its exact size and the bleed is added to it.
     b = page.bleed
@@ -190,22 +198,12 @@ def _page(pdf, page) -> None:
         pdf.rect(0, 0, *size, style="F")
     for item in page.items:
         if hasattr(item, "text"):
-            pdf.set_font("page", "B" if item.weight == "Bold" else "", item.size * pt)
             pdf.set_text_color(*item.color)
-            # The page was laid out with fonts.PageFont's advances, which the embedded font
-            # has too (up to rounding to font units); should a font's differ (a font whose
-            # hmtx fontTools and fpdf2 read differently), a line must still keep to its box:
-            # it is stretched to the width it was given.
-            given = load_font(page.font, item.size, item.weight).getlength(item.text) * pt
-            pdf.set_stretching(100)  # fpdf2 measures with the stretching in force
-            own = pdf.get_string_width(item.text)
-            pdf.set_stretching(100 * given / own if own and abs(given - own) > own / 200
-                               else 100)
             if item.rotate:  # on its side in a column of vertical text
                 with pdf.rotation(-item.rotate, item.x * pt, item.y * pt):
-                    pdf.text(item.x * pt, item.y * pt, item.text)
+                    _text(pdf, page, item, pt)
             else:
-                pdf.text(item.x * pt, item.y * pt, item.text)
+                _text(pdf, page, item, pt)
         elif hasattr(item, "image"):
             b = item.box
             pdf.image(item.image, b.x * pt, b.y * pt, b.w * pt, b.h * pt)
@@ -227,6 +225,33 @@ def _page(pdf, page) -> None:
             b = item.box
             pdf.set_fill_color(*item.color)
             pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="F")
+
+
+def _text(pdf, page, item, pt: float) -> None:
+    """A line of text, in runs: the page font's, and the emoji font's for what it lacks."""
+    from .pages import load_font
+
+    face = load_font(page.font, item.size, item.weight)
+    x, run = item.x, ""
+    for k, ch in enumerate(item.text):
+        run += ch
+        if k + 1 < len(item.text) and face.falls_back(item.text[k + 1]) == face.falls_back(ch):
+            continue
+        if face.falls_back(ch):
+            pdf.set_font("emoji", "", item.size * pt)
+        else:
+            pdf.set_font("page", "B" if item.weight == "Bold" else "", item.size * pt)
+        # The page was laid out with fonts.PageFont's advances, which the embedded font has
+        # too (up to rounding to font units); should a font's differ (a font whose hmtx
+        # fontTools and fpdf2 read differently), a run must still keep to its box: it is
+        # stretched to the width it was given.
+        given = face.getlength(run) * pt
+        pdf.set_stretching(100)  # fpdf2 measures with the stretching in force
+        own = pdf.get_string_width(run)
+        pdf.set_stretching(100 * given / own if own and abs(given - own) > own / 200 else 100)
+        pdf.text(x * pt, item.y * pt, run)
+        x += given / pt
+        run = ""
 
 
 def _page_boxes(pdf, trim: tuple[float, float, float, float],
@@ -283,7 +308,11 @@ def subset_keys(font: str | None, chars: str) -> set[str]:
     """The cache keys of the subsets a story's PDF embeds: its page font (``font``, resolved;
     None: the built-in one) at each weight, for the story's ``chars`` (``story_chars``, as a
     build warms them), for `storyboard clean` to keep."""
-    return {key for weight in _WEIGHTS if (key := _subset_key(font, weight, chars))}
+    keys = {key for weight in _WEIGHTS if (key := _subset_key(font, weight, chars))}
+    emoji = fallback_chars(chars, font)
+    if emoji and (key := _subset_key(emoji_font(), "Regular", emoji)):
+        keys.add(key)
+    return keys
 
 
 def _subset_key(font: str | None, weight: str, chars: str) -> str | None:

@@ -102,11 +102,12 @@ def test_validate_checks_balloons(story_file):
     assert "two balloons are `at: top-left`; they would cover each other" in result.output
     assert "put one at top-right" in result.output
     emoji = story_file("version: 1\nmodel: tiny-sdxl\npanels:\n  - id: p3\n    prompt: a bird\n"
-                       "    balloons:\n      - {text: 'Hi 😀'}\n", "emoji.yaml")
+                       "    balloons:\n      - {text: 'Hi 😀ᚠ'}\n", "emoji.yaml")
     result = run_cli("validate", str(emoji))
     assert result.exit_code == 0
     assert "emoji.yaml:7:16: warning: panels[0].balloons[0].text: panel 'p3': balloon 1 has " \
-           "characters the built-in font (Noto Sans CJK) cannot draw: '😀'" in result.output
+           "characters the built-in font (Noto Sans CJK) and the emoji font (Noto Emoji) " \
+           "cannot draw: 'ᚠ'" in result.output and "'😀'" not in result.output
 
 
 def test_golden_balloons():

@@ -135,15 +135,18 @@ def test_cjk_lines_leave_no_lone_character_at_the_end():
 
 
 def test_validate_warns_about_characters_the_font_cannot_draw(story_file):
+    """Emoji are drawn in the fallback font (Noto Emoji): only what no font has is warned
+    about (a runic letter here)."""
     story = story_file("version: 1\ntitle: Cats\nmodel: tiny-sdxl\npanels:\n"
-                       "  - id: p1\n    prompt: a cat\n    caption: 'Hello 😀, café 猫'\n"
-                       "  - id: p2\n    prompt: a dog\n    caption: plain words\n")
+                       "  - id: p1\n    prompt: a cat\n    caption: 'Hello 😀ᚠ, café 猫'\n"
+                       "  - id: p2\n    prompt: a dog\n    caption: plain words 😀\n")
     result = run_cli("validate", str(story))
     assert result.exit_code == 0, result.output
     assert f"{story.name}:7:14: warning: panels[0].caption: panel 'p1': the caption has " \
-           "characters the built-in font (Noto Sans CJK) cannot draw: '😀' (U+1F600 GRINNING " \
-           "FACE)" in result.output
+           "characters the built-in font (Noto Sans CJK) and the emoji font (Noto Emoji) " \
+           "cannot draw: 'ᚠ' (U+16A0 RUNIC LETTER FEHU FEOH FE F)" in result.output
     assert "p2" not in result.output and "café" not in result.output.split("cannot draw")[1]
+    assert "😀" not in result.output.split("cannot draw")[1]
 
 
 @pytest.mark.parametrize("where", ["below", "above", "inside"])
