@@ -145,5 +145,5 @@ def test_validate_refuses_what_cannot_be_set_vertically(story_file, tmp_path, fo
         f"'p1': balloon 1 cannot be set vertically: {says}" in result.output
     assert f"hint: {hint}" in result.output and "Traceback" not in result.output
     good = story_file("version: 1\nmodel: tiny-sdxl\npanels:\n  - id: p1\n    prompt: rain\n"
-                      "    balloons:\n      - {{text: 雨が降る, vertical: true}}\n", "ok.yaml")
+                      "    balloons:\n      - {text: 雨が降る, vertical: true}\n", "ok.yaml")
     assert run_cli("validate", str(good)).exit_code == 0
