@@ -529,6 +529,9 @@ def test_clean_removes_what_no_story_needs(story, cache_dir):
 def test_clean_removes_font_subsets_no_story_embeds(story, cache_dir):
     """The PDF's font subsets (cache/fonts) of a story's earlier text go; those its PDF
     embeds now stay; files storyboard did not write there are never touched."""
+    from storyboard.output.pdf import truetype_subset
+
+    truetype_subset.cache_clear()  # made in this process for another test's cache: not here
     fonts = cache_dir / "fonts"
     run_build(story)
     first = sorted(p.name for p in fonts.glob("*.ttf"))
