@@ -62,7 +62,7 @@ class PageFont(ImageFont.FreeTypeFont):
         return self._fallback if self.falls_back(ch) else self  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)  # two weights of the page font, the emoji font, a story's own
 def _metrics(path: str, face: int, weight: str):
     """The font's cmap and its glyph set at ``weight`` (read lazily: only the glyphs asked
     about are decoded)."""

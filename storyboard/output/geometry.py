@@ -378,10 +378,25 @@ def layout_problems(story, jobs: Sequence, font: str | None,
                                   "or write", "lower `dpi`" + (" or `bleed`" if bleed and
                                                                g.fits() else ""))]
     count = per_page(layout, len(jobs))
-    too_big = [(first // count + 1, g) for first in range(0, len(jobs), count)
-               if not (g := page(first, count)).fits(bleed)]
+    pages = [page(first, count) for first in range(0, len(jobs), count)]
+    too_big = [(n + 1, g) for n, g in enumerate(pages) if not g.fits(bleed)]
     if not too_big:
-        return []
+        # Every page of a story is the same size (pages.plan_pages): the widest page's width
+        # by the tallest page's height, which can be too big when no one page is.
+        width = max(g.width for g in pages)
+        height = max(g.height for g in pages)
+        alike = PageGeometry(*[getattr(pages[0], f) for f in (
+            "columns", "cell_width", "font_size", "line_height", "pad", "cells", "title_size",
+            "title_line_height", "title_height")], width, height)
+        if alike.fits(bleed):
+            return []
+        return [story.doc.problem(("layout",), f"every page would be {width + 2 * bleed:,} x "
+                                  f"{height + 2 * bleed:,} pixels{bled} (all pages take the "
+                                  "widest page's width and the tallest page's height), more "
+                                  f"than {MAX_PAGE_PIXELS:,} pixels: too big to compose or "
+                                  "write", "give the panels sizes closer to each other, or "
+                                  "set `page_size` (every page that sheet, the panels scaled "
+                                  "to fit)")]
     number, geometry = too_big[0]
     width, height = geometry.width + 2 * bleed, geometry.height + 2 * bleed
     where = f"page {number} would be {width:,} x {height:,} pixels{bled}"

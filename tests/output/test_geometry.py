@@ -133,3 +133,23 @@ def test_a_sheet_with_its_bleed_is_checked_too(story_file):
     assert result.exit_code == 2, result.output
     assert "with its bleed (238 pixels on every side), too big to compose or write" in \
         result.output and "hint: lower `dpi` or `bleed`" in result.output
+
+
+def test_pages_each_fine_but_too_big_alike_are_refused(story_file):
+    """Every page takes the widest page's width and the tallest page's height: a page with two
+    wide panels (8,280 pixels across, 4,300 down) and one of six tall ones (12,400 down, 200
+    across) are each fine, but two pages of 8,280 x 12,400 are over the pixel limit."""
+    panels = [f"  - {{id: w{i}, prompt: sea, width: 4096, height: 64}}" for i in range(2)]
+    panels += [f"  - {{id: s{i}, prompt: sun, width: 64, height: 64}}" for i in range(4)]
+    panels += [f"  - {{id: t{i}, prompt: sky, width: 64, height: 4096}}" for i in range(6)]
+    text = ("version: 1\ntitle: Limits\nmodel: tiny-sdxl\n"
+            "layout: {columns: 2, panels_per_page: 6}\ndefaults: {steps: 2}\npanels:\n"
+            + "\n".join(panels) + "\n")
+    result = run_cli("validate", str(story_file(text)))
+    assert result.exit_code == 2, result.output
+    assert "story.yaml:4:9: layout: every page would be" in result.output
+    assert "all pages take the widest page's width and the tallest page's height" in \
+        result.output and "set `page_size`" in result.output
+    sheet = story_file(text.replace("panels_per_page: 6", "panels_per_page: 6, page_size: A4"),
+                       "sheet.yaml")
+    assert run_cli("validate", str(sheet)).exit_code == 0
