@@ -110,6 +110,9 @@ class PdfWriter:
                 pass
 
         pdf = self.pdf = FPDF(unit="pt")
+        # What the page font lacks and the emoji font has, in any weight: embedded as one
+        # face, added with the first page (``_add_emoji``).
+        self._emoji: str | None = fallback_chars("".join(fonts.values()), font)
         pdf.set_creation_date(build_date())
         pdf.set_creator(PDF_CREATOR)
         pdf.set_producer(PDF_CREATOR)  # not fpdf2's version: the bytes follow the pages alone
@@ -126,15 +129,12 @@ class PdfWriter:
                 path = Path(self._tmp.name) / f"{weight}.ttf"
                 path.write_bytes(truetype_subset(font, weight, chars))
                 pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
-            # What the page font lacks and the emoji font has, in every weight: one face.
-            emoji = fallback_chars("".join(fonts.values()), font)
-            if emoji:
-                path = Path(self._tmp.name) / "Emoji.ttf"
-                path.write_bytes(truetype_subset(emoji_font(), "Regular", emoji))
-                pdf.add_font("emoji", "", str(path))
 
     def add(self, page) -> None:
         from fpdf.image_parsing import SETTINGS
+
+        if self._emoji:
+            self._add_emoji()
 
         level = SETTINGS.compression_level
         # Each panel's pixels are deflated as they are embedded: at zlib level 1 three times
@@ -147,6 +147,13 @@ class PdfWriter:
                 _page(self.pdf, page)
         finally:
             SETTINGS.compression_level = level
+
+    def _add_emoji(self) -> None:
+        path = Path(self._tmp.name) / "Emoji.ttf"
+        with _quiet():
+            path.write_bytes(truetype_subset(emoji_font(), "Regular", self._emoji))
+            self.pdf.add_font("emoji", "", str(path))
+        self._emoji = None
 
     def finish(self) -> bytes:
         try:
