@@ -107,10 +107,11 @@ def test_long_captions_that_fit_need_no_font(story_file):
 def test_a_bleed_counts_toward_the_limits_at_validate_time(story_file):
     """A page just under the side limit goes over it with a one-inch bleed (300 pixels a side
     at 300 dpi): `validate` refuses it, naming the bleed, and the hint's fix validates."""
-    fine = story_file(story_text(16, 64, 4040, "{columns: 1, title: false}"))
+    fine = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, "
+                                 "panels_per_page: 16}"))
     assert run_cli("validate", str(fine)).exit_code == 0
-    bled = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, bleed: 1in}"),
-                      "bled.yaml")
+    bled = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, "
+                                 "panels_per_page: 16, bleed: 1in}"), "bled.yaml")
     result = run_cli("validate", str(bled))
     assert result.exit_code == 2, result.output
     assert "bled.yaml:4:9: layout: page 1 would be 732 x 65,608 pixels with its bleed (300 " \
