@@ -60,9 +60,7 @@ def _clean_fonts(stories: list[Path], dry_run: bool, cache: PanelCache,
     story as it is now (its font and characters; a story that no longer loads keeps none:
     its next build makes them again, in seconds). Only files named as storyboard names its
     subsets, plain files, are touched: anything else in the folder is not ours."""
-    from ..output.pdf import FONTS_DIR
-
-    folder = cache.root / FONTS_DIR
+    folder = cache.root / "fonts"  # where pdf.truetype_subset keeps them
     if not folder.is_dir():
         return
     subsets = [p for p in sorted(folder.iterdir())
@@ -87,7 +85,6 @@ def _clean_fonts(stories: list[Path], dry_run: bool, cache: PanelCache,
 
 def _story_subsets(story_path: Path) -> set[str]:
     from ..errors import UserError
-    from ..output.pdf import subset_keys
     from ..story import load_story
     from .build import page_chars
 
@@ -97,6 +94,20 @@ def _story_subsets(story_path: Path) -> set[str]:
         return set()
     font = story.spec.layout.font
     return subset_keys(str(story.resolve(font)) if font else None, page_chars(story))
+
+
+def subset_keys(font: str | None, chars: str) -> set[str]:
+    """The cache keys of the subsets a story's PDF embeds: its page font (``font``, resolved;
+    None: the built-in one) at each weight, and the emoji font for what that lacks, for the
+    story's ``chars`` (``pdf.story_chars``), as a build warms them (``pdf.warm_fonts``)."""
+    from ..output.glyphs import emoji_font, fallback_chars
+    from ..output.pdf import _WEIGHTS, _subset_key
+
+    keys = {key for weight in _WEIGHTS if (key := _subset_key(font, weight, chars))}
+    emoji = fallback_chars(chars, font)
+    if emoji and (key := _subset_key(emoji_font(), "Regular", emoji)):
+        keys.add(key)
+    return keys
 
 
 def _clean_trained(store: TrainedStore, dry_run: bool, report: CleanReport) -> None:

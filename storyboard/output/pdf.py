@@ -189,20 +189,6 @@ def warm_fonts(font: str | None, chars: str) -> None:
         truetype_subset(emoji_font(), "Regular", emoji)
 
 
-FONTS_DIR = "fonts"  # under the cache root: the subsets truetype_subset keeps
-
-
-def subset_keys(font: str | None, chars: str) -> set[str]:
-    """The cache keys of the subsets a story's PDF embeds: its page font (``font``, resolved;
-    None: the built-in one) at each weight, for the story's ``chars`` (``story_chars``, as a
-    build warms them), for `storyboard clean` to keep."""
-    keys = {key for weight in _WEIGHTS if (key := _subset_key(font, weight, chars))}
-    emoji = fallback_chars(chars, font)
-    if emoji and (key := _subset_key(emoji_font(), "Regular", emoji)):
-        keys.add(key)
-    return keys
-
-
 def _page(pdf, page) -> None:
     # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's. A bleed
     # is pixels around the sheet: the sheet keeps its exact size and the bleed is added to it.

@@ -11,7 +11,6 @@ from pypdf import PdfReader
 from storyboard.output.compose import write_pages
 from storyboard.output.glyphs import emoji_font, fallback_chars, missing_glyphs
 from storyboard.output.pages import Cell, Text, compose_pages, load_font, plan_pages
-from storyboard.output.pdf import subset_keys
 from storyboard.story.layout import BalloonSpec
 from storyboard.story.schema import LayoutSpec
 
@@ -56,6 +55,8 @@ def test_the_pdf_embeds_the_emoji_font_and_the_emoji_are_text(tmp_path):
 
 
 def test_clean_keeps_the_emoji_subset_a_story_needs():
+    from storyboard.commands.clean import subset_keys
+
     assert len(subset_keys(None, "Hi 😀")) == 3 and len(subset_keys(None, "Hi")) == 2
 
 
