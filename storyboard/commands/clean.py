@@ -100,12 +100,13 @@ def subset_keys(font: str | None, chars: str) -> set[str]:
     """The cache keys of the subsets a story's PDF embeds: its page font (``font``, resolved;
     None: the built-in one) at each weight, and the emoji font for what that lacks, for the
     story's ``chars`` (``pdf.story_chars``), as a build warms them (``pdf.warm_fonts``)."""
+    from ..output.fonts import WEIGHTS
     from ..output.glyphs import emoji_font, fallback_chars
-    from ..output.pdf import _WEIGHTS, _subset_key
+    from ..output.pdf import subset_key
 
-    keys = {key for weight in _WEIGHTS if (key := _subset_key(font, weight, chars))}
+    keys = {key for weight in WEIGHTS if (key := subset_key(font, weight, chars))}
     emoji = fallback_chars(chars, font)
-    if emoji and (key := _subset_key(emoji_font(), "Regular", emoji)):
+    if emoji and (key := subset_key(emoji_font(), "Regular", emoji)):
         keys.add(key)
     return keys
 

@@ -189,6 +189,11 @@ def warm_fonts(font: str | None, chars: str) -> None:
         truetype_subset(emoji_font(), "Regular", emoji)
 
 
+def subset_key(font: str | None, weight: str, chars: str) -> str | None:
+    """The key ``truetype_subset`` keeps a subset under (None: an unreadable font)."""
+    return _subset_key(font, weight, chars)
+
+
 def _page(pdf, page) -> None:
     # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's. A bleed
     # is pixels around the sheet: the sheet keeps its exact size and the bleed is added to it.
