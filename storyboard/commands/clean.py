@@ -4,13 +4,15 @@ In: story paths (optional), a dry-run switch, the cache. Out: a ``CleanReport`` 
 removed, bytes freed, stale files), having removed every cache entry that no existing story's
 last build, reroll or training (its class pictures) recorded (their roots, output/cache.py),
 every trained LoRA folder that no existing story's last training recorded (its own roots,
-training/store.py), the roots of stories that are gone, and temporary files and half-built model folders that killed runs left
-in the cache; and, in the given stories' output folders, panel files storyboard wrote for
-panels the stories no longer have.
+training/store.py), the roots of stories that are gone, the PDF font subsets (``fonts/``) that
+none of the stories the roots name (nor those given) embeds, and temporary files and
+half-built model folders that killed runs left in the cache; and, in the given stories'
+output folders, panel files storyboard wrote for panels the stories no longer have.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ class CleanReport:
     stale_files: list[Path] = field(default_factory=list)
     temporaries: list[Path] = field(default_factory=list)  # left by runs that were killed
     trained: list[str] = field(default_factory=list)  # keys of trained LoRAs removed
+    fonts: list[Path] = field(default_factory=list)  # font subsets removed
 
 
 def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | None = None,
@@ -43,7 +46,69 @@ def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | Non
     with locked(cache.root, on_wait=lambda: on_wait("the panel cache")):
         _clean(stories, dry_run, cache, report)
         _clean_trained(TrainedStore(cache.root), dry_run, report)
+        _clean_fonts(stories, dry_run, cache, report)
     return report
+
+
+SUBSET_NAME = re.compile(r"[0-9a-f]{64}\.ttf")  # what pdf.truetype_subset names its files
+
+
+def _clean_fonts(stories: list[Path], dry_run: bool, cache: PanelCache,
+                 report: CleanReport) -> None:
+    """Font subsets that no existing story's PDF embeds: those of the stories the roots name
+    (each story's last build recorded one) and of the stories given, worked out from each
+    story as it is now (its font and characters; a story that no longer loads keeps none:
+    its next build makes them again, in seconds). Only files named as storyboard names its
+    subsets, plain files, are touched: anything else in the folder is not ours."""
+    folder = cache.root / "fonts"  # where pdf.truetype_subset keeps them
+    if not folder.is_dir():
+        return
+    subsets = [p for p in sorted(folder.iterdir())
+               if SUBSET_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    if not subsets:
+        return
+    needed: set[str] = set()
+    for story_path in {*(s.resolve() for s in stories), *cache.rooted_stories()}:
+        needed |= _story_subsets(story_path)
+    for path in subsets:
+        if path.stem in needed:
+            continue
+        report.fonts.append(path)
+        try:
+            size = path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        except OSError:
+            continue
+        report.freed += size
+
+
+def _story_subsets(story_path: Path) -> set[str]:
+    from ..errors import UserError
+    from ..story import load_story
+    from .build import page_chars
+
+    try:
+        story = load_story(story_path, check_files=False)
+    except (UserError, OSError):  # a story that does not load now needs no subset yet
+        return set()
+    font = story.spec.layout.font
+    return subset_keys(str(story.resolve(font)) if font else None, page_chars(story))
+
+
+def subset_keys(font: str | None, chars: str) -> set[str]:
+    """The cache keys of the subsets a story's PDF embeds: its page font (``font``, resolved;
+    None: the built-in one) at each weight, and the emoji font for what that lacks, for the
+    story's ``chars`` (``pdf.story_chars``), as a build warms them (``pdf.warm_fonts``)."""
+    from ..output.fonts import WEIGHTS
+    from ..output.glyphs import emoji_font, fallback_chars
+    from ..output.pdf import subset_key
+
+    keys = {key for weight in WEIGHTS if (key := subset_key(font, weight, chars))}
+    emoji = fallback_chars(chars, font)
+    if emoji and (key := subset_key(emoji_font(), "Regular", emoji)):
+        keys.add(key)
+    return keys
 
 
 def _clean_trained(store: TrainedStore, dry_run: bool, report: CleanReport) -> None:

@@ -21,7 +21,7 @@ from ..errors import StoryError, UserError, did_you_mean
 from ..options import RuntimeOptions
 from ..output.cache import PanelCache
 from ..output.geometry import layout_problems
-from ..output.glyphs import glyph_warnings
+from ..output.glyphs import glyph_warnings, vertical_problems
 from ..output.locks import locked
 from ..plan import PanelJob, compile_story
 from ..plan.tokens import prompt_warnings
@@ -79,7 +79,8 @@ def compile_with_training(path: str | Path, model: str | None = None, *,
         raise StoryError(sorted(picture_problems, key=lambda p: (p.line or 0, p.col or 0)))
     font = story.spec.layout.font
     font_path = str(story.resolve(font)) if font else None
-    problems = layout_problems(story, jobs, font_path, _caption_lines)
+    problems = layout_problems(story, jobs, font_path, _caption_lines) + \
+        vertical_problems(story, jobs, font_path)
     if problems:  # pages too big to compose or write: said now, not after rendering
         raise StoryError(problems)
     warnings = (prompt_warnings(story, jobs) + glyph_warnings(story, jobs, font_path)

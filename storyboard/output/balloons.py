@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from .geometry import Box, line_height
+from .vertical import VerticalMeasure
 
 SHARE_W = 0.5  # the most of a panel's width a balloon takes
 SHARE_H = 0.34  # ... and of its height
@@ -55,29 +56,20 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1),
 
 def balloon_items(balloons, inner: Box, font_path: str | None, fs: int, ink) -> list:
     """The shapes and text lines of a panel's balloons, ``inner`` being its picture's box."""
-    from .pages import Text, load_font, wrap_text
+    from .pages import Text
+    from .vertical import column_items
 
     items: list = []
     margin = max(2, inner.w // 40)
     stroke = max(1, fs // 12)
     for balloon in balloons:
         pad = max(2, fs // 3)
-        grow = GROW[balloon.kind]
         max_w = int(inner.w * SHARE_W - 2 * margin)
         max_h = int(inner.h * SHARE_H - 2 * margin)
-        text_w = max(1, int(max_w / grow) - 2 * pad)
-        text_h = max(1, int(max_h / grow) - 2 * pad)
-        size = fs
-        while True:
-            font = load_font(font_path, size)
-            lines = wrap_text(balloon.text, font, text_w)
-            tall = len(lines) * line_height(size)
-            if tall <= text_h or size <= max(6, fs // 2):
-                break
-            size = max(max(6, fs // 2), int(size * 0.9))
-        block_w = max(int(font.getlength(line)) for line in lines)
-        w = min(inner.w - 2 * margin, int((block_w + 2 * pad) * grow))
-        h = min(inner.h - 2 * margin, int((tall + 2 * pad) * grow))
+        size, font, lines, (w, h) = _fit(balloon, font_path, fs, pad, max_w, max_h)
+        vertical = getattr(balloon, "vertical", False)
+        block_w, tall = _block(lines, font, size, vertical)
+        w, h = min(inner.w - 2 * margin, w), min(inner.h - 2 * margin, h)
         across, down = _place(balloon.at)
         x = inner.x + margin + int(across * (inner.w - 2 * margin - w))
         y = inner.y + margin + int(down * (inner.h - 2 * margin - h))
@@ -90,11 +82,86 @@ def balloon_items(balloons, inner: Box, font_path: str | None, fs: int, ink) -> 
                 items.append(_tail(box, inner, tail, stroke))
         items.append(_outline(balloon.kind, box, stroke))
         top = y + (h - tall) // 2
+        if vertical:  # columns from the right, each from the top
+            items += column_items(lines, x + (w + block_w) / 2, top, size, line_height(size),
+                                  font, font_path, ink)
+            continue
         for k, line in enumerate(lines):
             items.append(Text(x + (w - font.getlength(line)) / 2,
                               top + k * line_height(size) + font.getmetrics()[0], line, size,
                               "Regular", ink))
     return items
+
+
+WRAPS = [k / 50 for k in range(49, 14, -2)]  # the widths a text is tried at, of the most
+
+
+def _fit(balloon, font_path: str | None, fs: int, pad: int, max_w: int, max_h: int):
+    """The text's size and lines, and the balloon's size, for the largest text (from ``fs``
+    down to half of it) that fits the ``max_w`` x ``max_h`` share. An oval's text block is a
+    rectangle inside the inner oval (the one a cloud's scallops and a burst's spikes leave
+    free): a short, wide block goes nearly as wide as the oval, a tall one less, so each text
+    is tried wrapped at many widths, and the fewest lines win (of those, the narrowest, for
+    even lines). The oval is the smallest around the block (sqrt(2) times it each way) that
+    stays in the share. Too long even at the smallest size: wrapped so that the oval is as wide
+    as the share, it grows taller than it (the caller keeps it inside the panel)."""
+    from .pages import load_font, wrap_text
+
+    vertical = getattr(balloon, "vertical", False)
+    oval = balloon.kind != "narration"
+    k = GROW[balloon.kind] / OVAL if oval else 1.0  # the shape past its inner oval (or box)
+    rx, ry = max_w / (2 * k), max_h / (2 * k)  # the inner oval's half-axes
+    smallest = max(6, fs // 2)
+    size = fs
+    while True:
+        font = load_font(font_path, size)
+        best = None
+        # Lines wrap across the share; vertical columns, down it.
+        across, most = (ry, max_h) if vertical else (rx, max_w)
+        for share in WRAPS if oval else WRAPS[:1]:
+            length = max(1, int(2 * across * share) - 2 * pad) if oval else \
+                max(1, most - 2 * pad)
+            lines = wrap_text(balloon.text, VerticalMeasure(font) if vertical else font, length)
+            bw, bh = _block(lines, font, size, vertical)
+            a, b = bw / 2 + pad, bh / 2 + pad  # the block's half sides, with the padding
+            if oval and (a / rx) ** 2 + (b / ry) ** 2 > 1 or not oval and (
+                    2 * b > max_h or 2 * a > max_w):
+                continue
+            key = (len(lines), b if vertical else a)
+            if best is None or key < best[0]:
+                best = key, lines, a, b
+        if best is not None or size <= smallest:
+            break
+        size = max(smallest, int(size * 0.9))
+    if best is None:  # too long even small: an oval as wide as the share, taller than it
+        across, most = (ry, max_h) if vertical else (rx, max_w)
+        length = max(1, int(2 * across / 2 ** 0.5) - 2 * pad) if oval else \
+            max(1, most - 2 * pad)
+        lines = wrap_text(balloon.text, VerticalMeasure(font) if vertical else font, length)
+        bw, bh = _block(lines, font, size, vertical)
+        best = None, lines, bw / 2 + pad, bh / 2 + pad
+    _, lines, a, b = best
+    if not oval:
+        return size, font, lines, (int(2 * a), int(2 * b))
+    # The smallest oval around the block is sqrt(2) times it each way; where that is wider
+    # (taller) than the share, the oval takes the share's width (height) and grows the other
+    # way just enough to keep the block's corners inside.
+    ox, oy = a * 2 ** 0.5, b * 2 ** 0.5
+    if ox > rx and a < rx:
+        ox, oy = rx, b / (1 - (a / rx) ** 2) ** 0.5
+    elif oy > ry and b < ry:
+        ox, oy = a / (1 - (b / ry) ** 2) ** 0.5, ry
+    return size, font, lines, (int(2 * ox * k), int(2 * oy * k))
+
+
+def _block(lines: list[str], font, size: int, vertical: bool) -> tuple[float, float]:
+    """The text block's width and height: lines one under another, or vertical columns one
+    beside another (an em wide each, a line height apart)."""
+    if vertical:
+        measure = VerticalMeasure(font)
+        return ((len(lines) - 1) * line_height(size) + size,
+                int(max(measure.getlength(column) for column in lines)))
+    return max(font.getlength(line) for line in lines), len(lines) * line_height(size)
 
 
 def _place(at) -> tuple[float, float]:

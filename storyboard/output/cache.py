@@ -20,6 +20,8 @@ Layout under the cache root ($STORYBOARD_CACHE, else ~/.cache/storyboard):
                                prior preservation (``set_class_roots``): ordinary entries,
                                kept apart so that a build, which records its own panels only,
                                does not let `clean` take them
+  fonts/<key>.ttf              the PDF's font subsets (``pdf.truetype_subset``); `clean` keeps
+                               those the stories named in roots/ (and those given) embed
 """
 
 from __future__ import annotations
@@ -108,6 +110,22 @@ class PanelCache:
         live, stale = read_roots(self.root / "roots")
         classes, gone = read_roots(self.root / "roots" / CLASS_ROOTS)
         return live | classes, stale + gone
+
+    def rooted_stories(self) -> list[Path]:
+        """The stories that the roots name and that still exist (for the font subsets `clean`
+        keeps: what those stories' PDFs embed)."""
+        stories: set[Path] = set()
+        for folder in (self.root / "roots", self.root / "roots" / CLASS_ROOTS):
+            for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+                try:
+                    record = validated(RootsRecord, parse_json(
+                        read_bounded(path, MAX_ROOT_BYTES), str(path), MAX_ROOT_BYTES),
+                        str(path))
+                except (OSError, RecordError):
+                    continue
+                if Path(record.story).is_file():
+                    stories.add(Path(record.story))
+        return sorted(stories)
 
     def remove(self, key: str) -> int:
         path = self.path(key)

@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..paths import atomic_write_bytes
@@ -33,7 +33,7 @@ from .cbz import CBZ, write_cbz
 from .geometry import per_page
 from .manifest import PDF
 from .ownership import page_mark
-from .pages import Cell, Page, page_png, placed, plan_page, plan_pages, rasterize
+from .pages import Cell, Page, bled, page_png, placed, plan_page, plan_pages, rasterize
 from .pdf import PdfWriter, font_chars, write_pdf
 
 
@@ -149,7 +149,11 @@ class PageComposer:
         # Mode "1": an eighth of a byte a pixel; only the size counts here.
         planned = plan_pages([Cell(s.panel, s.number, Image.new("1", s.size), s.caption,
                                    s.balloons) for s in self.slots], self.layout, self.title)
-        self.size = (planned[0].width, planned[0].height)
+        # Each page is drawn as plan_pages draws it: on the biggest page's size, then grown by
+        # the bleed, at the dpi it is printed at.
+        b = planned[0].bleed
+        self.size = (planned[0].width - 2 * b, planned[0].height - 2 * b)
+        self.dpi = planned[0].dpi
         # Cutting the fonts to the story's characters is the slow part: done while rendering.
         self.pdf = PdfWriter(planned[0].font, self.title, self.layout.direction == "rtl",
                              font_chars(planned, self.chars))
@@ -159,8 +163,9 @@ class PageComposer:
         if any(c.image.size != self.slots[i].size for c, i in zip(cells, self.chunks[k])):
             self.stale = True
             return
-        page = placed(plan_page(cells, self.layout, self.title, k, len(self.chunks)),
-                      *self.size, centre_y=False)
+        page = replace(bled(placed(plan_page(cells, self.layout, self.title, k,
+                                             len(self.chunks)), *self.size, centre_y=False),
+                            self.layout), dpi=self.dpi)
         self.pages[k] = page
         self.pngs[k] = self.encoders.submit(
             self._encode_and_write, k, rasterize(page),

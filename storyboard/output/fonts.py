@@ -12,7 +12,8 @@ Regular text was cramped by about 5% and Bold by 10%, and the PDF (whose embedde
 the real advances) came out wider than the PNG. The advances here are read with fontTools at
 the weight (``getGlyphSet(location=...)`` applies HVAR), as the PDF's font is instanced, so a
 line has the same width in the PNG and the PDF. Like the PDF (fpdf2 places glyphs one by one),
-no kerning is applied.
+no kerning is applied. A character the font lacks and the emoji font has
+(``glyphs.emoji_font``) is measured and drawn in that one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from functools import lru_cache
 
 from PIL import ImageFont
 
-from .glyphs import CJK_FACE, builtin_font
+from .glyphs import CJK_FACE, builtin_font, emoji_font
 
 WEIGHTS = {"Regular": 400, "Bold": 700}
 
@@ -34,6 +35,8 @@ class PageFont(ImageFont.FreeTypeFont):
     _cmap: dict[int, str]
     _per_unit: float
 
+    _fallback: PageFont | None  # the fallback font (emoji) at the same size, if any
+
     def getlength(self, text, *args, **kwargs) -> float:  # noqa: D401 - Pillow's signature
         return sum(self.advance(ch) for ch in text)
 
@@ -41,14 +44,25 @@ class PageFont(ImageFont.FreeTypeFont):
         width = self.advances.get(ch)
         if width is None:
             name = self._cmap.get(ord(ch))
-            # A character the font lacks is drawn as Pillow draws it (its .notdef box).
-            width = (self._glyph_widths[name].width * self._per_unit if name is not None
-                     else super().getlength(ch))
+            if name is not None:
+                width = self._glyph_widths[name].width * self._per_unit
+            elif self.falls_back(ch):
+                width = self._fallback.advance(ch)
+            else:  # a character no font has is drawn as Pillow draws it (its .notdef box)
+                width = super().getlength(ch)
             self.advances[ch] = width
         return width
 
+    def falls_back(self, ch: str) -> bool:
+        """Whether ``ch`` is drawn in the fallback font: this one lacks it, that one has it."""
+        return self._fallback is not None and ord(ch) not in self._cmap \
+            and ord(ch) in self._fallback._cmap
 
-@lru_cache(maxsize=4)
+    def face_for(self, ch: str) -> PageFont:
+        return self._fallback if self.falls_back(ch) else self  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=8)  # two weights of the page font, the emoji font, a story's own
 def _metrics(path: str, face: int, weight: str):
     """The font's cmap and its glyph set at ``weight`` (read lazily: only the glyphs asked
     about are decoded)."""
@@ -61,7 +75,11 @@ def _metrics(path: str, face: int, weight: str):
     return tt.getBestCmap() or {}, tt.getGlyphSet(location=location), tt["head"].unitsPerEm
 
 
-def page_font(path: str | None, size: int, weight: str = "Regular") -> PageFont:
+def page_font(path: str | None, size: int, weight: str = "Regular",
+              fallback: bool = True) -> PageFont:
+    """The page font (``path``; None: the built-in one at ``weight``), falling back to the
+    emoji font (``glyphs.emoji_font``, at its default weight, as the PDF embeds it) for the
+    characters it lacks."""
     file, face = (path, 0) if path else (builtin_font(), CJK_FACE)
     font = PageFont(file, size, index=face)
     if path is None:
@@ -69,6 +87,8 @@ def page_font(path: str | None, size: int, weight: str = "Regular") -> PageFont:
     cmap, glyphs, units = _metrics(file, face, weight if path is None else "Regular")
     font.advances, font._cmap, font._glyph_widths = {}, cmap, glyphs
     font._per_unit = size / units
+    emoji = emoji_font() if fallback else None
+    font._fallback = page_font(emoji, size, fallback=False) if emoji else None
     return font
 
 
@@ -96,7 +116,26 @@ def draw_text(image, x: float, baseline: float, text: str, font: PageFont, big: 
     pen = (x - left) * n
     for ch in text:
         if not ch.isspace():
-            draw.text((pen, (baseline - top) * n), ch, font=big, fill=255, anchor="ls")
+            draw.text((pen, (baseline - top) * n), ch, font=big.face_for(ch), fill=255,
+                      anchor="ls")
         pen += font.advance(ch) * n
     mask = mask.resize((width, height), Image.Resampling.BOX)
     image.paste(Image.new("RGB", (width, height), fill), (left, top), mask)
+
+
+def draw_turned(image, x: float, y: float, text: str, font: PageFont, big: PageFont,
+                fill) -> None:
+    """``text`` turned a quarter turn clockwise about (``x``, ``y``), its baseline running
+    down from there (a character on its side in vertical text): drawn level into a mask of
+    its own with ``draw_text``, the mask turned, then pasted."""
+    from PIL import Image
+
+    size = font.size
+    w, h = int(font.getlength(text)) + 2 * size, 3 * size
+    level = Image.new("RGB", (w, h), (0, 0, 0))
+    ox, oy = size, 2 * size  # where (x, y) is in the level mask
+    draw_text(level, ox, oy, text, font, big, (255, 255, 255))
+    # Clockwise: the level mask's (a, b) goes to (h - 1 - b, a).
+    turned = level.convert("L").transpose(Image.Transpose.ROTATE_270)
+    image.paste(Image.new("RGB", turned.size, fill), (round(x - (h - 1 - oy)), round(y - ox)),
+                turned)

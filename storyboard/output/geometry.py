@@ -68,9 +68,11 @@ class PageGeometry:
     width: int
     height: int
 
-    def fits(self) -> bool:
-        return (max(self.width, self.height) <= MAX_PAGE_SIDE
-                and self.width * self.height <= MAX_PAGE_PIXELS)
+    def fits(self, bleed: int = 0) -> bool:
+        """Whether the page, grown by ``bleed`` pixels on every side (as ``pages.bled`` grows
+        it), stays within what can be composed and written."""
+        w, h = self.width + 2 * bleed, self.height + 2 * bleed
+        return max(w, h) <= MAX_PAGE_SIDE and w * h <= MAX_PAGE_PIXELS
 
 
 def sheet(layout: LayoutSpec) -> tuple[int, int] | None:
@@ -79,6 +81,20 @@ def sheet(layout: LayoutSpec) -> tuple[int, int] | None:
         return None
     w, h = page_inches(layout.page_size)
     return round(w * layout.dpi), round(h * layout.dpi)
+
+
+READABLE_INCHES = 210 / 25.4  # A5's longer side: the least a page is printed at, unless told
+
+
+def print_dpi(layout: LayoutSpec, width: int, height: int) -> int:
+    """The pixels per inch a ``width`` x ``height`` page is printed at (its PDF page's size,
+    its PNG's pHYs): the layout's ``dpi``, except that a page of few pixels (small panels,
+    like the built-in models' 128-pixel ones) would be a stamp at 300 dpi (1.2 x 1.5 in), so
+    when the story gives neither ``dpi`` nor ``page_size`` nor ``bleed`` (whose lengths are
+    at ``dpi``), its longer side is spread over ``READABLE_INCHES`` instead."""
+    if layout.page_size or layout.bleed or "dpi" in layout.model_fields_set:
+        return layout.dpi
+    return max(1, min(layout.dpi, int(max(width, height) / READABLE_INCHES)))
 
 
 def font_size(layout: LayoutSpec, cell_w: int) -> int:
@@ -117,9 +133,13 @@ def scaled_size(size: tuple[int, int] | None, inner: tuple[int, int | None],
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def panel_size(size: tuple[int, int] | None, inner_w: int, layout: LayoutSpec) -> tuple[int, int]:
-    """A panel's drawn size in a cell ``inner_w`` wide (``scaled_size``, cropped to the cell)."""
-    inner_h = layout.cell_height
+def panel_size(size: tuple[int, int] | None, inner_w: int, layout: LayoutSpec,
+               rows: int = 1) -> tuple[int, int]:
+    """A panel's drawn size in a cell ``inner_w`` wide (``scaled_size``, cropped to the cell);
+    with ``cell_height``, a panel across ``rows`` rows has their height and the gutters and
+    borders between them."""
+    inner_h = layout.cell_height and (rows * layout.cell_height
+                                      + (rows - 1) * (layout.gutter + 2 * layout.border))
     w, h = scaled_size(size, (inner_w, inner_h), layout)
     return min(w, inner_w), min(h, inner_h) if inner_h else h
 
@@ -127,12 +147,13 @@ def panel_size(size: tuple[int, int] | None, inner_w: int, layout: LayoutSpec) -
 INSIDE_PAD = 0.5  # of the font size: the band an inside caption sits on, around its lines
 
 
-def caption_width(size: tuple[int, int] | None, width: int, layout: LayoutSpec, fs: int) -> int:
+def caption_width(size: tuple[int, int] | None, width: int, layout: LayoutSpec, fs: int,
+                  rows: int = 1) -> int:
     """The width a caption wraps to in a cell ``width`` wide (a spanning cell's included): the
     cell's, or for ``inside`` the panel's less the band's padding."""
     if layout.caption != "inside":
         return width
-    w, _ = panel_size(size, width - 2 * layout.border, layout)
+    w, _ = panel_size(size, width - 2 * layout.border, layout, rows)
     return max(1, w - 2 * int(fs * INSIDE_PAD))
 
 
@@ -162,10 +183,19 @@ def spans(panels: Sequence[str], layout: LayoutSpec) -> list[int]:
     return [min(layout.span.get(p, 1), layout.columns) for p in panels]
 
 
-def arrange(spans_: Sequence[int], layout: LayoutSpec) -> list[list[tuple[int, int, int]]]:
-    """The page's rows: (panel index, first column, span) each. ``rows`` places the panels row
-    by row as its pattern says (repeating it); otherwise they flow left to right, and a panel
-    that does not fit in what is left of a row starts the next one."""
+def row_spans(panels: Sequence[str], layout: LayoutSpec) -> list[int]:
+    """How many rows each of a page's panels (by id, in order) takes: ``row_span``, else 1."""
+    return [layout.row_span.get(p, 1) for p in panels]
+
+
+def arrange(spans_: Sequence[int], layout: LayoutSpec,
+            tall: Sequence[int] | None = None) -> list[list[tuple[int, int, int]]]:
+    """The page's rows: (panel index, first column, span) each, in the row where the panel
+    starts. ``rows`` places the panels row by row as its pattern says (repeating it);
+    otherwise they flow left to right, a panel that does not fit in what is left of a row
+    starts the next one, and a panel across ``tall[i]`` rows keeps its columns in the rows
+    under it taken, so the panels after it flow around it (a tall panel beside two stacked
+    ones). A row that panels from above fill starts none: it is there, empty."""
     rows: list[list[tuple[int, int, int]]] = []
     if layout.rows:
         i = 0
@@ -180,12 +210,20 @@ def arrange(spans_: Sequence[int], layout: LayoutSpec) -> list[list[tuple[int, i
                 i += 1
             rows.append(row)
         return rows
-    col = layout.columns
+    tall = tall or [1] * len(spans_)
+    taken: set[tuple[int, int]] = set()  # (row, column) cells of panels across rows
+    r, col = -1, layout.columns
     for i, n in enumerate(spans_):
-        if col + n > layout.columns:
+        while col + n > layout.columns or any(
+                (r + dr, col + dc) in taken for dr in range(tall[i]) for dc in range(n)):
+            if col + n > layout.columns:
+                r, col = r + 1, 0
+            else:
+                col += 1
+        while len(rows) < r + tall[i]:
             rows.append([])
-            col = 0
-        rows[-1].append((i, col, n))
+        rows[r].append((i, col, n))
+        taken.update((r + dr, col + dc) for dr in range(tall[i]) for dc in range(n))
         col += n
     return rows
 
@@ -197,18 +235,24 @@ def fits_inside(text_h: int, panel_h: int, fs: int) -> bool:
 
 def measure(sizes: Sequence[tuple[int, int] | None], caption_lines: Sequence[int],
             layout: LayoutSpec, title_lines: int, title_px: int | None = None,
-            spans_: Sequence[int] | None = None) -> PageGeometry:
+            spans_: Sequence[int] | None = None,
+            tall: Sequence[int] | None = None) -> PageGeometry:
     """The geometry of one page: ``sizes`` are the panels' pixel sizes (None: not rendered,
     drawn as a square placeholder), ``caption_lines`` their captions' line counts at
     ``caption_width``, ``title_lines`` the title's line count (0: no title) at ``title_px``
-    (default: ``title_size``), ``spans_`` the columns each panel takes (default: one).
+    (default: ``title_size``), ``spans_`` the columns each panel takes (default: one),
+    ``tall`` the rows (default: one).
 
     Each caption is attached to its own panel: ``below`` starts right under it (panels of a
     row share their top edge), ``above`` ends right over it (panels share their bottom edge),
     ``inside`` sits on a band at the panel's foot, and goes below a panel it would cover more
-    than half of. ``direction: rtl`` fills each row from the right."""
+    than half of. A panel across rows has the rows' height and the gutters between them: it
+    starts at the top of its first (``above``: ends at the foot of its last), and when it and
+    its caption are taller than those rows, its last row grows. ``direction: rtl`` fills each
+    row from the right."""
     spans_ = list(spans_ or [1] * len(sizes))
-    rows = arrange(spans_, layout)
+    tall = list(tall or [1] * len(sizes))
+    rows = arrange(spans_, layout, tall)
     columns = max([col + n for row in rows for _, col, n in row], default=1)
     cell_w = cell_width(sizes, layout, spans_)
     fs = font_size(layout, cell_w)
@@ -219,27 +263,40 @@ def measure(sizes: Sequence[tuple[int, int] | None], caption_lines: Sequence[int
     t_line = line_height(t_size)
     title_h = title_lines * t_line + gutter if title_lines else 0
     inside = layout.caption == "inside"
+    start = {i: r for r, row in enumerate(rows) for i, _, _ in row}
+    wide = {i: n * cell_w + (n - 1) * gutter for i, n in enumerate(spans_)}
+    drawn = {i: panel_size(sizes[i], wide[i] - 2 * b, layout, tall[i]) for i in start}
+    text = {i: (caption_lines[i] * line_h if caption_lines[i] else 0) for i in start}
+    within = {i: inside and fits_inside(text[i], drawn[i][1], fs) for i in start}
+    below = {i: 0 if within[i] else text[i] + (pad if text[i] else 0) for i in start}
+    need = {i: drawn[i][1] + 2 * b + below[i] for i in start}
+    row_h = [max([need[i] for i, _, _ in row if tall[i] == 1], default=0) for row in rows]
+    panel_h = [max([drawn[i][1] + 2 * b for i, _, _ in row if tall[i] == 1], default=0)
+               for row in rows]
+    # Panels across rows, the shortest reach first: the last of a panel's rows grows by what
+    # it and its caption need past them.
+    for i in sorted((i for i in start if tall[i] > 1), key=lambda i: start[i] + tall[i]):
+        first, last = start[i], start[i] + tall[i] - 1
+        have = sum(row_h[first:last + 1]) + (last - first) * gutter
+        row_h[last] += max(0, need[i] - have)
+    tops = [m + title_h + sum(row_h[:r]) + r * gutter for r in range(len(rows))]
     cells: dict[int, CellGeometry] = {}
-    y = m + title_h
-    for row in rows:
-        wide = {i: n * cell_w + (n - 1) * gutter for i, _, n in row}
-        drawn = {i: panel_size(sizes[i], wide[i] - 2 * b, layout) for i, _, _ in row}
-        text = {i: (caption_lines[i] * line_h if caption_lines[i] else 0) for i, _, _ in row}
-        within = {i: inside and fits_inside(text[i], drawn[i][1], fs) for i, _, _ in row}
-        below = {i: 0 if within[i] else text[i] + (pad if text[i] else 0) for i, _, _ in row}
-        panel_h = max(drawn[i][1] + 2 * b for i, _, _ in row)
-        row_h = max(drawn[i][1] + 2 * b + below[i] for i, _, _ in row)
+    for r, row in enumerate(rows):
         for i, col, n in row:
+            y = tops[r]
+            last = r + tall[i] - 1
+            area_h = tops[last] + row_h[last] - y
             col = columns - col - n if layout.direction == "rtl" else col
             x = m + col * (cell_w + gutter)
             w, h = drawn[i]
             px = x + (wide[i] - w - 2 * b) // 2
             if layout.caption == "above":
-                panel = Box(px, y + row_h - h - 2 * b, w + 2 * b, h + 2 * b)
+                panel = Box(px, y + area_h - h - 2 * b, w + 2 * b, h + 2 * b)
                 caption = Box(x, panel.y - pad - text[i], wide[i], text[i] + pad)
                 top = caption.y
             elif within[i]:
-                panel = Box(px, y + (panel_h - h - 2 * b) // 2, w + 2 * b, h + 2 * b)
+                room = panel_h[r] if tall[i] == 1 else area_h
+                panel = Box(px, y + (room - h - 2 * b) // 2, w + 2 * b, h + 2 * b)
                 band = int(fs * INSIDE_PAD)
                 caption = Box(px + b + band, panel.y + panel.h - b - band - text[i],
                               w - 2 * band, text[i])
@@ -249,9 +306,8 @@ def measure(sizes: Sequence[tuple[int, int] | None], caption_lines: Sequence[int
                 caption = Box(x, y + panel.h, wide[i], pad + text[i])
                 top = caption.y + pad
             cells[i] = CellGeometry(panel, caption if text[i] else None, top)
-        y += row_h + gutter
     width = 2 * m + columns * cell_w + (columns - 1) * gutter
-    height = y - (gutter if sizes else 0) + m
+    height = m + title_h + sum(row_h) + max(0, len(rows) - 1) * gutter + m
     return PageGeometry(columns, cell_w, fs, line_h, pad, tuple(cells[i] for i in
                                                                  range(len(sizes))),
                         t_size, t_line, title_h, width, max(height, 2 * m + 1))
@@ -298,9 +354,10 @@ def layout_problems(story, jobs: Sequence, font: str | None,
         # A panel not rendered yet is drawn as a square: a page is checked at its tallest.
         sizes = [(jobs[i].width, max(jobs[i].width, jobs[i].height)) for i in chunk]
         widths = spans([jobs[i].panel for i in chunk], layout)
+        tall = row_spans([jobs[i].panel for i in chunk], layout)
         bound = measure(sizes, [most_lines(jobs[i].caption) if captions else 0 for i in chunk],
-                        layout, most_lines(title), spans_=widths)
-        if bound.fits() or not (captions or title):
+                        layout, most_lines(title), spans_=widths, tall=tall)
+        if bound.fits(bleed) or not (captions or title):
             return bound
         cell_w, fs = bound.cell_width, bound.font_size
         inner = bound.width - 2 * layout.margin
@@ -310,36 +367,62 @@ def layout_problems(story, jobs: Sequence, font: str | None,
                     if jobs[i].caption and captions else 0
         # The title at its largest size: the most lines, each the tallest (pages shrinks it).
         t_lines = lines(title, title_size(layout, cell_w), font, inner) if title else 0
-        return measure(sizes, [exact[i] for i in chunk], layout, t_lines, spans_=widths)
+        return measure(sizes, [exact[i] for i in chunk], layout, t_lines, spans_=widths,
+                       tall=tall)
 
+    # The page as written: a bleed grows it by that many pixels on every side.
+    bleed = layout.bleed
+    bled = f" with its bleed ({bleed:,} pixels on every side)" if bleed else ""
     fixed = sheet(layout)
     if fixed is not None:  # every page is the sheet, whatever is on it
         g = measure([], [], layout, 0)
         g = PageGeometry(g.columns, g.cell_width, g.font_size, g.line_height, g.pad, (), 0, 0,
                          0, *fixed)
-        if g.fits():
+        if g.fits(bleed):
             return []
         return [story.doc.problem(("layout", "dpi"), f"a {layout.page_size} page at "
-                                  f"{layout.dpi} dpi would be {g.width:,} x {g.height:,} pixels,"
-                                  " too big to compose or write", "lower `dpi`")]
+                                  f"{layout.dpi} dpi would be {g.width + 2 * bleed:,} x "
+                                  f"{g.height + 2 * bleed:,} pixels{bled}, too big to compose "
+                                  "or write", "lower `dpi`" + (" or `bleed`" if bleed and
+                                                               g.fits() else ""))]
     count = per_page(layout, len(jobs))
-    too_big = [(first // count + 1, g) for first in range(0, len(jobs), count)
-               if not (g := page(first, count)).fits()]
+    pages = [page(first, count) for first in range(0, len(jobs), count)]
+    too_big = [(n + 1, g) for n, g in enumerate(pages) if not g.fits(bleed)]
     if not too_big:
-        return []
+        # Every page of a story is the same size (pages.plan_pages): the widest page's width
+        # by the tallest page's height, which can be too big when no one page is.
+        width = max(g.width for g in pages)
+        height = max(g.height for g in pages)
+        alike = PageGeometry(*[getattr(pages[0], f) for f in (
+            "columns", "cell_width", "font_size", "line_height", "pad", "cells", "title_size",
+            "title_line_height", "title_height")], width, height)
+        if alike.fits(bleed):
+            return []
+        return [story.doc.problem(("layout",), f"every page would be {width + 2 * bleed:,} x "
+                                  f"{height + 2 * bleed:,} pixels{bled} (all pages take the "
+                                  "widest page's width and the tallest page's height), more "
+                                  f"than {MAX_PAGE_PIXELS:,} pixels: too big to compose or "
+                                  "write", "give the panels sizes closer to each other, or "
+                                  "set `page_size` (every page that sheet, the panels scaled "
+                                  "to fit)")]
     number, geometry = too_big[0]
-    where = f"page {number} would be {geometry.width:,} x {geometry.height:,} pixels"
-    limit = (f"more than {MAX_PAGE_SIDE:,} pixels a side" if max(geometry.width,
-             geometry.height) > MAX_PAGE_SIDE else f"more than {MAX_PAGE_PIXELS:,} pixels")
-    if geometry.width > MAX_PAGE_SIDE:
+    width, height = geometry.width + 2 * bleed, geometry.height + 2 * bleed
+    where = f"page {number} would be {width:,} x {height:,} pixels{bled}"
+    limit = (f"more than {MAX_PAGE_SIDE:,} pixels a side" if max(width, height) > MAX_PAGE_SIDE
+             else f"more than {MAX_PAGE_PIXELS:,} pixels")
+    if width > MAX_PAGE_SIDE:
         hint = "use fewer `columns` or a smaller `cell_width`"
     else:
         fitting = next((n for n in range(min(count, len(jobs)) - 1, 0, -1)
-                        if all(page(first, n).fits() for first in range(0, len(jobs), n))),
+                        if all(page(first, n).fits(bleed)
+                               for first in range(0, len(jobs), n))),
                        None)
         hint = (f"set `panels_per_page: {fitting}` to spread the panels over more pages"
                 if fitting else "shorten the longest captions, or lower `font_size` or "
                 "`columns`")
+    if bleed and geometry.fits():
+        hint = f"lower `bleed` (without it the page is {geometry.width:,} x " \
+               f"{geometry.height:,} pixels), or {hint}"
     more = f" ({len(too_big)} pages are too big)" if len(too_big) > 1 else ""
     return [story.doc.problem(("layout",), f"{where}, {limit}: too big to compose or write"
                               f"{more}", hint)]

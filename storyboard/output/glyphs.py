@@ -5,9 +5,13 @@ CJK). Out: one warning per caption (and the title) that has such characters, at 
 file:line, naming them; the page would show them as empty boxes (emoji, most symbols), so the
 writer hears it at `validate`, not from the printed page.
 
-Only the font's character map is read (fontTools, lazily: no outlines, no imaging library), and
-only when some text has a character outside printable ASCII, which every font draws, or when
-the font is the story's own.
+Characters the page font lacks that the fallback font has (Noto Emoji, monochrome, SIL OFL
+1.1, from the ``manimgx-fonts`` package: ``emoji_font``) are drawn in it (``fallback_chars``),
+so they are no warning.
+
+Only the fonts' character maps are read (fontTools, lazily: no outlines, no imaging library),
+and only when some text has a character outside printable ASCII, which every font draws, or
+when the font is the story's own.
 """
 
 from __future__ import annotations
@@ -38,6 +42,30 @@ def _charmap(path: str, face: int) -> frozenset[int]:
         return frozenset(font.getBestCmap() or {})
 
 
+EMOJI_FILE = "NotoEmoji[wght].ttf"
+
+
+def emoji_font() -> str | None:
+    """The fallback font for what the page font lacks: Noto Emoji (monochrome outlines, SIL
+    OFL 1.1), from the ``manimgx-fonts`` package; None when that is not installed."""
+    try:
+        path = resources.files("manimgx_fonts") / EMOJI_FILE
+    except ModuleNotFoundError:
+        return None
+    return str(path) if path.is_file() else None
+
+
+def fallback_chars(text: str, font: str | None) -> str:
+    """The distinct characters of ``text`` that the page font lacks and the fallback font
+    draws (sorted): pages draw them, and the PDF embeds them, in the fallback font."""
+    emoji = emoji_font()
+    if emoji is None or all(" " <= ch <= "~" or ch == "\n" for ch in text):
+        return ""
+    main = _charmap(font, 0) if font else _charmap(builtin_font(), CJK_FACE)
+    extra = _charmap(emoji, 0)
+    return "".join(sorted({ch for ch in text if ord(ch) not in main and ord(ch) in extra}))
+
+
 def _drawn_without_glyph(ch: str) -> bool:
     """Characters no font needs a glyph for: line breaks, spaces, and the invisible marks
     that only modify a neighbour (variation selectors, joiners)."""
@@ -46,15 +74,18 @@ def _drawn_without_glyph(ch: str) -> bool:
 
 
 def missing_glyphs(text: str, font: str | None) -> list[str]:
-    """The distinct characters of ``text`` the font has no glyph for, in order of appearance."""
+    """The distinct characters of ``text`` neither the font nor the fallback font (emoji) has
+    a glyph for, in order of appearance."""
     if font is None and all(" " <= ch <= "~" or ch == "\n" for ch in text):
         return []
     try:
         cmap = _charmap(font, 0) if font else _charmap(builtin_font(), CJK_FACE)
+        emoji = emoji_font()
+        extra = _charmap(emoji, 0) if emoji else frozenset()
     except Exception:  # noqa: BLE001 - an unreadable font is reported when pages load it
         return []
-    return list(dict.fromkeys(ch for ch in text
-                              if ord(ch) not in cmap and not _drawn_without_glyph(ch)))
+    return list(dict.fromkeys(ch for ch in text if ord(ch) not in cmap
+                              and ord(ch) not in extra and not _drawn_without_glyph(ch)))
 
 
 def glyph_warnings(story, jobs: Sequence, font: str | None) -> list[Problem]:
@@ -73,6 +104,8 @@ def glyph_warnings(story, jobs: Sequence, font: str | None) -> list[Problem]:
               for job in jobs for k, balloon in enumerate(story.spec.panels[job.index].balloons)]
     problems = []
     which = "the layout's font" if font else "the built-in font (Noto Sans CJK)"
+    if emoji_font():
+        which += " and the emoji font (Noto Emoji)"
     for loc, what, text in texts:
         missing = missing_glyphs(text, font)
         if not missing:
@@ -83,4 +116,33 @@ def glyph_warnings(story, jobs: Sequence, font: str | None) -> list[Problem]:
             loc, f"{what} has characters {which} cannot draw: {named}{more}; the page "
             "would show empty boxes for them",
             "remove them, or set `layout.font` to a font that has them", severity=WARNING))
+    return problems
+
+
+def vertical_problems(story, jobs: Sequence, font: str | None) -> list[Problem]:
+    """An error for each balloon with ``vertical: true`` that cannot be set vertically: a
+    font without vertical metrics, a text with no CJK in it, punctuation whose vertical form
+    the font lacks (``vertical.vertical_problem``)."""
+    from .vertical import font_facts, vertical_problem
+
+    problems = []
+    for job in jobs:
+        for k, balloon in enumerate(story.spec.panels[job.index].balloons):
+            if not balloon.vertical:
+                continue
+            try:
+                cmap, has_vertical = font_facts(font, 0) if font else \
+                    font_facts(builtin_font(), CJK_FACE)
+            except Exception:  # noqa: BLE001 - an unreadable font is reported when pages load it
+                return []
+            why = vertical_problem(balloon.text, cmap, has_vertical)
+            if why is None:
+                continue
+            hint = ("leave `vertical` out, or `layout.font` for the built-in Noto Sans CJK"
+                    if font and not has_vertical else "leave `vertical` out: such text is set "
+                    "across" if "has none" in why else "leave `vertical` out, or use a font "
+                    "with vertical forms (the built-in Noto Sans CJK has them)")
+            problems.append(story.doc.problem(
+                ("panels", job.index, "balloons", k, "vertical"),
+                f"panel {job.panel!r}: balloon {k + 1} cannot be set vertically: {why}", hint))
     return problems

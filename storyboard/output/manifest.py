@@ -37,7 +37,10 @@ def pages_key(story, outcomes: Sequence[Any]) -> str:
     if font:
         st = story.resolve(font).stat()
         font_stamp = [st.st_size, st.st_mtime_ns]
-    blob = json.dumps({"v": __version__, "format": PAGES_FORMAT, "layout": story.spec.layout.model_dump(),
+    layout = story.spec.layout
+    blob = json.dumps({"v": __version__, "format": PAGES_FORMAT, "layout": layout.model_dump(),
+                       # A dpi given, even the default's, keeps small pages at it (print_dpi).
+                       "dpi_given": "dpi" in layout.model_fields_set,
                        "font": font_stamp, "title": story.spec.title,
                        "panels": [[o.job.panel, o.job.hash if o.path else None, o.job.caption,
                                    [b.model_dump() for b in story.spec.panels[o.job.index]

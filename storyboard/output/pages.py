@@ -29,10 +29,11 @@ from ..story.fields import page_inches
 from ..story.schema import LayoutSpec
 from .geometry import (
     INSIDE_PAD, Box, CellGeometry, PageGeometry, arrange, caption_width, cell_width, fits_inside,
-    font_size, line_height, measure, panel_size, per_page, sheet, spans, title_size,
+    font_size, line_height, measure, panel_size, per_page, print_dpi, row_spans, sheet, spans,
+    title_size,
 )
 from .balloons import Shape, balloon_items
-from .fonts import SUPERSAMPLE, PageFont, draw_text, page_font
+from .fonts import SUPERSAMPLE, PageFont, draw_text, draw_turned, page_font
 from .ownership import PAGE_MARK
 
 _NO_LINE_START = set("，。、！？；：”’）》」』】〕〉…‥・ー—―-~～%）)]}.,!?;:'\"·")
@@ -163,6 +164,7 @@ class Text:
     size: int
     weight: str  # "Regular" or "Bold"
     color: tuple[int, int, int]
+    rotate: int = 0  # 90: turned a quarter turn clockwise about (x, y) (vertical text)
 
 
 @dataclass(frozen=True)
@@ -205,12 +207,15 @@ def compose_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Ima
 
 def plan_pages(cells: list[Cell], layout: LayoutSpec, title: str) -> list[Page]:
     """Every page of a story, all the same size: the ``page_size`` sheet, else the biggest
-    page's (a shorter last page keeps its content at the top), as a printed book's pages are."""
+    page's (a shorter last page keeps its content at the top), as a printed book's pages are;
+    printed at ``geometry.print_dpi``."""
     count = per_page(layout, len(cells))
     chunks = [cells[i:i + count] for i in range(0, len(cells), count)] or [[]]
     pages = [plan_page(chunk, layout, title, n, len(chunks)) for n, chunk in enumerate(chunks)]
     width, height = max(p.width for p in pages), max(p.height for p in pages)
-    return [bled(placed(p, width, height, centre_y=False), layout) for p in pages]
+    dpi = print_dpi(layout, width, height)
+    return [replace(bled(placed(p, width, height, centre_y=False), layout), dpi=dpi)
+            for p in pages]
 
 
 def bled(page: Page, layout: LayoutSpec) -> Page:
@@ -314,26 +319,28 @@ def fit_title(text: str, font_path: str | None, largest: int, smallest: int,
 def _plan(cells: list[Cell], layout: LayoutSpec, title: str, index: int, count: int) -> Page:
     sizes = [c.image.size if c.image else None for c in cells]
     widths = spans([c.panel for c in cells], layout)
+    tall = row_spans([c.panel for c in cells], layout)
     cell_w = cell_width(sizes, layout, widths)
     gutter = layout.gutter
     wide = [n * cell_w + (n - 1) * gutter for n in widths]  # each cell, spans included
     fs = font_size(layout, cell_w)
     font = load_font(layout.font, fs)
     show = layout.caption != "none"
-    captions = [wrap_text(c.caption, font, caption_width(s, w, layout, fs))
-                if c.caption and show else [] for c, s, w in zip(cells, sizes, wide)]
+    captions = [wrap_text(c.caption, font, caption_width(s, w, layout, fs, k))
+                if c.caption and show else [] for c, s, w, k in zip(cells, sizes, wide, tall)]
     if layout.caption == "inside":  # one that would cover most of its panel goes below it
         captions = [lines if fits_inside(len(lines) * line_height(fs),
-                                         panel_size(s, w - 2 * layout.border, layout)[1], fs)
+                                         panel_size(s, w - 2 * layout.border, layout, k)[1], fs)
                     else wrap_text(c.caption, font, w)
-                    for c, s, w, lines in zip(cells, sizes, wide, captions)]
+                    for c, s, w, k, lines in zip(cells, sizes, wide, tall, captions)]
     title_text = page_title(layout, title, index, count)
-    columns = max([col + n for row in arrange(widths, layout) for _, col, n in row], default=1)
+    columns = max([col + n for row in arrange(widths, layout, tall) for _, col, n in row],
+                  default=1)
     inner = columns * cell_w + (columns - 1) * gutter
     t_size, t_lines = fit_title(title_text, layout.font, title_size(layout, cell_w), fs,
                                 inner) if title_text else (0, [])
     g = measure(sizes, [len(c) for c in captions], layout, len(t_lines), t_size or None,
-                widths)
+                widths, tall)
     ink = _rgb(layout.text_color)
     background = _rgb(layout.background)
     items: list[Text | Picture | Fill] = []
@@ -429,9 +436,12 @@ def rasterize(page: Page) -> Image.Image:
             else:
                 draw.polygon(list(item.points), **style)
         else:
-            draw_text(image, item.x, item.y, item.text,
-                      load_font(page.font, item.size, item.weight),
-                      load_font(page.font, item.size * SUPERSAMPLE, item.weight), item.color)
+            fonts = (load_font(page.font, item.size, item.weight),
+                     load_font(page.font, item.size * SUPERSAMPLE, item.weight))
+            if item.rotate:
+                draw_turned(image, item.x, item.y, item.text, *fonts, item.color)
+            else:
+                draw_text(image, item.x, item.y, item.text, *fonts, item.color)
     return image
 
 

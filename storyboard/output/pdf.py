@@ -7,7 +7,8 @@ the story's title, the reading direction. Out: PDF bytes (fpdf2) where
 - panels are embedded losslessly (Flate, the pixels the PNG page shows, at print resolution);
   speech balloons and narration boxes are vector shapes;
 - the title, captions and panel numbers are real text in the page font, embedded (a subset of
-  just the glyphs used), so they can be selected, searched and read aloud;
+  just the glyphs used), so they can be selected, searched and read aloud; characters it
+  lacks that the emoji font has are text in that one, embedded too;
 - a ``bleed`` makes each page that much bigger on every side, with a ``/TrimBox`` of the
   sheet and a ``/BleedBox`` of the whole page; ``trim_marks`` are vector lines in it;
 - ``direction: rtl`` sets ``/ViewerPreferences /Direction /R2L``;
@@ -37,7 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..paths import atomic_write_bytes, cache_root, read_bounded, sha256_of
-from .glyphs import CJK_FACE, builtin_font
+from .glyphs import CJK_FACE, builtin_font, emoji_font, fallback_chars
 from .ownership import PDF_CREATOR
 
 # The date a PDF says it was made, unless SOURCE_DATE_EPOCH says otherwise: 1980-01-01, as
@@ -109,6 +110,9 @@ class PdfWriter:
                 pass
 
         pdf = self.pdf = FPDF(unit="pt")
+        # What the page font lacks and the emoji font has, in any weight: embedded as one
+        # face, added with the first page (``_add_emoji``).
+        self._emoji: str | None = fallback_chars("".join(fonts.values()), font)
         pdf.set_creation_date(build_date())
         pdf.set_creator(PDF_CREATOR)
         pdf.set_producer(PDF_CREATOR)  # not fpdf2's version: the bytes follow the pages alone
@@ -130,6 +134,9 @@ class PdfWriter:
     def add(self, page) -> None:
         from fpdf.image_parsing import SETTINGS
 
+        if self._emoji:
+            self._add_emoji()
+
         level = SETTINGS.compression_level
         # Each panel's pixels are deflated as they are embedded: at zlib level 1 three times
         # as fast as fpdf2's default (6) for a PDF about a fifth larger (bench/pages_tail.py),
@@ -141,6 +148,13 @@ class PdfWriter:
                 _page(self.pdf, page)
         finally:
             SETTINGS.compression_level = level
+
+    def _add_emoji(self) -> None:
+        path = Path(self._tmp.name) / "Emoji.ttf"
+        with _quiet():
+            path.write_bytes(truetype_subset(emoji_font(), "Regular", self._emoji))
+            self.pdf.add_font("emoji", "", str(path))
+        self._emoji = None
 
     def finish(self) -> bytes:
         try:
@@ -156,8 +170,13 @@ class PdfWriter:
 
 def story_chars(texts: Iterable[str]) -> str:
     """Every character a story's pages can show: its title, captions, balloons and panel ids
-    (``texts``), the placeholder's words, digits and the "(n/N)" suffix's."""
-    return "".join(sorted(set("".join(texts)) | set("0123456789 ()/not rendered")))
+    (``texts``), the vertical forms of their punctuation (vertical balloons draw those), the
+    placeholder's words, digits and the "(n/N)" suffix's."""
+    from .vertical import FORMS
+
+    chars = set("".join(texts))
+    return "".join(sorted(chars | {FORMS[ch] for ch in chars if ch in FORMS}
+                          | set("0123456789 ()/not rendered")))
 
 
 def warm_fonts(font: str | None, chars: str) -> None:
@@ -166,11 +185,17 @@ def warm_fonts(font: str | None, chars: str) -> None:
     A build runs this on a thread while its panels render."""
     for weight in _WEIGHTS:
         truetype_subset(font, weight, chars)
+    emoji = fallback_chars(chars, font)
+    if emoji:
+        truetype_subset(emoji_font(), "Regular", emoji)
+
+
+def subset_key(font: str | None, weight: str, chars: str) -> str | None:
+    """The key ``truetype_subset`` keeps a subset under (None: an unreadable font)."""
+    return _subset_key(font, weight, chars)
 
 
 def _page(pdf, page) -> None:
-    from .pages import load_font
-
     # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's. A bleed
     # is pixels around the sheet: the sheet keeps its exact size and the bleed is added to it.
     b = page.bleed
@@ -186,18 +211,12 @@ def _page(pdf, page) -> None:
         pdf.rect(0, 0, *size, style="F")
     for item in page.items:
         if hasattr(item, "text"):
-            pdf.set_font("page", "B" if item.weight == "Bold" else "", item.size * pt)
             pdf.set_text_color(*item.color)
-            # The page was laid out with fonts.PageFont's advances, which the embedded font
-            # has too (up to rounding to font units); should a font's differ (a font whose
-            # hmtx fontTools and fpdf2 read differently), a line must still keep to its box:
-            # it is stretched to the width it was given.
-            given = load_font(page.font, item.size, item.weight).getlength(item.text) * pt
-            pdf.set_stretching(100)  # fpdf2 measures with the stretching in force
-            own = pdf.get_string_width(item.text)
-            pdf.set_stretching(100 * given / own if own and abs(given - own) > own / 200
-                               else 100)
-            pdf.text(item.x * pt, item.y * pt, item.text)
+            if item.rotate:  # on its side in a column of vertical text
+                with pdf.rotation(-item.rotate, item.x * pt, item.y * pt):
+                    _text(pdf, page, item, pt)
+            else:
+                _text(pdf, page, item, pt)
         elif hasattr(item, "image"):
             b = item.box
             pdf.image(item.image, b.x * pt, b.y * pt, b.w * pt, b.h * pt)
@@ -219,6 +238,33 @@ def _page(pdf, page) -> None:
             b = item.box
             pdf.set_fill_color(*item.color)
             pdf.rect(b.x * pt, b.y * pt, b.w * pt, b.h * pt, style="F")
+
+
+def _text(pdf, page, item, pt: float) -> None:
+    """A line of text, in runs: the page font's, and the emoji font's for what it lacks."""
+    from .pages import load_font
+
+    face = load_font(page.font, item.size, item.weight)
+    x, run = item.x, ""
+    for k, ch in enumerate(item.text):
+        run += ch
+        if k + 1 < len(item.text) and face.falls_back(item.text[k + 1]) == face.falls_back(ch):
+            continue
+        if face.falls_back(ch):
+            pdf.set_font("emoji", "", item.size * pt)
+        else:
+            pdf.set_font("page", "B" if item.weight == "Bold" else "", item.size * pt)
+        # The page was laid out with fonts.PageFont's advances, which the embedded font has
+        # too (up to rounding to font units); should a font's differ (a font whose hmtx
+        # fontTools and fpdf2 read differently), a run must still keep to its box: it is
+        # stretched to the width it was given.
+        given = face.getlength(run) * pt
+        pdf.set_stretching(100)  # fpdf2 measures with the stretching in force
+        own = pdf.get_string_width(run)
+        pdf.set_stretching(100 * given / own if own and abs(given - own) > own / 200 else 100)
+        pdf.text(x * pt, item.y * pt, run)
+        x += given / pt
+        run = ""
 
 
 def _page_boxes(pdf, trim: tuple[float, float, float, float],

@@ -12,7 +12,8 @@ the shapes it was trained at. A panel's box is its cell's picture area: the widt
 columns it spans (gutters included, border left out) by ``cell_height``; without
 ``cell_height`` a one-column panel's box is its own shape (the page follows the panel: nothing
 to suggest), and a panel spanning columns has the height of the page's one-column panels (the
-tallest, drawn), else of a square cell. Pure arithmetic: no imaging library, no model.
+tallest, drawn), else of a square cell; a panel across rows, those rows' height and the gutters
+and borders between them (captions left out). Pure arithmetic: no imaging library, no model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..story.schema import LayoutSpec
-from .geometry import arrange, cell_width, panel_size, per_page, spans
+from .geometry import arrange, cell_width, panel_size, per_page, row_spans, spans
 
 # SDXL's training buckets (width, height) near 1024 x 1024 pixels, square first (it wins a tie).
 SDXL_BUCKETS = ((1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768),
@@ -77,14 +78,16 @@ def panel_boxes(panels: Sequence[tuple[str, int, int]],
         sizes = [(w, h) for _, w, h in chunk]
         widths = spans([p for p, _, _ in chunk], layout)
         cell_w = cell_width(sizes, layout, widths)
+        tall = row_spans([p for p, _, _ in chunk], layout)
         one_column = [panel_size(s, cell_w - 2 * b, layout)[1]
-                      for s, n in zip(sizes, widths) if n == 1]
+                      for s, n, k in zip(sizes, widths, tall) if n == k == 1]
         height = layout.cell_height or max(one_column, default=cell_w - 2 * b)
         boxes: dict[int, tuple[int, int] | None] = {}
-        for row in arrange(widths, layout):
+        for row in arrange(widths, layout, tall):
             for i, _, n in row:
                 wide = n * cell_w + (n - 1) * gutter - 2 * b
-                boxes[i] = (wide, height) if layout.cell_height or n > 1 else None
+                high = tall[i] * height + (tall[i] - 1) * (gutter + 2 * b)
+                boxes[i] = (wide, high) if layout.cell_height or n > 1 or tall[i] > 1 else None
         out += [(chunk[i][0], boxes[i]) for i in range(len(chunk))]
     return out
 

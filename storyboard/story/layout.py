@@ -2,7 +2,8 @@
 
 In: plain data from the story's ``layout:`` mapping. Out: a frozen ``LayoutSpec``, or pydantic
 errors that ``messages`` words. A ``preset`` fills in the keys the story leaves out (the keys
-given always win); ``rows`` and ``span`` say which panels take more than one column. What the
+given always win); ``rows`` and ``span`` say which panels take more than one column,
+``row_span`` which take more than one row. What the
 keys mean on the page is ``output/geometry`` and ``output/pages``; everything here is part of
 ``output/manifest.pages_key``, so a layout edit recomposes pages without rendering panels.
 """
@@ -28,7 +29,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "wide-top": {"rows": [[2], [1, 1], [1, 1]]},
 }
 MAX_COLUMNS = 16
+MAX_ROW_SPAN = 16
 Span = Annotated[int, Field(ge=1, le=MAX_COLUMNS)]
+RowSpan = Annotated[int, Field(ge=1, le=MAX_ROW_SPAN)]
 PanelKey = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": ID_RE.pattern})]
 
 
@@ -147,6 +150,11 @@ class LayoutSpec(_Spec):
                                        description=(
         "Panels that take more than one column, by id, e.g. {ship: 2}; a panel that does not "
         "fit in what is left of a row starts the next one."))
+    row_span: dict[PanelKey, RowSpan] = Field(default_factory=dict, max_length=C.MAX_PANELS,
+                                           description=(
+        "Panels that take more than one row, by id, e.g. {ship: 2}: a tall panel beside two "
+        "stacked ones; the panels after it flow around it. With `span`, a panel can take a "
+        "block of columns and rows."))
     page_size: str | None = Field(None, max_length=64, description=(
         "The printed sheet: A4, A5, A3, B5, JIS-B5, Letter, Legal, us-comic (6.625 x 10.25 in) "
         "or explicit like '210mm x 297mm' (mm, cm, in, pt); every page and PDF page is this "
@@ -154,7 +162,9 @@ class LayoutSpec(_Spec):
         "page as big as its panels, all pages of a story the same size."))
     dpi: int = Field(300, ge=72, le=1200, description=(
         "Pixels per inch: the pages' pixels on paper (the PDF's page size in points, the PNGs' "
-        "pHYs) and, with `page_size`, how many pixels a page has."))
+        "pHYs) and, with `page_size`, how many pixels a page has. Left out, with no "
+        "`page_size` or `bleed`: a page of few pixels is printed at a lower dpi, its longer "
+        "side 210 mm (A5's), so that small panels do not make a 1-inch PDF page."))
     direction: Literal["ltr", "rtl"] = Field("ltr", description=(
         "Reading order: rtl (manga) fills each row right to left and marks the PDF and CBZ "
         "to be read right to left."))
@@ -196,6 +206,17 @@ class LayoutSpec(_Spec):
                        f"has {columns}", f"set `columns: {n}` or more, or a smaller span")
         return v
 
+    @field_validator("row_span")
+    @classmethod
+    def _row_spans_flow(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.data.get("rows") and v:
+            preset = info.data.get("preset")
+            raise _err("storyboard_row_span", "give `rows` or `row_span`, not both",
+                       (f"the preset {preset} sets `rows`; " if preset else "")
+                       + "set `columns` and `span` instead of `rows`, and the panels flow "
+                       "around the tall ones")
+        return v
+
     @model_validator(mode="after")
     def _lengths_in_pixels(self) -> LayoutSpec:
         # Everything that draws a page reads `margin` and `bleed` as pixels: a length becomes them here,
@@ -235,6 +256,11 @@ class BalloonSpec(_Spec):
     tail: Literal[TAILS] | None = Field(None, description=(  # type: ignore[valid-type]
         "Which way the tail (a thought's bubbles) points: left, right, up, down, down-left, "
         "down-right, up-left, up-right, or none; default: toward the panel's middle."))
+
+    vertical: bool = Field(False, description=(
+        "Chinese, Japanese or Korean text set vertically: top to bottom, columns right to "
+        "left, punctuation in its vertical forms, Latin letters and ー on their side (needs "
+        "a font with vertical metrics, as the built-in Noto Sans CJK has)."))
 
     @field_validator("tail")
     @classmethod

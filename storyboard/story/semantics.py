@@ -91,14 +91,16 @@ def check_semantics(data: dict, doc: SourceDoc, base_dir: Path, diag: Diagnostic
                 listed.add(cid)
                 used.add(cid)
 
-    # layout.span names panels by id.
+    # layout.span and layout.row_span name panels by id.
     layout = data.get("layout")
-    span = layout.get("span") if isinstance(layout, dict) else None
-    if isinstance(span, dict):
+    for key in ("span", "row_span"):
+        span = layout.get(key) if isinstance(layout, dict) else None
+        if not isinstance(span, dict):
+            continue
         ids = [p["id"] for p in panels if isinstance(p, dict) and isinstance(p.get("id"), str)]
         for pid in span:
             if isinstance(pid, str) and pid not in ids:
-                error(("layout", "span", pid), f"layout.span names no panel {show_id(pid)}",
+                error(("layout", key, pid), f"layout.{key} names no panel {show_id(pid)}",
                       did_you_mean(pid, ids) or f"panels: {', '.join(ids[:8])}", key=True)
 
     for cid, char in characters.items():

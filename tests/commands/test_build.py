@@ -546,6 +546,37 @@ def test_clean_removes_what_no_story_needs(story, cache_dir):
     assert clean([]).removed == 3 and cache.keys() == set()
 
 
+def test_clean_removes_font_subsets_no_story_embeds(story, cache_dir):
+    """The PDF's font subsets (cache/fonts) of a story's earlier text go; those its PDF
+    embeds now stay; files storyboard did not write there are never touched."""
+    from storyboard.output.pdf import truetype_subset
+
+    truetype_subset.cache_clear()  # made in this process for another test's cache: not here
+    fonts = cache_dir / "fonts"
+    run_build(story)
+    first = sorted(p.name for p in fonts.glob("*.ttf"))
+    assert len(first) == 2  # Regular and Bold
+    (fonts / "mine.ttf").write_bytes(b"a font of the user's own")
+    (fonts / ("0" * 64 + ".otf")).write_bytes(b"not a name storyboard writes")
+    assert clean([]).fonts == []
+    story.write_text(STORY.replace("The dog waited.", "The dog waited - Zzz!"),
+                     encoding="utf-8")
+    run_build(story)
+    assert len(list(fonts.glob("*.ttf"))) == 5
+    dry = clean([], dry_run=True)
+    assert sorted(p.name for p in dry.fonts) == first and len(list(fonts.glob("*.ttf"))) == 5
+    result = run_cli("clean")
+    assert result.exit_code == 0 and "2 font subset(s)" in result.output
+    now = sorted(p.name for p in fonts.glob("[0-9a-f]*.ttf"))
+    assert len(now) == 2 and not set(now) & set(first)
+    stamps = {p: p.stat().st_mtime_ns for p in fonts.glob("*.ttf")}
+    run_build(story)  # the PDF is written with the subsets kept: none made again
+    assert {p: p.stat().st_mtime_ns for p in fonts.glob("*.ttf")} == stamps
+    story.unlink()  # a story that is gone needs none
+    assert len(clean([]).fonts) == 2
+    assert sorted(p.name for p in fonts.iterdir()) == ["0" * 64 + ".otf", "mine.ttf"]
+
+
 def test_clean_keeps_reroll_candidates_rendered_with_a_dtype(story, cache_dir):
     """A candidate rendered under --dtype is cached under a key of its own (hash + dtype);
     `clean` must keep that entry while the candidate's file is there."""

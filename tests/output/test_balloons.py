@@ -102,11 +102,12 @@ def test_validate_checks_balloons(story_file):
     assert "two balloons are `at: top-left`; they would cover each other" in result.output
     assert "put one at top-right" in result.output
     emoji = story_file("version: 1\nmodel: tiny-sdxl\npanels:\n  - id: p3\n    prompt: a bird\n"
-                       "    balloons:\n      - {text: 'Hi 😀'}\n", "emoji.yaml")
+                       "    balloons:\n      - {text: 'Hi 😀ᚠ'}\n", "emoji.yaml")
     result = run_cli("validate", str(emoji))
     assert result.exit_code == 0
     assert "emoji.yaml:7:16: warning: panels[0].balloons[0].text: panel 'p3': balloon 1 has " \
-           "characters the built-in font (Noto Sans CJK) cannot draw: '😀'" in result.output
+           "characters the built-in font (Noto Sans CJK) and the emoji font (Noto Emoji) " \
+           "cannot draw: 'ᚠ'" in result.output and "'😀'" not in result.output
 
 
 def test_golden_balloons():
@@ -185,3 +186,29 @@ def test_thought_and_shout_are_vector_polygons_in_the_pdf(tmp_path):
     # A cloud is a closed path of many points: at least a hundred line segments each.
     assert content.count(b" l") > 2 * 100
     assert "LOOKOUT!" in "".join(page.extract_text().split())
+
+
+@pytest.mark.parametrize("kind", ["speech", "thought", "shout"])
+def test_a_short_text_keeps_to_one_line_where_the_share_has_room(kind):
+    """A short, wide text block fits an oval nearly as wide as the oval: a shout of two words
+    is not wrapped after the first (its spikes' inner oval is narrow, but wide enough)."""
+    from storyboard.output.balloons import GROW, OVAL
+
+    cell = Cell("a", 1, panel(256, 256, 0), "", (BalloonSpec(text="LOOK OUT!", kind=kind),))
+    (page,) = plan_pages([cell], LayoutSpec(columns=1, title=False), "")
+    lines = [i for i in page.items if isinstance(i, Text)]
+    assert [t.text for t in lines] == ["LOOK OUT!"]
+    # The line (its advance by its ascent and descent) lies inside the shape's inner oval.
+    (shape,) = [i for i in page.items if isinstance(i, Shape) and i.kind != "tail"
+                and i.kind != "bubble"]
+    box, t = shape.box, lines[0]
+    k = GROW[kind] / OVAL
+    cx, cy, rx, ry = box.x + box.w / 2, box.y + box.h / 2, box.w / 2 / k, box.h / 2 / k
+    from storyboard.output.pages import load_font
+
+    font = load_font(None, t.size)
+    ascent, descent = font.getmetrics()
+    for x in (t.x, t.x + font.getlength(t.text)):
+        for y in (t.y - ascent, t.y + descent):
+            assert ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0, (kind, x, y)
+    assert box.w <= 256 * SHARE_W and box.h <= 256 * SHARE_H

@@ -133,3 +133,20 @@ def test_a_panel_of_another_size_than_planned_is_composed_again(tmp_path, panels
             composer.arrived(i, path)
         written = composer.finish(lambda i: True)
     assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
+
+
+def test_a_bleed_and_trim_marks_come_out_as_composing_at_the_end_gives(tmp_path, panels,
+                                                                        monkeypatch):
+    """The composer draws each page as plan_pages does: grown by the bleed (the PDF's
+    /TrimBox, the marks in it), at the dpi it is printed at."""
+    layout = LayoutSpec(columns=2, panels_per_page=2, bleed="3mm", trim_marks=True)
+    monkeypatch.setitem(globals(), "LAYOUT", layout)  # at_the_end's too
+    out = tmp_path / "out"
+    out.mkdir()
+    with PageComposer(slots(), layout, TITLE, "story", out, CHARS) as composer:
+        for i, path in enumerate(panels):
+            composer.arrived(i, path)
+        written = composer.finish(lambda i: True)
+    got = {p.name: p.read_bytes() for p in written}
+    assert got == at_the_end(tmp_path / "ref", panels)
+    assert b"/TrimBox" in got["story.pdf"]

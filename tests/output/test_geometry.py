@@ -106,3 +106,55 @@ def test_long_captions_that_fit_need_no_font(story_file):
         raise AssertionError("measured with the font")
 
     assert layout_problems(story, compile_story(story), None, no_font) == []
+
+
+def test_a_bleed_counts_toward_the_limits_at_validate_time(story_file):
+    """A page just under the side limit goes over it with a one-inch bleed (300 pixels a side
+    at 300 dpi): `validate` refuses it, naming the bleed, and the hint's fix validates."""
+    fine = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, "
+                                 "panels_per_page: 16}"))
+    assert run_cli("validate", str(fine)).exit_code == 0
+    bled = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, "
+                                 "panels_per_page: 16, bleed: 1in}"), "bled.yaml")
+    result = run_cli("validate", str(bled))
+    assert result.exit_code == 2, result.output
+    assert "bled.yaml:4:9: layout: page 1 would be 732 x 65,608 pixels with its bleed (300 " \
+           "pixels on every side), more than 65,500 pixels a side" in result.output
+    assert "hint: lower `bleed` (without it the page is 132 x 65,008 pixels), or set " \
+           "`panels_per_page: 15`" in result.output and "Traceback" not in result.output
+    fixed = story_file(story_text(16, 64, 4040, "{columns: 1, title: false, bleed: 1in, "
+                                  "panels_per_page: 15}"), "fixed.yaml")
+    assert run_cli("validate", str(fixed)).exit_code == 0
+
+
+def test_a_sheet_with_its_bleed_is_checked_too(story_file):
+    # A4 at 950 dpi is 87 million pixels, under the limit; a quarter inch on every side
+    # takes it to 96 million, over.
+    fine = story_file(story_text(1, 64, 64, "{page_size: A4, dpi: 950}"))
+    assert run_cli("validate", str(fine)).exit_code == 0
+    bled = story_file(story_text(1, 64, 64, "{page_size: A4, dpi: 950, bleed: 0.25in}"),
+                      "bled.yaml")
+    result = run_cli("validate", str(bled))
+    assert result.exit_code == 2, result.output
+    assert "with its bleed (238 pixels on every side), too big to compose or write" in \
+        result.output and "hint: lower `dpi` or `bleed`" in result.output
+
+
+def test_pages_each_fine_but_too_big_alike_are_refused(story_file):
+    """Every page takes the widest page's width and the tallest page's height: a page with two
+    wide panels (8,280 pixels across, 4,300 down) and one of six tall ones (12,400 down, 200
+    across) are each fine, but two pages of 8,280 x 12,400 are over the pixel limit."""
+    panels = [f"  - {{id: w{i}, prompt: sea, width: 4096, height: 64}}" for i in range(2)]
+    panels += [f"  - {{id: s{i}, prompt: sun, width: 64, height: 64}}" for i in range(4)]
+    panels += [f"  - {{id: t{i}, prompt: sky, width: 64, height: 4096}}" for i in range(6)]
+    text = ("version: 1\ntitle: Limits\nmodel: tiny-sdxl\n"
+            "layout: {columns: 2, panels_per_page: 6}\ndefaults: {steps: 2}\npanels:\n"
+            + "\n".join(panels) + "\n")
+    result = run_cli("validate", str(story_file(text)))
+    assert result.exit_code == 2, result.output
+    assert "story.yaml:4:9: layout: every page would be" in result.output
+    assert "all pages take the widest page's width and the tallest page's height" in \
+        result.output and "set `page_size`" in result.output
+    sheet = story_file(text.replace("panels_per_page: 6", "panels_per_page: 6, page_size: A4"),
+                       "sheet.yaml")
+    assert run_cli("validate", str(sheet)).exit_code == 0

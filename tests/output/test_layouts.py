@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pagegold import check_page, panel
 
-from storyboard.output.geometry import arrange, page_count, spans
+from storyboard.output.geometry import arrange, page_count, row_spans, spans
 from storyboard.output.pages import Cell, Picture, compose_pages, plan_pages
 from storyboard.story.layout import PRESETS
 from storyboard.story.schema import LayoutSpec
@@ -95,3 +95,83 @@ def test_golden_cover_with_spans():
                         span={"p0": 2, "p3": 3}, caption="below")
     (page,) = compose_pages(cells(5, size=(96, 128), wide={3: (256, 96)}), layout, "Cover")
     check_page("cover-spans", page)
+
+
+def test_a_tall_panel_stands_beside_two_stacked_ones():
+    layout = LayoutSpec(columns=2, row_span={"p0": 2}, border=0, title=False)
+    (page,) = plan_pages(cells(4, wide={0: (96, 240)}), layout, "")
+    g = page.geometry
+    tall, top, under, next_row = (c.panel for c in g.cells)
+    assert arrange([1] * 4, layout, [2, 1, 1, 1]) == [[(0, 0, 1), (1, 1, 1)], [(2, 1, 1)],
+                                                       [(3, 0, 1)]]
+    assert tall.x < top.x == under.x and tall.y == top.y  # beside them, from the same top
+    assert top.y + top.h < under.y
+    assert (tall.w, tall.h) == (96, 240)  # at its own pixels, across both rows
+    # Its caption touches it; the two rows grew, under the stacked pair, to make room for it.
+    caption = g.cells[0].caption
+    assert caption.y == tall.y + tall.h and tall.touches(caption)
+    assert g.cells[2].caption.y + g.cells[2].caption.h <= caption.y + caption.h
+    assert next_row.y > caption.y + caption.h  # the next row starts under all of it
+
+
+def test_a_block_of_columns_and_rows_and_rtl():
+    layout = LayoutSpec(columns=3, span={"p1": 2}, row_span={"p1": 2}, border=0,
+                        caption="none", title=False)
+    ids = [f"p{i}" for i in range(5)]
+    assert arrange(spans(ids, layout), layout, row_spans(ids, layout)) == \
+        [[(0, 0, 1), (1, 1, 2)], [(2, 0, 1)], [(3, 0, 1), (4, 1, 1)]]
+    (page,) = plan_pages(cells(5, wide={1: (208, 208)}), layout, "")
+    block = page.geometry.cells[1].panel
+    assert (block.w, block.h) == (208, 208) == (2 * 96 + 16, 2 * 96 + 16)
+    (rtl,) = plan_pages(cells(5, wide={1: (208, 208)}),
+                        layout.model_copy(update={"direction": "rtl"}), "")
+    assert rtl.geometry.cells[1].panel.x == page.geometry.cells[0].panel.x  # mirrored
+
+
+def test_row_spans_with_a_fixed_cell_height_take_the_rows_and_gutters():
+    layout = LayoutSpec(columns=2, cell_width=64, cell_height=64, fit="cover", border=2,
+                        row_span={"p0": 2}, caption="none", title=False)
+    (page,) = plan_pages(cells(3, wide={0: (96, 256)}), layout, "")
+    tall, a, b = (c.panel for c in page.geometry.cells)
+    assert tall.y == a.y and tall.y + tall.h == b.y + b.h  # flush with the pair
+
+
+def test_row_span_is_validated_like_span(story_file):
+    from conftest import run_cli
+
+    text = ("version: 1\nmodel: tiny-sdxl\npanels:\n  - {id: ship, prompt: a boat}\n"
+            "  - {id: sea, prompt: waves}\nlayout:\n  ")
+    bad = story_file(text + "row_span: {shp: 2, sea: 40}\n")
+    result = run_cli("validate", str(bad))
+    assert result.exit_code == 2
+    assert "story.yaml:7:14: layout.row_span.shp: layout.row_span names no panel 'shp'" in \
+        result.output and "did you mean 'ship'?" in result.output
+    assert "layout.row_span.sea: must be <= 16, got 40" in result.output
+    both = story_file(text + "{preset: wide-top, row_span: {ship: 2}}\n", "both.yaml")
+    result = run_cli("validate", str(both))
+    assert result.exit_code == 2 and "give `rows` or `row_span`, not both" in result.output
+    assert "the preset wide-top sets `rows`" in result.output
+
+
+def test_the_page_hash_covers_row_spans(story_file):
+    from types import SimpleNamespace
+
+    from storyboard.output.manifest import pages_key
+    from storyboard.plan import compile_story
+    from storyboard.story import load_story
+
+    text = ("version: 1\nmodel: tiny-sdxl\npanels:\n  - {id: a, prompt: a cat}\n"
+            "  - {id: b, prompt: a dog}\nlayout: ")
+    one = load_story(story_file(text + "{columns: 2}\n", "one.yaml"))
+    two = load_story(story_file(text + "{columns: 2, row_span: {a: 2}}\n", "two.yaml"))
+    jobs = compile_story(one), compile_story(two)
+    assert [j.hash for j in jobs[0]] == [j.hash for j in jobs[1]], "no panel renders again"
+    keys = [pages_key(s, [SimpleNamespace(job=j, path=None) for j in js])
+            for s, js in zip((one, two), jobs)]
+    assert keys[0] != keys[1]
+
+
+def test_golden_row_spans():
+    layout = LayoutSpec(columns=3, row_span={"p0": 2, "p4": 2}, span={"p4": 2})
+    (page,) = compose_pages(cells(7, wide={0: (96, 208), 4: (208, 208)}), layout, "Row spans")
+    check_page("row-spans", page)

@@ -59,6 +59,48 @@ def test_without_a_sheet_pages_are_their_pixels_at_the_dpi_and_all_alike(tmp_pat
         assert float(page.mediabox.height) == pytest.approx(pages[0].height * 72 / 200)
 
 
+def test_small_pages_without_a_sheet_or_dpi_print_at_a_readable_size(tmp_path):
+    """The built-in models' 128-pixel panels make a page of a few hundred pixels: at 300 dpi a
+    stamp of an inch. Without `page_size` or `dpi`, its longer side is A5's (210 mm) in the
+    PDF and in the PNGs' pHYs alike; a `dpi` given, even 300, is kept."""
+    small = [Cell(f"p{i}", i + 1, panel(128, 128, 60 * i), c) for i, c in enumerate(CAPTIONS)]
+    pages = plan_pages(small, LayoutSpec(columns=2), "Small")
+    write_pages(pages, tmp_path, "story")
+    (page,) = PdfReader(tmp_path / "story.pdf").pages
+    w, h = float(page.mediabox.width), float(page.mediabox.height)
+    longer = max(pages[0].width, pages[0].height)
+    dpi = int(longer / (210 / 25.4))
+    assert pages[0].dpi == dpi < 100
+    assert (w, h) == pytest.approx((pages[0].width * 72 / dpi, pages[0].height * 72 / dpi),
+                                   abs=0.01)
+    assert 210 / 25.4 * 72 <= max(w, h) < 210 / 25.4 * 72 * 1.02  # A5's longer side: 595 pt
+    with Image.open(tmp_path / "page-1.png") as im:
+        assert im.info["dpi"] == pytest.approx((dpi, dpi), abs=0.01)
+    given = tmp_path / "given"
+    write_pages(plan_pages(small, LayoutSpec(columns=2, dpi=300), "Small"), given, "story")
+    (page,) = PdfReader(given / "story.pdf").pages
+    assert float(page.mediabox.width) == pytest.approx(pages[0].width * 72 / 300)
+    # Big pages are their pixels at 300 dpi, as before.
+    big = plan_pages([Cell("p", 1, panel(1024, 2560, 0))], LayoutSpec(columns=1), "")
+    assert big[0].dpi == 300
+
+
+def test_the_page_hash_knows_a_dpi_given_from_the_default(story_file):
+    from types import SimpleNamespace
+
+    from storyboard.output.manifest import pages_key
+    from storyboard.plan import compile_story
+    from storyboard.story import load_story
+
+    text = "version: 1\nmodel: tiny-sdxl\npanels:\n  - {id: a, prompt: a cat}\nlayout: "
+    keys = []
+    for n, layout in enumerate(("{columns: 2}", "{columns: 2, dpi: 300}")):
+        story = load_story(story_file(text + layout + "\n", f"s{n}.yaml"))
+        keys.append(pages_key(story, [SimpleNamespace(job=j, path=None)
+                                      for j in compile_story(story)]))
+    assert keys[0] != keys[1]
+
+
 def test_captions_and_title_are_selectable_text_in_an_embedded_font(tmp_path):
     _, pdf = write(tmp_path, LayoutSpec(columns=2, panels_per_page=3, page_size="A5", dpi=150))
     text = "\n".join(page.extract_text() for page in pdf.pages)

@@ -50,8 +50,10 @@ def test_a_long_title_and_its_page_suffix_fit_on_the_page(columns, panels):
 
 
 @pytest.mark.parametrize("where", ["below", "above", "inside"])
-def test_every_caption_touches_its_own_panel(where):
-    page = plan_page(mixed_cells(), LayoutSpec(columns=2, caption=where), "Title", 0, 1)
+@pytest.mark.parametrize("tall", [{}, {"p0": 2}, {"p1": 3}])  # panels across rows too
+def test_every_caption_touches_its_own_panel(where, tall):
+    page = plan_page(mixed_cells(), LayoutSpec(columns=2, caption=where, row_span=tall),
+                     "Title", 0, 1)
     for i, cell in enumerate(page.geometry.cells):
         assert cell.caption is not None
         assert cell.panel.touches(cell.caption), f"panel {i}'s caption is away from it"
@@ -133,15 +135,18 @@ def test_cjk_lines_leave_no_lone_character_at_the_end():
 
 
 def test_validate_warns_about_characters_the_font_cannot_draw(story_file):
+    """Emoji are drawn in the fallback font (Noto Emoji): only what no font has is warned
+    about (a runic letter here)."""
     story = story_file("version: 1\ntitle: Cats\nmodel: tiny-sdxl\npanels:\n"
-                       "  - id: p1\n    prompt: a cat\n    caption: 'Hello 😀, café 猫'\n"
-                       "  - id: p2\n    prompt: a dog\n    caption: plain words\n")
+                       "  - id: p1\n    prompt: a cat\n    caption: 'Hello 😀ᚠ, café 猫'\n"
+                       "  - id: p2\n    prompt: a dog\n    caption: plain words 😀\n")
     result = run_cli("validate", str(story))
     assert result.exit_code == 0, result.output
     assert f"{story.name}:7:14: warning: panels[0].caption: panel 'p1': the caption has " \
-           "characters the built-in font (Noto Sans CJK) cannot draw: '😀' (U+1F600 GRINNING " \
-           "FACE)" in result.output
+           "characters the built-in font (Noto Sans CJK) and the emoji font (Noto Emoji) " \
+           "cannot draw: 'ᚠ' (U+16A0 RUNIC LETTER FEHU FEOH FE F)" in result.output
     assert "p2" not in result.output and "café" not in result.output.split("cannot draw")[1]
+    assert "😀" not in result.output.split("cannot draw")[1]
 
 
 @pytest.mark.parametrize("where", ["below", "above", "inside"])
