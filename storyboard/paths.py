@@ -138,6 +138,20 @@ def atomic_write_via(path: str | Path, write: Callable[[Path], None]) -> None:
     the permissions (the umask's for a new file, a replaced file's own), a sync to disk and the
     rename; on any error the temporary file is removed and ``path`` is untouched, and an OS
     error names ``path`` where the OS named no file."""
+    commit_staged(stage_via(path, write), path)
+
+
+def stage_bytes(path: str | Path, data: bytes) -> Path:
+    """``atomic_write_bytes`` but the rename: ``data`` written and synced to disk in a temporary
+    file beside ``path``, which stays untouched until ``commit_staged``. For outputs made while
+    a build runs that must replace the last good ones only when the build is done. A process
+    killed in between leaves only the temporary file (``leftover_temporaries`` finds it)."""
+    return stage_via(path, lambda tmp: tmp.write_bytes(data))
+
+
+def stage_via(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """The first half of ``atomic_write_via``: the temporary file, written, with its
+    permissions, synced; ``path`` untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _mode_for(path)
@@ -148,12 +162,24 @@ def atomic_write_via(path: str | Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as fh:
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise naming(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def commit_staged(tmp: Path, path: str | Path) -> None:
+    """Rename a staged file (``stage_via``) into place; on failure it is removed."""
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise naming(exc, path) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

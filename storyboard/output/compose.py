@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..paths import atomic_write_bytes
+from ..paths import atomic_write_bytes, commit_staged, stage_bytes
 from .cbz import CBZ, write_cbz
 from .geometry import per_page
 from .manifest import PDF
@@ -70,6 +70,7 @@ class PageComposer:
                                            thread_name_prefix="storyboard-png")
         self.started: Future | None = None
         self.timings: dict[str, float] = {}  # filled by finish
+        self.staged: dict[int, Path] = {}  # page index -> its PNG, written, not yet in place
         if not defer:
             self.begin()
 
@@ -79,6 +80,8 @@ class PageComposer:
     def __exit__(self, *exc) -> None:
         self.worker.shutdown(wait=True, cancel_futures=True)
         self.encoders.shutdown(wait=True, cancel_futures=True)
+        for tmp in self.staged.values():  # pages never put in place: the last good ones stay
+            tmp.unlink(missing_ok=True)
         writer = getattr(self, "pdf", None)
         if writer is not None:
             writer.close()
@@ -128,7 +131,7 @@ class PageComposer:
         pngs = [self.pngs[k].result() for k in range(len(self.chunks))]
         t2 = time.perf_counter()
         written = write_outputs(self.out, pngs, pdf, self.title,
-                                self.layout.direction == "rtl", pages_written=True)
+                                self.layout.direction == "rtl", staged=self.staged)
         # Where the wait after the last panel went (a build reports it in its "pages" event).
         self.timings = {"composing": round(composed - t0, 3), "pdf": round(t1 - composed, 3),
                         "png": round(t2 - t1, 3), "writing": round(time.perf_counter() - t2, 3)}
@@ -175,10 +178,12 @@ class PageComposer:
             self.added += 1
 
     def _encode_and_write(self, k: int, image, mark: str, dpi: int | None) -> bytes:
-        # Written as soon as it is encoded, not all after the last panel; a page composed
-        # again (``_again``) is written again.
+        # Written and synced as soon as it is encoded, not all after the last panel; renamed
+        # into place only in ``finish``, so a build stopped before then leaves the last good
+        # pages (and a temporary file the next build removes). A page composed again
+        # (``_again``) is written again, and this one dropped on leaving.
         data = page_png(image, mark, dpi)
-        atomic_write_bytes(self.out / f"page-{k + 1}.png", data)
+        self.staged[k] = stage_bytes(self.out / f"page-{k + 1}.png", data)
         return data
 
     def _finish_pdf(self) -> bytes | None:
@@ -221,14 +226,17 @@ def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -
 
 
 def write_outputs(out_dir: Path, pngs: list[bytes], pdf: bytes, title: str,
-                  rtl: bool, pages_written: bool = False) -> list[Path]:
-    """The pages' files from their bytes: page-N.png (unless ``pages_written``: the page
-    composer writes each as it is encoded), story.pdf and story.cbz (made here from the PNGs);
-    the paths written."""
+                  rtl: bool, staged: dict[int, Path] | None = None) -> list[Path]:
+    """The pages' files from their bytes: page-N.png (renamed into place where ``staged``
+    holds it already written, by page index), story.pdf and story.cbz (made here from the
+    PNGs); the paths written."""
     written = []
     for n, data in enumerate(pngs, 1):
         path = out_dir / f"page-{n}.png"
-        if not pages_written:
+        tmp = (staged or {}).pop(n - 1, None)
+        if tmp is not None:
+            commit_staged(tmp, path)
+        else:
             atomic_write_bytes(path, data)
         written.append(path)
     atomic_write_bytes(out_dir / PDF, pdf)

@@ -69,7 +69,8 @@ def test_a_page_is_drawn_and_in_the_pdf_before_later_panels_arrive(tmp_path, pan
         idle(composer)
         assert set(composer.pages) == {0} and composer.added == 1  # page 1, before panel 3
         composer.pngs[0].result()
-        assert (out / "page-1.png").is_file(), "a page is written as soon as it is encoded"
+        # Written and synced as soon as it is encoded, put in place only when all is done.
+        assert not (out / "page-1.png").exists() and len(list(out.glob(".page-1.png.*.tmp"))) == 1
         composer.arrived(3, panels[3])  # page 2 waits for panel 3; the PDF waits in order
         composer.arrived(4, panels[4])
         idle(composer)
@@ -78,6 +79,20 @@ def test_a_page_is_drawn_and_in_the_pdf_before_later_panels_arrive(tmp_path, pan
         written = composer.finish(lambda i: True)
     assert composer.added == 3
     assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_build_stopped_before_the_end_leaves_the_last_good_pages(tmp_path, panels):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "page-1.png").write_bytes(b"the last good page")
+    with PageComposer(slots(), LAYOUT, TITLE, "story", out, CHARS) as composer:
+        composer.arrived(0, panels[0])
+        composer.arrived(1, panels[1])
+        idle(composer)
+        composer.pngs[0].result()  # page 1 is written beside it, not over it
+    assert (out / "page-1.png").read_bytes() == b"the last good page"
+    assert not list(out.glob(".*.tmp")), "the unfinished page is removed on leaving"
 
 
 def test_a_deferred_composer_draws_nothing_until_begun_then_catches_up(tmp_path, panels):
