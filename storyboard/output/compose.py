@@ -171,13 +171,13 @@ class PageComposer:
                             self.layout), dpi=self.dpi)
         self.pages[k] = page
         self.pngs[k] = self.encoders.submit(
-            self._encode_and_write, k, rasterize(page),
+            self._encode_and_stage, k, rasterize(page),
             page_mark(self.story, k + 1, len(self.chunks)), page.dpi)
         while self.added in self.pages:  # the PDF takes its pages in order
             self.pdf.add(self.pages[self.added])
             self.added += 1
 
-    def _encode_and_write(self, k: int, image, mark: str, dpi: int | None) -> bytes:
+    def _encode_and_stage(self, k: int, image, mark: str, dpi: int | None) -> bytes:
         # Written and synced as soon as it is encoded, not all after the last panel; renamed
         # into place only in ``finish``, so a build stopped before then leaves the last good
         # pages (and a temporary file the next build removes). A page composed again

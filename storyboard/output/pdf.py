@@ -182,9 +182,8 @@ def story_chars(texts: Iterable[str]) -> str:
 def warm_fonts(font: str | None, chars: str) -> None:
     """Subset the page font's weights for ``chars`` now (``truetype_subset`` keeps them), so
     that writing the PDF after the last panel does not: seconds for the built-in CJK font.
-    A build runs this on a thread while its panels render."""
-    for weight in _WEIGHTS:
-        truetype_subset(font, weight, chars)
+    A build's ``PdfWriter`` does the same for its pages' weights while panels render."""
+    truetype_subsets(font, {weight: chars for weight in _WEIGHTS})
     emoji = fallback_chars(chars, font)
     if emoji:
         truetype_subset(emoji_font(), "Regular", emoji)
@@ -299,8 +298,7 @@ def truetype_subset(font: str | None, weight: str, chars: str) -> bytes:
     (``fonts/<key>.ttf``, the key a hash of the font's identity, weight, characters,
     fontTools' version and ``SUBSET_RECIPE``) and read back the next time, if it is whole:
     an entry that does not parse, or whose tables fail their checksums, is made again."""
-    key = _subset_key(font, weight, chars)
-    path = cache_root() / "fonts" / f"{key}.ttf" if key else None
+    path = _subset_path(font, weight, chars)
     if path is not None:
         cached = _read_subset(path)
         if cached is not None:
@@ -323,8 +321,7 @@ def truetype_subsets(font: str | None, wanted: dict[str, str]) -> dict[str, byte
     found: dict[str, bytes] = {}
     paths: dict[str, Path | None] = {}
     for weight, chars in wanted.items():
-        key = _subset_key(font, weight, chars)
-        paths[weight] = path = cache_root() / "fonts" / f"{key}.ttf" if key else None
+        paths[weight] = path = _subset_path(font, weight, chars)
         cached = _read_subset(path) if path is not None else None
         if cached is not None:
             found[weight] = cached
@@ -340,6 +337,12 @@ def truetype_subsets(font: str | None, wanted: dict[str, str]) -> dict[str, byte
             except OSError:
                 pass  # as in truetype_subset: the next build makes it again
     return found
+
+
+def _subset_path(font: str | None, weight: str, chars: str) -> Path | None:
+    """Where the cache keeps a subset (None: a font that cannot be read)."""
+    key = _subset_key(font, weight, chars)
+    return cache_root() / "fonts" / f"{key}.ttf" if key else None
 
 
 def _subsets_in_processes(font: str | None, missing: dict[str, str]) -> dict[str, bytes]:
