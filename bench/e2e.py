@@ -14,6 +14,8 @@ exit minus last panel. Processes:
 - ``build-warm``: the same with the compile cache the previous storyboard process of this run
   left (a writer's second build of new panels);
 - ``build-eager``: `storyboard build --no-compile`, empty panel cache.
+Each storyboard process has a storyboard cache of its own, empty but for ``env/``, which a
+storyboard process on the machine leaves once for all (seed_environment).
 
 The weights are full-size random SDXL / Kolors saved as fp16 diffusers folders (gpu_models.py),
 read from a local disk with a warm page cache (each is read once before the first process).
@@ -86,6 +88,20 @@ def weights(family: str, root: Path) -> Path:
     return folder
 
 
+def seed_environment(work: Path, cache: Path) -> None:
+    """Give a build's new, empty storyboard cache what an earlier storyboard process on this
+    machine left in its ``env/`` (which distribution provides which module: the environment's,
+    not the story's, engine/distributions.py), worked out once per run by a process of its own
+    so that no timed process pays for it and every build finds the same."""
+    seeded = work / "env-cache"
+    if not (seeded / "env" / "distributions.json").is_file():
+        subprocess.run([sys.executable, "-c", "import importlib.metadata as m\n"
+                        "from storyboard.engine.environment import prepare\n"
+                        "prepare(); m.packages_distributions()"],
+                       check=True, cwd=ROOT, env=dict(os.environ, STORYBOARD_CACHE=str(seeded)))
+    shutil.copytree(seeded / "env", cache / "env", dirs_exist_ok=True)
+
+
 def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None) -> dict:
     """Start ``cmd``; seconds from start to each milestone it prints, and to its exit. With
     ``events``, every event but the steps is written there as it comes, with its time."""
@@ -107,8 +123,12 @@ def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None
                 ev.flush()
             if kind == "pages":
                 marks["pages"] = {k: v for k, v in event.items() if k not in ("event", "files")}
+            if kind == "plan":  # storyboard's start: story read, cache looked up
+                marks.setdefault("plan_s", now)
             if kind in ("loaded", "model_loaded"):
                 marks.setdefault("loaded_s", now)
+                if "seconds" in event:  # imports and load_model, as the process timed them
+                    marks.setdefault("load_seconds", event["seconds"])
             elif kind in ("imported", "done"):
                 marks.setdefault(f"{kind}_s", now)
             elif kind == "speedups":
@@ -141,7 +161,10 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
     compiled = work / f"inductor-{family}"  # build-empty empties it; build-warm reuses it
     out: dict = {}
     for name in runs:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", STORYBOARD_CACHE=str(case / f"cache-{name}"))
+        cache = case / f"cache-{name}"
+        env = dict(os.environ, PYTHONUNBUFFERED="1", STORYBOARD_CACHE=str(cache))
+        if name != "notebook":
+            seed_environment(work, cache)
         if name == "notebook":
             cmd = [sys.executable, str(HERE / "notebook.py"), str(folder), family,
                    str(case / "panels.json"), "--out", str(case / "notebook"),

@@ -1,9 +1,11 @@
 """The process around the engine: library settings and quiet loading, set explicitly.
 
-In: nothing (the environment). Out: ``prepare()``, called by the engine when it loads a model
-(``loading.load_model``) and when it prepares a render (``session.Session.prepare``, which also
-covers a model loaded elsewhere, before anything is compiled), and ``quiet_loading``, a context manager that keeps library
-chatter off the user's terminal while models load and puts everything back after.
+In: nothing (the environment). Out: ``prepare()``, the library defaults and the installed
+distributions' modules remembered (``distributions``), called by the engine when it loads a
+model (``loading.load_model``) and when it prepares a render (``session.Session.prepare``, which
+also covers a model loaded elsewhere, before anything is compiled); and ``quiet_loading``, a
+context manager that keeps library chatter off the user's terminal while models load and puts
+everything back after.
 
 ``prepare`` sets defaults only: a variable the user has set wins. It sets them at the moment the
 engine starts, not when a module is imported, so importing storyboard changes nothing.
@@ -15,6 +17,7 @@ import logging
 import os
 
 from ..paths import compile_cache_dir
+from . import distributions
 
 
 def prepare() -> None:
@@ -30,6 +33,9 @@ def prepare() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    # diffusers and transformers each ask, as they import, which distribution provides which
+    # module: seconds on a large environment, answered once and cached (``distributions``).
+    distributions.remember()
 
 
 class quiet_loading:
