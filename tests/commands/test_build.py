@@ -365,6 +365,30 @@ def test_png_writes_overlap_the_next_batch_and_events_keep_story_order(story, mo
     assert all(writes.index("written", p) < writes.index("panel", p) for p in announced)
 
 
+def test_panels_are_written_side_by_side_and_announced_in_order(story, monkeypatch):
+    """With two writers, panel "one"'s write is held until "two" is written: it finishes
+    only if the writes run side by side. The events still come in story order."""
+    import storyboard.commands.rendering as rendering
+
+    monkeypatch.setattr(rendering, "PNG_WRITERS", 2)
+    two_written = threading.Event()
+    writes = Writes(monkeypatch, hold={"one": two_written})
+    real_note = writes.note
+
+    def note(kind, panel):
+        real_note(kind, panel)
+        if (kind, panel) == ("written", "two"):
+            two_written.set()
+
+    writes.note = note
+    report = build(story, options=ONE_BY_ONE, on_event=lambda e: writes.note(
+        "panel", e["panel"]) if e["event"] == "panel" else None)
+    assert statuses(report) == {"one": "rendered", "two": "rendered", "three": "rendered"}
+    assert writes.timed_out == []
+    assert writes.index("written", "two") < writes.index("written", "one")
+    assert [panel for kind, panel in writes.log if kind == "panel"] == ["one", "two", "three"]
+
+
 def test_interrupting_a_build_keeps_the_panels_being_written(story, monkeypatch):
     """Ctrl-C while panel "one" is still being encoded (its write is held until the interrupt
     is on its way): the write finishes before the build stops, and the next build finds the
