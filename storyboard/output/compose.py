@@ -63,6 +63,7 @@ class PageComposer:
         self.pages: dict[int, Page] = {}  # drawn, by page index (the worker's)
         self.pngs: dict[int, Future] = {}
         self.queued: set[int] = set()
+        self.decoded: dict[int, Future] = {}  # panel index -> its pixels, read ahead
         self.added = 0  # pages in the PDF, from the first (the worker's)
         self.stale = False  # a panel came at another size than planned (the worker's)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-page")
@@ -102,12 +103,22 @@ class PageComposer:
         ``begin`` was called)."""
         self.paths[index] = path
         if self.started is not None:
+            self._decode(index)  # while the GPU renders the next panels
             self._queue_complete()
+
+    def _decode(self, index: int) -> None:
+        # Read on the encoders, side by side: one after another on the worker, the eight
+        # panels of the last page took half a second after the last panel (PNG decoding lets
+        # go of the interpreter).
+        if index not in self.decoded:
+            self.decoded[index] = self.encoders.submit(_read_rgb, self.paths[index])
 
     def _queue_complete(self) -> None:
         for k, chunk in enumerate(self.chunks):
             if k not in self.queued and all(i in self.paths for i in chunk):
                 self.queued.add(k)
+                for i in chunk:
+                    self._decode(i)
                 self.worker.submit(self._compose, k, {i: self.paths[i] for i in chunk})
 
     def finish(self, came: Callable[[int], bool]) -> list[Path]:
@@ -118,10 +129,7 @@ class PageComposer:
         if not all(came(i) for i in range(len(self.slots))) or \
                 set(self.paths) != set(range(len(self.slots))):
             return self._again(came)
-        for k, chunk in enumerate(self.chunks):  # (all queued when every panel arrived)
-            if k not in self.queued:
-                self.queued.add(k)
-                self.worker.submit(self._compose, k, {i: self.paths[i] for i in chunk})
+        self._queue_complete()  # (all queued already when every panel arrived)
         t0 = time.perf_counter()
         composed = self.worker.submit(lambda: time.perf_counter()).result()
         pdf = self.worker.submit(self._finish_pdf).result()
@@ -162,7 +170,7 @@ class PageComposer:
                              font_chars(planned, self.chars))
 
     def _compose(self, k: int, paths: dict[int, Path]) -> None:
-        cells = [self._cell(i, paths[i]) for i in self.chunks[k]]
+        cells = [self._cell(i, paths[i], self.decoded.pop(i).result()) for i in self.chunks[k]]
         if any(c.image.size != self.slots[i].size for c, i in zip(cells, self.chunks[k])):
             self.stale = True
             return
@@ -191,15 +199,18 @@ class PageComposer:
             return None
         return self.pdf.finish()
 
-    def _cell(self, i: int, path: Path | None) -> Cell:
-        from PIL import Image
-
+    def _cell(self, i: int, path: Path | None, image=None) -> Cell:
         s = self.slots[i]
-        image = None
-        if path is not None:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
+        if image is None and path is not None:
+            image = _read_rgb(path)
         return Cell(s.panel, s.number, image, s.caption, s.balloons)
+
+
+def _read_rgb(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -> list[Path]:
@@ -239,6 +250,9 @@ def write_outputs(out_dir: Path, pngs: list[bytes], pdf: bytes, title: str,
         else:
             atomic_write_bytes(path, data)
         written.append(path)
-    atomic_write_bytes(out_dir / PDF, pdf)
-    atomic_write_bytes(out_dir / CBZ, write_cbz(pngs, title, rtl))
+    # Side by side: each write waits for its disk sync, and the archive is made meanwhile.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-pdf") as other:
+        pdf_written = other.submit(atomic_write_bytes, out_dir / PDF, pdf)
+        atomic_write_bytes(out_dir / CBZ, write_cbz(pngs, title, rtl))
+        pdf_written.result()
     return written + [out_dir / PDF, out_dir / CBZ]

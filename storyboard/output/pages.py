@@ -35,6 +35,7 @@ from .geometry import (
 from .balloons import Shape, balloon_items
 from .fonts import SUPERSAMPLE, PageFont, draw_text, draw_turned, page_font
 from .ownership import PAGE_MARK
+from .pngenc import channels, encode_png
 
 _NO_LINE_START = set("，。、！？；：”’）》」』】〕〉…‥・ー—―-~～%）)]}.,!?;:'\"·")
 _NO_LINE_END = set("“‘（《「『【〔〈([{")
@@ -49,7 +50,10 @@ class Cell:
     balloons: tuple = ()  # the panel's BalloonSpecs, drawn over its picture
 
 
-PNG_LEVEL = 1  # zlib level of page PNGs (page_png)
+# zlib level of page PNGs (page_png): a page of 40 1024-px panels encodes in a fifth of the
+# time of Pillow's default level 6, for files about a fifth larger (bench/pages_tail.py); the
+# writer waits for this after the last panel, the disk does not mind.
+PNG_LEVEL = 1
 
 
 @lru_cache(maxsize=48)
@@ -454,14 +458,14 @@ def caption_lines(caption: str, font_size: int, font: str | None, width: int) ->
 def page_png(page: Image.Image, mark: str, dpi: int | None = None) -> bytes:
     """A page (or contact sheet) as PNG bytes, with storyboard's mark in it (and, for a page,
     its pixels per inch, so it prints at the size the PDF's page has)."""
+    if channels(page.mode) is not None:
+        # Deflated on every core (``pngenc``): after the last panel, a build waits for this.
+        return encode_png(page, {PAGE_MARK: mark}, dpi, PNG_LEVEL)
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text(PAGE_MARK, mark)
     buf = io.BytesIO()
-    # zlib level 1: a page of 40 1024-px panels encodes in a fifth of the time of Pillow's
-    # default level 6, for files about a fifth larger (bench/pages_tail.py); the writer waits
-    # for this after the last panel, the disk does not mind.
     page.save(buf, format="PNG", optimize=False, pnginfo=info, compress_level=PNG_LEVEL,
               **({"dpi": (dpi, dpi)} if dpi else {}))
     return buf.getvalue()

@@ -369,3 +369,29 @@ def test_cutting_fonts_in_other_processes_never_runs_the_callers_script_again(tm
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["ran", "['Bold', 'Regular']"]
     assert len(list((tmp_path / "cache" / "fonts").glob("*.ttf"))) == 2
+
+
+def test_a_picture_shown_twice_is_embedded_once_and_other_modes_still_embed(tmp_path):
+    from fpdf import FPDF
+
+    from storyboard.output.pdfimages import embed
+
+    same = panel(300, 260, 40)
+    twins = [Cell("a", 1, same, "one"), Cell("b", 2, same.copy(), "two")]
+    write_pages(plan_pages(twins, LayoutSpec(columns=2, border=0), ""), tmp_path, "story")
+    reader = PdfReader(tmp_path / "story.pdf")
+    assert reader.pages[0].get_contents().get_data().count(b" Do") == 2  # drawn twice
+    assert (tmp_path / "story.pdf").read_bytes().count(b"/Subtype /Image") == 1  # kept once
+    # What ``embed`` does not deflate itself (an RGBA picture), fpdf2 still embeds.
+    pdf = FPDF(unit="pt")
+    pdf.add_page()
+    rgba = panel(64, 48, 10).convert("RGBA")
+    assert embed(pdf, rgba) is rgba
+    grey = panel(64, 48, 10).convert("L")
+    pdf.image(embed(pdf, grey), 0, 0, 64, 48)
+    pdf.image(embed(pdf, rgba), 0, 100, 64, 48)
+    path = tmp_path / "modes.pdf"
+    path.write_bytes(bytes(pdf.output()))
+    back = [obj.image for obj in PdfReader(path).pages[0].images]
+    assert np.array_equal(np.asarray(back[0].convert("L")), np.asarray(grey))
+    assert np.array_equal(np.asarray(back[1].convert("RGB")), np.asarray(rgba.convert("RGB")))
