@@ -35,6 +35,7 @@ from .manifest import PDF
 from .ownership import page_mark
 from .pages import Cell, Page, bled, page_png, placed, plan_page, plan_pages, rasterize
 from .pdf import PdfWriter, font_chars, write_pdf
+from .pdfimages import describe
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class PageComposer:
         self.pngs: dict[int, Future] = {}
         self.queued: set[int] = set()
         self.decoded: dict[int, Future] = {}  # panel index -> its pixels, read ahead
+        self.pictures: dict[int, tuple] = {}  # panel index -> (name, PDF picture), made ahead
         self.added = 0  # pages in the PDF, from the first (the worker's)
         self.stale = False  # a panel came at another size than planned (the worker's)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storyboard-page")
@@ -111,7 +113,16 @@ class PageComposer:
         # panels of the last page took half a second after the last panel (PNG decoding lets
         # go of the interpreter).
         if index not in self.decoded:
-            self.decoded[index] = self.encoders.submit(_read_rgb, self.paths[index])
+            self.decoded[index] = self.encoders.submit(self._read, index, self.paths[index])
+
+    def _read(self, index: int, path: Path):
+        """Panel ``index``'s pixels; and, deflated for the PDF (``pdfimages.describe``), the
+        picture the page will show when the panel needs no scaling to fit its box."""
+        image = _read_rgb(path)
+        described = describe(image)
+        if described is not None:
+            self.pictures[index] = described
+        return image
 
     def _queue_complete(self) -> None:
         for k, chunk in enumerate(self.chunks):
@@ -182,7 +193,9 @@ class PageComposer:
             self._encode_and_stage, k, rasterize(page),
             page_mark(self.story, k + 1, len(self.chunks)), page.dpi)
         while self.added in self.pages:  # the PDF takes its pages in order
-            self.pdf.add(self.pages[self.added])
+            ready = dict(self.pictures.pop(i) for i in self.chunks[self.added]
+                         if i in self.pictures)  # (what is not used is dropped with it)
+            self.pdf.add(self.pages[self.added], ready)
             self.added += 1
 
     def _encode_and_stage(self, k: int, image, mark: str, dpi: int | None) -> bytes:

@@ -104,8 +104,16 @@ class Outputs:
 
 
 def digests(folder: Path, paths: Iterable[Path]) -> dict[str, str]:
-    """The manifest's record of the files a command wrote: name in the folder -> sha256."""
-    return {str(p.relative_to(folder)): sha256_of(p) for p in paths}
+    """The manifest's record of the files a command wrote: name in the folder -> sha256.
+    Files are hashed side by side (hashlib and reads let go of the interpreter): a 40-panel
+    build's 300 MB took 0.4 s one after another, after its last page was written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = list(paths)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(paths))),
+                            thread_name_prefix="storyboard-digest") as pool:
+        sums = list(pool.map(sha256_of, paths))
+    return {str(p.relative_to(folder)): digest for p, digest in zip(paths, sums)}
 
 
 def _marked(path: Path) -> bool:

@@ -71,7 +71,7 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def write_pdf(pages: Sequence, title: str, rtl: bool = False, chars: str = "") -> bytes:
+def write_pdf(pages: Sequence, title: str, rtl: bool = False, chars: str = "") -> bytearray:
     """The PDF of ``pages`` (``pages.Page``), one PDF page each. ``chars``: characters the
     embedded fonts carry besides the pages' own (``story_chars``): a build passes the
     story's, so the subsets ``warm_fonts`` made while panels rendered are the ones used."""
@@ -133,7 +133,9 @@ class PdfWriter:
                 path.write_bytes(subsets[weight])
                 pdf.add_font("page", "B" if weight == "Bold" else "", str(path))
 
-    def add(self, page) -> None:
+    def add(self, page, ready: dict[str, dict] | None = None) -> None:
+        """Add ``page``; ``ready``: its pictures already deflated (``pdfimages.describe``),
+        by name; those used are taken out of it."""
         from fpdf.image_parsing import SETTINGS
 
         if self._emoji:
@@ -146,7 +148,7 @@ class PdfWriter:
         SETTINGS.compression_level = IMAGE_LEVEL
         try:
             with _quiet():
-                _page(self.pdf, page)
+                _page(self.pdf, page, ready)
         finally:
             SETTINGS.compression_level = level
 
@@ -157,10 +159,10 @@ class PdfWriter:
             self.pdf.add_font("emoji", "", str(path))
         self._emoji = None
 
-    def finish(self) -> bytes:
+    def finish(self) -> bytearray:
         try:
             with _quiet():
-                return bytes(self.pdf.output())
+                return self.pdf.output()  # not copied into ``bytes``: 13 MB a page
         finally:
             self.close()
 
@@ -195,7 +197,7 @@ def subset_key(font: str | None, weight: str, chars: str) -> str | None:
     return _subset_key(font, weight, chars)
 
 
-def _page(pdf, page) -> None:
+def _page(pdf, page, ready: dict[str, dict] | None = None) -> None:
     # Points per pixel: the sheet's exact size (its pixels are rounded) or the dpi's. A bleed
     # is pixels around the sheet: the sheet keeps its exact size and the bleed is added to it.
     b = page.bleed
@@ -219,7 +221,7 @@ def _page(pdf, page) -> None:
                 _text(pdf, page, item, pt)
         elif hasattr(item, "image"):
             b = item.box
-            pdf.image(embed(pdf, item.image), b.x * pt, b.y * pt, b.w * pt, b.h * pt)
+            pdf.image(embed(pdf, item.image, ready), b.x * pt, b.y * pt, b.w * pt, b.h * pt)
         elif hasattr(item, "outline"):  # a balloon's shape, as vector paths
             b = item.box
             pdf.set_fill_color(*item.fill)

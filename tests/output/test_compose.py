@@ -165,3 +165,39 @@ def test_a_bleed_and_trim_marks_come_out_as_composing_at_the_end_gives(tmp_path,
     got = {p.name: p.read_bytes() for p in written}
     assert got == at_the_end(tmp_path / "ref", panels)
     assert b"/TrimBox" in got["story.pdf"]
+
+
+def test_panels_are_deflated_for_the_pdf_as_they_land_with_the_same_bytes(tmp_path,
+                                                                           monkeypatch):
+    """A panel that needs no scaling to fit its box is deflated for the PDF when it is read,
+    on the encoders, not when its page is added; the PDF is byte for byte the same."""
+    import storyboard.output.pdfimages as pdfimages
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    paths = []
+    for i in range(4):
+        paths.append(folder / f"{i}.png")
+        panel(160, 160, 40 * i).save(paths[-1])
+    layout = LayoutSpec(columns=2, panels_per_page=2, cell_width=160, border=0)
+    sizes = [Slot(f"p{i}", i + 1, CAPTIONS[i], (), (160, 160)) for i in range(4)]
+    late = []  # pictures ``embed`` had to deflate itself, when the page was added
+    real = pdfimages.describe
+    monkeypatch.setattr(pdfimages, "describe", lambda image: late.append(1) or real(image))
+    out = tmp_path / "out"
+    out.mkdir()
+    with PageComposer(sizes, layout, TITLE, "story", out, CHARS) as composer:
+        for i, path in enumerate(paths):
+            composer.arrived(i, path)
+        written = composer.finish(lambda i: True)
+    assert late == [] and composer.pictures == {}
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    from PIL import Image
+
+    cells = [Cell(s.panel, s.number, Image.open(p).convert("RGB"), s.caption, ())
+             for s, p in zip(sizes, paths)]
+    reference = write_pages(plan_pages(cells, layout, TITLE), ref, "story", CHARS)
+    assert len(late) == 4  # composing at the end deflates each picture as it adds it
+    assert {p.name: p.read_bytes() for p in written} == {
+        p.name: p.read_bytes() for p in reference}
