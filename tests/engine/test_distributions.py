@@ -78,6 +78,66 @@ def test_a_new_or_reinstalled_distribution_is_seen(env):
     assert len(calls) == 3
 
 
+def test_eggs_zips_and_metadata_rewritten_in_place_are_seen(env, tmp_path, monkeypatch):
+    original, calls = counting()
+    remembered = distributions._remembering(original)
+    remembered()
+    # An egg folder on the path (its metadata in EGG-INFO), as easy_install left them.
+    egg = env / "storyboard_probe_egg-1.0-py3.egg" / "EGG-INFO"
+    egg.mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(egg.parent), *sys.path])
+    (egg / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: storyboard-probe-egg\n")
+    (egg / "top_level.txt").write_text("probe_egg\n")
+    assert remembered()["probe_egg"] == ["storyboard-probe-egg"] == _standard()["probe_egg"]
+    # A zip on the path (a zipped egg, a wheel put on PYTHONPATH).
+    import zipfile
+
+    archive = tmp_path / "probe.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("storyboard_probe_zip-1.0.dist-info/METADATA",
+                   "Metadata-Version: 2.1\nName: storyboard-probe-zip\nVersion: 1.0\n")
+        z.writestr("storyboard_probe_zip-1.0.dist-info/top_level.txt", "probe_zip\n")
+    monkeypatch.setattr(sys, "path", [str(archive), *sys.path])  # grown in this process
+    assert remembered()["probe_zip"] == ["storyboard-probe-zip"] == _standard()["probe_zip"]
+    # ``setup.py develop`` rewrites top_level.txt in place: the folder's time stays.
+    top = env / "storyboard-probe-one-1.0.dist-info" / "top_level.txt"
+    folder_time = top.parent.stat().st_mtime_ns
+    top.write_text("probe_one\nprobe_one_more\n")
+    os.utime(top, ns=(top.stat().st_atime_ns, top.stat().st_mtime_ns + 1_000_000_000))
+    os.utime(top.parent, ns=(folder_time, folder_time))
+    assert remembered()["probe_one_more"] == ["storyboard-probe-one"]
+    assert len(calls) == 4
+
+
+def test_a_distribution_without_a_name_is_kept_as_the_standard_library_gives_it(env):
+    nameless = env / "storyboard-probe-nameless-1.0.dist-info"
+    nameless.mkdir()
+    (nameless / "top_level.txt").write_text("probe_nameless\n")
+    original, calls = counting()
+    assert distributions._remembering(original)()["probe_nameless"] == [None] \
+        == _standard()["probe_nameless"]
+    assert distributions._remembering(original)()["probe_nameless"] == [None]
+    assert len(calls) == 1  # read back from the cache, not worked out again
+
+
+def test_another_finder_that_lists_distributions_turns_remembering_off(env, monkeypatch):
+    class Finder:
+        @staticmethod
+        def find_distributions(context=None):
+            return iter(())
+
+        @staticmethod
+        def find_spec(*args, **kwargs):
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, Finder])
+    assert distributions.environment_key() is None
+    original, calls = counting()
+    remembered = distributions._remembering(original)
+    remembered(), remembered()
+    assert len(calls) == 2 and not distributions.cache_file().exists()
+
+
 def test_where_the_command_runs_from_does_not_change_the_key(env, tmp_path, monkeypatch):
     key = distributions.environment_key()
     monkeypatch.setattr(sys, "path", [str(tmp_path / "elsewhere"), "", *sys.path])
