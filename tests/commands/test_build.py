@@ -321,6 +321,7 @@ class Writes:
         self.lock = threading.Lock()
         self.hold = hold or {}
         self.timed_out: list[str] = []
+        self.written: dict[str, threading.Event] = {}  # set when that panel's write ends
         self.real = pnginfo.panel_png_bytes
         real = self.real
 
@@ -332,6 +333,7 @@ class Writes:
                 threading.Event().wait(delay)  # a slow disk, for the back-pressure test
             data = real(image, job, **kw)
             self.note("written", job.panel)
+            self.when_written(job.panel).set()
             return data
 
         monkeypatch.setattr(pnginfo, "panel_png_bytes", write)
@@ -342,6 +344,10 @@ class Writes:
 
     def index(self, kind: str, panel: str) -> int:
         return self.log.index((kind, panel))
+
+    def when_written(self, panel: str) -> threading.Event:
+        with self.lock:
+            return self.written.setdefault(panel, threading.Event())
 
 
 def test_png_writes_overlap_the_next_batch_and_events_keep_story_order(story, monkeypatch):
@@ -371,16 +377,8 @@ def test_panels_are_written_side_by_side_and_announced_in_order(story, monkeypat
     import storyboard.commands.rendering as rendering
 
     monkeypatch.setattr(rendering, "PNG_WRITERS", 2)
-    two_written = threading.Event()
-    writes = Writes(monkeypatch, hold={"one": two_written})
-    real_note = writes.note
-
-    def note(kind, panel):
-        real_note(kind, panel)
-        if (kind, panel) == ("written", "two"):
-            two_written.set()
-
-    writes.note = note
+    writes = Writes(monkeypatch)
+    writes.hold["one"] = writes.when_written("two")
     report = build(story, options=ONE_BY_ONE, on_event=lambda e: writes.note(
         "panel", e["panel"]) if e["event"] == "panel" else None)
     assert statuses(report) == {"one": "rendered", "two": "rendered", "three": "rendered"}
@@ -419,16 +417,9 @@ def test_a_panel_is_announced_while_the_next_batch_renders(story, monkeypatch):
     """Not held back until the next batch is done: panel "one"'s write is held until "two"
     starts rendering, and the first step of "two" waits for that write; "one" is then
     announced among the later steps of "two"."""
-    two_started, written_one = threading.Event(), threading.Event()
+    two_started = threading.Event()
     writes = Writes(monkeypatch, hold={"one": two_started})
-    real_note = writes.note
-
-    def note(kind, panel):
-        real_note(kind, panel)
-        if (kind, panel) == ("written", "one"):
-            written_one.set()
-
-    writes.note = note
+    written_one = writes.when_written("one")
 
     def watch(event):
         if event["event"] == "panel":
