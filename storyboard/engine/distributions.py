@@ -113,8 +113,7 @@ def _write(key: str, mapping: Mapping[str, list[str]]) -> None:
     try:
         cache_file().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache_file(), json.dumps(
-            {"key": key, "modules": {k: list(v) for k, v in mapping.items()}},
-            ensure_ascii=False, sort_keys=True))
+            {"key": key, "modules": mapping}, ensure_ascii=False, sort_keys=True))
     except OSError:
         pass  # a read-only cache: the next process works it out again, nothing is lost
 

@@ -35,7 +35,7 @@ from .geometry import (
 from .balloons import Shape, balloon_items
 from .fonts import SUPERSAMPLE, PageFont, draw_text, draw_turned, page_font
 from .ownership import PAGE_MARK
-from .pngenc import channels, encode_png
+from .pngenc import LEVEL, channels, encode_png
 
 _NO_LINE_START = set("，。、！？；：”’）》」』】〕〉…‥・ー—―-~～%）)]}.,!?;:'\"·")
 _NO_LINE_END = set("“‘（《「『【〔〈([{")
@@ -48,12 +48,6 @@ class Cell:
     image: Image.Image | None  # None: not rendered (yet)
     caption: str = ""
     balloons: tuple = ()  # the panel's BalloonSpecs, drawn over its picture
-
-
-# zlib level of page PNGs (page_png): a page of 40 1024-px panels encodes in a fifth of the
-# time of Pillow's default level 6, for files about a fifth larger (bench/pages_tail.py); the
-# writer waits for this after the last panel, the disk does not mind.
-PNG_LEVEL = 1
 
 
 @lru_cache(maxsize=48)
@@ -460,13 +454,13 @@ def page_png(page: Image.Image, mark: str, dpi: int | None = None) -> bytes:
     its pixels per inch, so it prints at the size the PDF's page has)."""
     if channels(page.mode) is not None:
         # Deflated on every core (``pngenc``): after the last panel, a build waits for this.
-        return encode_png(page, {PAGE_MARK: mark}, dpi, PNG_LEVEL)
+        return encode_png(page, {PAGE_MARK: mark}, dpi)
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text(PAGE_MARK, mark)
     buf = io.BytesIO()
-    page.save(buf, format="PNG", optimize=False, pnginfo=info, compress_level=PNG_LEVEL,
+    page.save(buf, format="PNG", optimize=False, pnginfo=info, compress_level=LEVEL,
               **({"dpi": (dpi, dpi)} if dpi else {}))
     return buf.getvalue()
 

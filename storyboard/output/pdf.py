@@ -42,12 +42,12 @@ from ..paths import atomic_write_bytes, cache_root, read_bounded, sha256_of
 from .glyphs import CJK_FACE, builtin_font, emoji_font, fallback_chars
 from .ownership import PDF_CREATOR
 from .pdfimages import embed
+from .pngenc import LEVEL
 
 # The date a PDF says it was made, unless SOURCE_DATE_EPOCH says otherwise: 1980-01-01, as
 # reproducible zips and wheels use. The pages' content decides their bytes, not the clock.
 REPRODUCIBLE_EPOCH = 315532800
 _WEIGHTS = {"Regular": 400, "Bold": 700}
-IMAGE_LEVEL = 1  # zlib level of the panels embedded in the PDF (write_pdf)
 
 
 def build_date() -> datetime.datetime:
@@ -142,10 +142,9 @@ class PdfWriter:
             self._add_emoji()
 
         level = SETTINGS.compression_level
-        # A picture fpdf2 deflates itself (not RGB or grey: ``pdfimages``) at zlib level 1, as
-        # ``pdfimages`` does: three times as fast as fpdf2's default (6) for a fifth more bytes.
-        # Set for this call only: the setting is global.
-        SETTINGS.compression_level = IMAGE_LEVEL
+        # A picture fpdf2 deflates itself (not RGB or grey: ``pdfimages``) at the level
+        # ``pdfimages`` uses (``pngenc.LEVEL``). Set for this call only: the setting is global.
+        SETTINGS.compression_level = LEVEL
         try:
             with _quiet():
                 _page(self.pdf, page, ready)

@@ -24,9 +24,13 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+from .pnginfo import PNG_SIGNATURE
+
 BAND_ROWS = 128  # rows per piece: 0.4 MB of a 1024-px RGB panel
-LEVEL = 1  # zlib level: three times as fast as level 6, files about a fifth larger
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# zlib level of page PNGs and the PDF's pictures: a page of 40 1024-px panels encodes in a
+# fifth of the time of level 6 (Pillow's and fpdf2's default), for files about a fifth larger
+# (bench/pages_tail.py); a writer waits for this after the last panel, the disk does not mind.
+LEVEL = 1
 _COLOR_TYPES = {"L": (0, 1), "RGB": (2, 3), "RGBA": (6, 4)}  # mode -> (PNG colour type, bytes)
 
 _pool: ThreadPoolExecutor | None = None
@@ -55,9 +59,7 @@ def deflate_rows(image, level: int = LEVEL) -> bytes:
     if channels(image.mode) is None:
         raise ValueError(f"cannot deflate a {image.mode} image")
     rows = np.asarray(image).reshape(image.height, -1)
-    bands = range(0, image.height, BAND_ROWS)
-    if not bands:
-        return zlib.compress(b"", level)
+    bands = range(0, image.height, BAND_ROWS)  # (a PNG has at least one row)
     last = bands[-1]
 
     def band(top: int) -> tuple[bytes, int, int]:
@@ -99,9 +101,9 @@ def encode_png(image, text: dict[str, str] | None = None, dpi: int | None = None
                level: int = LEVEL) -> bytes:
     """A PNG file of ``image`` (RGB, L or RGBA) with ``text`` chunks (tEXt, or iTXt for
     text Latin-1 cannot hold) and, with ``dpi``, its pixels per inch (pHYs)."""
-    color_type = _COLOR_TYPES[image.mode][0] if image.mode in _COLOR_TYPES else None
-    if color_type is None:
+    if channels(image.mode) is None:
         raise ValueError(f"cannot write a {image.mode} image")
+    color_type = _COLOR_TYPES[image.mode][0]
     out = [PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", image.width, image.height,
                                                       8, color_type, 0, 0, 0))]
     if dpi:
