@@ -9,13 +9,20 @@ parent reads it from the child's stdout: model loaded, first panel, last panel. 
 exit minus last panel. Processes:
 - ``notebook``: bench/notebook.py, the course's way (``from_pretrained(...).to("cuda")``, one
   ``pipe()`` per panel, a JPEG per panel, the JPEGs glued into one page);
-- ``build-empty``: `storyboard build` with default settings, an empty panel cache and an empty
-  compile cache (a fresh machine);
-- ``build-warm``: the same with the compile cache the previous storyboard process of this run
-  left (a writer's second build of new panels);
-- ``build-eager``: `storyboard build --no-compile`, empty panel cache.
-Each storyboard process has a storyboard cache of its own, empty but for ``env/``, which a
-storyboard process on the machine leaves once for all (seed_environment).
+- ``build-fresh``: `storyboard build` with default settings and nothing cached at all: no
+  panels, no compile cache, and a storyboard cache without ``env/`` (the first storyboard
+  process in this Python environment);
+- ``build-empty``: the same, with ``env/`` as an earlier storyboard process on the machine left
+  it (seed_environment: which distribution provides which module, and the libraries' bytecode
+  where the environment keeps none);
+- ``build-compile``: `storyboard build --compile` into the run's shared compile cache (kept from
+  one command to the next while the machine is: a writer's one deliberate compile);
+- ``build-warm``: default settings with that shared compile cache and the timings kept in it
+  (a writer's later builds of new panels). Named twice, it runs twice (``build-warm-2``): the
+  first learns this machine's eager speed where nothing had measured it yet;
+- ``build-eager``: `storyboard build --no-compile`.
+All but build-compile and build-warm get a compile cache of their own, empty; every build gets
+an empty panel cache.
 
 The weights are full-size random SDXL / Kolors saved as fp16 diffusers folders (gpu_models.py),
 read from a local disk with a warm page cache (each is read once before the first process).
@@ -25,7 +32,8 @@ negatives and seeds, CFG 4, 50 steps, 1024x1024, fp16, and a caption per panel: 
 pages, a PDF and a CBZ, which the notebook does not.
 
     python bench/e2e.py sdxl --panels 8 40
-    python bench/e2e.py kolors --panels 8 --runs notebook build-empty build-warm
+    python bench/e2e.py sdxl --panels 16 --runs build-compile
+    python bench/e2e.py sdxl --panels 40 --runs notebook build-empty build-warm build-warm
     python bench/e2e.py sdxl --panels 2 --steps 4 --size 256 --runs build-empty   # a quick look
 """
 
@@ -46,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-RUNS = ("notebook", "build-empty", "build-warm", "build-eager")
+RUNS = ("notebook", "build-fresh", "build-empty", "build-compile", "build-warm", "build-eager")
 
 
 def course_panels(n: int) -> list[tuple[int, str, str]]:
@@ -95,9 +103,13 @@ def seed_environment(work: Path, cache: Path) -> None:
     so that no timed process pays for it and every build finds the same."""
     seeded = work / "env-cache"
     if not (seeded / "env" / "distributions.json").is_file():
+        # What a build imports, so that the bytecode kept (engine/bytecode.py) is a build's.
         subprocess.run([sys.executable, "-c", "import importlib.metadata as m\n"
                         "from storyboard.engine.environment import prepare\n"
-                        "prepare(); m.packages_distributions()"],
+                        "prepare(); m.packages_distributions()\n"
+                        "import torch, transformers, diffusers, storyboard.engine.session\n"
+                        "from diffusers import StableDiffusionXLPipeline, KolorsPipeline\n"
+                        "from storyboard.output import pdf, pages"],
                        check=True, cwd=ROOT, env=dict(os.environ, STORYBOARD_CACHE=str(seeded)))
     shutil.copytree(seeded / "env", cache / "env", dirs_exist_ok=True)
 
@@ -133,6 +145,12 @@ def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None
                 marks.setdefault(f"{kind}_s", now)
             elif kind == "speedups":
                 marks["speedups"] = event.get("applied")
+                if event.get("background"):
+                    marks["background"] = event["background"]
+            elif kind == "compiled":
+                marks.setdefault("compiled", []).append(
+                    {"what": event["what"], "t": now, "seconds": event["seconds"],
+                     "before_batch": event["before_batch"]})
             elif kind == "panel" and event.get("status", "rendered") == "rendered":
                 panels += 1
                 marks.setdefault("first_panel_s", now)
@@ -158,25 +176,28 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
     (case / "panels.json").write_text(json.dumps(panels, ensure_ascii=False), "utf-8")
     story = case / "story.yaml"
     story.write_text(story_yaml(folder, family, panels, steps, size), "utf-8")
-    compiled = work / f"inductor-{family}"  # build-empty empties it; build-warm reuses it
+    shared = work / f"inductor-{family}"  # build-compile fills it; build-warm uses it
     out: dict = {}
-    for name in runs:
+    for number, run in enumerate(runs):
+        name = run if run not in runs[:number] else f"{run}-{runs[:number].count(run) + 1}"
         cache = case / f"cache-{name}"
         env = dict(os.environ, PYTHONUNBUFFERED="1", STORYBOARD_CACHE=str(cache))
-        if name != "notebook":
+        if run not in ("notebook", "build-fresh"):
             seed_environment(work, cache)
         if name == "notebook":
             cmd = [sys.executable, str(HERE / "notebook.py"), str(folder), family,
                    str(case / "panels.json"), "--out", str(case / "notebook"),
                    "--steps", str(steps), "--size", str(size)]
         else:
-            if name == "build-empty":
-                shutil.rmtree(compiled, ignore_errors=True)
+            compiled = shared if run in ("build-compile", "build-warm") else (
+                case / f"inductor-{name}")
             env["TORCHINDUCTOR_CACHE_DIR"] = str(compiled)
             cmd = [sys.executable, "-m", "storyboard.cli", "build", "--json", "-o",
                    str(case / f"out-{name}"), str(story)]
-            if name == "build-eager":
+            if run == "build-eager":
                 cmd.insert(-1, "--no-compile")
+            if run == "build-compile":
+                cmd.insert(-1, "--compile")
         print(f"[e2e] {family} {n} panels: {name} ...", file=sys.stderr, flush=True)
         out[name] = run_process(cmd, env, case / f"{name}.log", events and events / (
             f"{family}-{n}-{name}.jsonl"))

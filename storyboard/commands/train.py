@@ -240,8 +240,10 @@ def train_first(run: Run, selected: set[str], *, force: bool = False) -> Run:
     waiting = awaiting_training(job for job in run.jobs if job.panel in selected)
     assert run.training is not None, "panels wait for a training the story does not have"
     jobs = [job for job in run.training.jobs if job.character in waiting]
+    from ..engine.environment import prepare
     from ..engine.loading import resolve_device  # torch: it is about to train
 
+    prepare()  # before torch is imported: its settings, and its bytecode kept (engine.bytecode)
     device = resolve_device(run.options.device)
     estimates = [run.store.seconds_per_step(job, device) for job in jobs]
     steps = sum(job.settings.steps for job in jobs)

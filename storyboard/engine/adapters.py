@@ -85,9 +85,8 @@ class Adapters:
 
         target = converted_loras_dir() / f"{sha256}-{self.model.family}.safetensors"
         if not target.is_file():
-            unet = getattr(self.model.pipe.unet, "_orig_mod", self.model.pipe.unet)
             convert_lora(path, target, to="diffusers", family=self.model.family,
-                         unet_config=unet.config)
+                         unet_config=self.model.pipe.unet.config)
         return str(target)
 
     def _load_one(self, path: str, name: str, sha256: str) -> str | None:
@@ -176,7 +175,7 @@ class Adapters:
         """
         layers = self._lora_layers()
         # Forward = base layer only, every time: a LoRA loaded since the last batch arrives
-        # switched on. Layer by layer: the pipeline's disable_lora() skips a compiled UNet.
+        # switched on. Layer by layer, over every component, text encoders included.
         for _, layer in layers:
             layer.enable_adapters(False)
         if adapters == self.merged:
@@ -215,7 +214,7 @@ class Adapters:
         return [(f"{component}.{name}", m)
                 for component, c in self.model.pipe.components.items()
                 if isinstance(c, torch.nn.Module)
-                for name, m in getattr(c, "_orig_mod", c).named_modules()
+                for name, m in c.named_modules()
                 if isinstance(m, BaseTunerLayer)]
 
 

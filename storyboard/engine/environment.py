@@ -7,8 +7,11 @@ also covers a model loaded elsewhere, before anything is compiled); and ``quiet_
 context manager that keeps library chatter off the user's terminal while models load and puts
 everything back after.
 
-``prepare`` sets defaults only: a variable the user has set wins. It sets them at the moment the
-engine starts, not when a module is imported, so importing storyboard changes nothing.
+``prepare`` sets defaults only: a variable the user has set wins. The one exception is
+``PYTHONDONTWRITEBYTECODE``: where it would make every process compile torch from source again,
+the libraries' bytecode is kept in storyboard's own cache instead (``bytecode``; off with
+``STORYBOARD_BYTECODE=0``). It sets them at the moment the engine starts, not when a module is
+imported, so importing storyboard changes nothing.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import logging
 import os
 
 from ..paths import compile_cache_dir
-from . import distributions
+from . import bytecode, distributions
 
 
 def prepare() -> None:
     """Library defaults for a storyboard process (read by the libraries when they load)."""
+    # First: it only helps modules imported after it, and torch is about to be.
+    bytecode.keep()
     # Library chatter (torchvision notices, deprecations, loading bars) is not for storyboard's
     # users; an explicit setting in the environment still wins.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -425,7 +425,7 @@ def test_compiled_speedups_trace_and_match_eager(tmp_path, with_lora):
         state_of(model).adapters.load(jobs)
         assert Speedup.FUSED_QKV not in wanted
     assert speed_up(model, wanted, backend="aot_eager").speed.applied == wanted
-    assert hasattr(model.pipe.unet, "_orig_mod")  # really the compiled module
+    assert hasattr(model.pipe.unet.forward, "_torchdynamo_orig_callable")  # really compiled
     fast = {r.job.panel: r for r in render_with(jobs, QUIET, model=model, batch_size=2)}
     for pid in eager:
         assert fast[pid].status == "rendered"

@@ -8,13 +8,11 @@ import json
 import pytest
 
 from storyboard.engine.speed.timings import RECORD, Timings, read_record, record_path
-from storyboard.plan import Speedup, compile_story
+from storyboard.plan import compile_story
 from storyboard.plan.batches import plan_batches
 from storyboard.plan.speed import compile_pays, unet_work
 from storyboard.story import load_story
 
-EAGER = (Speedup.CROSS_KV,)
-COMPILED = (Speedup.CHANNELS_LAST, Speedup.TORCH_COMPILE, Speedup.CROSS_KV)
 
 
 @pytest.fixture
@@ -38,18 +36,18 @@ def test_eager_then_compiled_builds_teach_auto_to_compile(tmp_path, batches):
     # 1. A first build renders eagerly: 400 panel-steps a batch at 37.5 ms, after a first batch
     #    that also started the GPU's libraries (not counted).
     first = Timings("k", path)
-    first.batch_done(batches[0], 19.0, EAGER)
+    first.batch_done(batches[0], 19.0, compiled=False)
     assert first.measured() == {}
     for batch in batches[1:]:
-        first.batch_done(batch, 15.0, EAGER)
+        first.batch_done(batch, 15.0, compiled=False)
     assert first.measured()[shape].eager == pytest.approx(0.0375)
     assert not compile_pays(work, first.measured()), "never compiled here: not yet"
     # 2. `build --compile` (a new process): its first batch compiles (170 s more), the others
     #    run at 29 ms a panel-step.
     second = Timings("k", path)
-    second.batch_done(batches[0], 15.0 + 170.0, COMPILED)
+    second.batch_done(batches[0], 15.0 + 170.0, compiled=True)
     for batch in batches[1:]:
-        second.batch_done(batch, 11.6, COMPILED)
+        second.batch_done(batch, 11.6, compiled=True)
     t = second.measured()[shape]
     assert t.cold_compile == pytest.approx(170.0) and t.warm_compile is None
     assert t.compiled == pytest.approx(0.029)
@@ -57,16 +55,35 @@ def test_eager_then_compiled_builds_teach_auto_to_compile(tmp_path, batches):
     assert compile_pays(work, second.measured())
     # 4. ...and the warm compile it measures replaces the prior: 30 s does not pay.
     third = Timings("k", path)
-    third.batch_done(batches[0], 11.6 + 30.0, COMPILED)
+    third.batch_done(batches[0], 11.6 + 30.0, compiled=True)
     assert third.measured()[shape].warm_compile == pytest.approx(30.0)
     assert not compile_pays(work, third.measured())
     # Other models, dtypes, GPUs or torch versions are other keys: nothing measured for them.
     assert Timings("other", path).measured() == {}
 
 
+def test_a_compile_in_the_background_is_timed_by_its_thread(tmp_path, batches):
+    path = tmp_path / RECORD
+    shape = (8, 64, 64, True)
+    first = Timings("k", path)
+    first.batch_done(batches[0], 19.0, compiled=False)  # the process's first: not counted
+    # Rendered while the compile ran on another thread: slower than the shape's eager speed.
+    first.batch_done(batches[1], 25.0, compiled=False, contended=True)
+    assert first.measured() == {}
+    first.compiled_elsewhere(shape, 200.0)  # from an empty cache: a cold compile
+    first.batch_done(batches[2], 11.6, compiled=True)  # the graph was ready: a steady batch
+    t = first.measured()[shape]
+    assert t.cold_compile == 200.0 and t.warm_compile is None and t.eager is None
+    assert t.compiled == pytest.approx(0.029)
+    second = Timings("k", path)
+    second.compiled_elsewhere(shape, 14.0)  # compiled here before: warm
+    assert second.measured()[shape].warm_compile == 14.0
+    assert second.measured()[shape].compiled == pytest.approx(0.029)
+
+
 def test_a_compiled_batch_with_no_speed_to_compare_still_counts_as_compiled(tmp_path, batches):
     timings = Timings("k", tmp_path / RECORD)
-    timings.batch_done(batches[0], 200.0, COMPILED)
+    timings.batch_done(batches[0], 200.0, compiled=True)
     (t,) = timings.measured().values()
     assert t.compiled_here and t.cold_compile == 200.0
 
@@ -86,7 +103,7 @@ def test_a_damaged_record_counts_as_empty_and_is_written_again(tmp_path, batches
     timings = Timings("k", path)
     assert timings.measured() == {}
     timings.batches = 1  # past the process's first batch
-    timings.batch_done(batches[0], 15.0, EAGER)
+    timings.batch_done(batches[0], 15.0, compiled=False)
     assert json.loads(path.read_text())["entries"]["k"]["8x64x64-cfg"]["eager"] == 0.0375
 
 
@@ -104,7 +121,7 @@ def test_a_record_that_cannot_be_written_is_no_failure(tmp_path, batches):
     blocker.write_text("x")
     timings = Timings("k", blocker / RECORD)  # its folder is a file
     timings.batches = 1
-    timings.batch_done(batches[0], 15.0, EAGER)
+    timings.batch_done(batches[0], 15.0, compiled=False)
     assert timings.measured() == {}
 
 

@@ -3,7 +3,8 @@
 In: a ``LoadedModel`` and ``Speedup``s in order. Out: an ``AppliedSpeedups``: what is in effect
 (a speed-up that fails part-way leaves the record truthful), and the handles that later steps
 need (the cross-attention K/V cache, to re-wrap after unfusing). The pipeline's UNet and VAE are
-changed in place: channels_last, fused QKV projections, FP8 (torchao), torch.compile.
+changed in place: channels_last, fused QKV projections, FP8 (torchao), torch.compile (now, or
+on a thread while the first batches render: ``background``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class AppliedSpeedups:
 
     applied: list[Speedup] = field(default_factory=list)
     cross_kv: Any = None  # attention.crosskv.CrossKV once CROSS_KV is applied
+    background: Any = None  # background.BackgroundCompile: compiling while batches render
 
     def __contains__(self, item: Speedup) -> bool:
         return item in self.applied
@@ -41,11 +43,14 @@ def _fp8_layer(module: Any, fqn: str) -> bool:
 
 
 def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup], *,
-                   backend: str = "inductor",
-                   into: AppliedSpeedups | None = None) -> AppliedSpeedups:
+                   backend: str = "inductor", into: AppliedSpeedups | None = None,
+                   background: tuple | None = None) -> AppliedSpeedups:
     """Apply ``names`` to ``model``; returns what is in effect (``into``, when given, is the
     record to fill). Call once per loaded model. ``backend`` is torch.compile's: tests use
-    "aot_eager" on CPU, which traces the same graphs without generating kernels."""
+    "aot_eager" on CPU, which traces the same graphs without generating kernels.
+    ``background``: a batch shape (``plan.speed.batch_shape``) to compile for on a thread
+    while batches render eagerly (``background.BackgroundCompile``, started here; the render
+    switches to it, and adds torch.compile to ``applied``, once it is ready)."""
     # Filled as each one takes effect, so a failure part-way leaves it truthful.
     done = into if into is not None else AppliedSpeedups()
     if not names:
@@ -76,32 +81,44 @@ def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup
         if warm_cache_keeps_tuning():
             compile_options = COMPILE_OPTIONS
             done.applied.append(Speedup.TUNED_KERNELS)
-    if Speedup.TORCH_COMPILE in names:
-        # Static shapes: each batch shape gets its own graph, cached on disk like the first;
-        # dynamic ones would be slower, and recorded shape profiles would make the next
-        # process compile a dynamic graph from scratch.
-        model.pipe.unet = torch.compile(unet, backend=backend, options=compile_options,
-                                        dynamic=False)
-        done.applied.append(Speedup.TORCH_COMPILE)
     if Speedup.VAE_COMPILE in names:
+        model.pipe.vae.to(memory_format=torch.channels_last)
+    later = background is not None and Speedup.TORCH_COMPILE in names
+    if Speedup.TORCH_COMPILE in names and not later:
+        # The UNet's forward, not the module: the pipeline keeps calling the module itself,
+        # whose hooks (the K/V cache's) run outside the graph, and compiling here or in the
+        # background traces the same graph into the same cache. Static shapes: each batch
+        # shape gets its own graph, cached on disk like the first; dynamic ones would be
+        # slower, and recorded shape profiles would make the next process compile a dynamic
+        # graph from scratch.
+        unet.forward = torch.compile(unet.forward, backend=backend, options=compile_options,
+                                     dynamic=False)
+        done.applied.append(Speedup.TORCH_COMPILE)
+    if Speedup.VAE_COMPILE in names and not later:
         # The VAE decodes every panel once: a few percent of a panel, compiled the same way.
         vae = model.pipe.vae
-        vae.to(memory_format=torch.channels_last)
         vae.decode = torch.compile(vae.decode, backend=backend, dynamic=False)
         done.applied.append(Speedup.VAE_COMPILE)
     if Speedup.CROSS_KV in names:
-        # Last: its hook goes on the module the pipeline calls, compiled or not.
+        # Its hook runs before the UNet's forward, compiled or not.
         from ..attention.crosskv import install
 
-        done.cross_kv = install(getattr(unet, "_orig_mod", unet), model.pipe.unet)
+        done.cross_kv = install(unet, unet)
         done.applied.append(Speedup.CROSS_KV)
+    if later:
+        from .background import BackgroundCompile
+
+        done.background = BackgroundCompile(model, background, backend=backend,
+                                            options=compile_options,
+                                            vae=Speedup.VAE_COMPILE in names)
+        done.background.start()
     return done
 
 
 def unfuse_qkv(model: LoadedModel, done: AppliedSpeedups) -> None:
     """Undo fused QKV projections (before a LoRA is loaded: adapters attach to to_q/to_k/to_v)."""
     if Speedup.FUSED_QKV in done.applied:
-        getattr(model.pipe.unet, "_orig_mod", model.pipe.unet).unfuse_qkv_projections()
+        model.pipe.unet.unfuse_qkv_projections()
         done.applied.remove(Speedup.FUSED_QKV)
         if done.cross_kv is not None:  # unfusing put the old processors back
             done.cross_kv.wrap()

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from ...paths import atomic_write_text, open_regular
 from ...plan.batches import Batch
-from ...plan.speed import ShapeTimings, Speedup, batch_shape
-from ...samplers import SAMPLERS
+from ...plan.speed import ShapeTimings, batch_shape, panel_steps
 
 RECORD = "storyboard-timings.json"
 MAX_BYTES = 1 << 20
@@ -96,23 +95,36 @@ class Timings:
                 out[parsed] = ShapeTimings(**values)
         return out
 
-    def batch_done(self, batch: Batch, seconds: float, speedups) -> None:
-        """Record a finished batch: ``seconds`` it took, with ``speedups`` in effect."""
-        job = batch.jobs[0]
-        panel_steps = len(batch.jobs) * job.steps * SAMPLERS[job.scheduler].order
-        if panel_steps <= 0 or seconds <= 0:
+    def batch_done(self, batch: Batch, seconds: float, *, compiled: bool,
+                   contended: bool = False) -> None:
+        """Record a finished batch: ``seconds`` it took, ``compiled`` or not; ``contended``:
+        a compile ran on another thread meanwhile (its speed is not the shape's)."""
+        steps = panel_steps(batch)
+        if steps <= 0 or seconds <= 0:
             return
         shape = batch_shape(batch)
         self.batches += 1
         first = self.batches == 1
-        compiled = Speedup.TORCH_COMPILE in speedups
-        if first and not compiled:
+        if (first and not compiled) or contended:
             # A process's first batch also starts cuBLAS and cuDNN and loads their kernels
             # (about 4 s of the notebook's first SDXL panel on an H200): not a step's speed.
             return
-        entries = read_record(self.path)
-        shapes = entries.setdefault(self.key, {})
-        now = ShapeTimings(**shapes.get(shape_name(shape), {}))
+        self._write(shape, self._measured(shape, seconds, steps, compiled))
+
+    def compiled_elsewhere(self, shape: tuple, seconds: float) -> None:
+        """Record a compile of ``shape`` that took ``seconds`` off the render's path (on a
+        thread of its own): the shape's next compiled batch is a steady one."""
+        now = self._current(shape)
+        self.compiled_now.add(shape)
+        self._write(shape, replace(now, **{"warm_compile" if now.compiled_here
+                                           else "cold_compile": round(seconds, 2)}))
+
+    def _current(self, shape: tuple) -> ShapeTimings:
+        return ShapeTimings(**read_record(self.path).get(self.key, {}).get(shape_name(shape), {}))
+
+    def _measured(self, shape: tuple, seconds: float, panel_steps: int,
+                  compiled: bool) -> ShapeTimings:
+        now = self._current(shape)
         per_step = seconds / panel_steps
         if not compiled:
             now = replace(now, eager=_blend(now.eager, per_step))
@@ -126,6 +138,11 @@ class Timings:
                                   round(extra, 2)})
         else:
             now = replace(now, compiled=_blend(now.compiled, per_step))
+        return now
+
+    def _write(self, shape: tuple, now: ShapeTimings) -> None:
+        entries = read_record(self.path)
+        shapes = entries.setdefault(self.key, {})
         shapes[shape_name(shape)] = {k: round(v, 6) if k in ("eager", "compiled") else v
                                      for k, v in asdict(now).items() if v is not None}
         try:
