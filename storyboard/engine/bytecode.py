@@ -5,7 +5,8 @@ In: the interpreter's bytecode settings (``PYTHONDONTWRITEBYTECODE`` or ``-B``,
 ``STORYBOARD_BYTECODE`` (``0`` turns this off). Out: ``keep()``, called by
 ``environment.prepare`` before the engine imports torch: where nothing would keep torch's
 bytecode, it points ``sys.pycache_prefix`` at ``paths.cache_root()/env/bytecode`` and lets Python
-write there. It returns that folder, or None where it changed nothing.
+write there, and sets the same for the processes it starts (``PYTHONPYCACHEPREFIX``, without
+``PYTHONDONTWRITEBYTECODE``). It returns that folder, or None where it changed nothing.
 
 Why: container images often set ``PYTHONDONTWRITEBYTECODE=1`` over a virtual environment
 installed without ``.pyc`` files (the H200 machines storyboard is measured on do). Every process
@@ -63,9 +64,10 @@ def keep(probe: str = "torch") -> Path | None:
         return None
     if _environment_keeps(spec.origin):
         return None
-    target = folder()
     try:
+        target = folder()
         target.mkdir(parents=True, exist_ok=True)
+        target = target.resolve()  # imports resolve it against the working folder of the day
     except OSError:
         return None
     if not os.access(target, os.W_OK):
@@ -74,4 +76,7 @@ def keep(probe: str = "torch") -> Path | None:
     # imported from here on are read from, and written to, the prefix.
     sys.pycache_prefix = str(target)
     sys.dont_write_bytecode = False
+    # And the same for the processes this one starts (torch.compile's workers import torch).
+    os.environ["PYTHONPYCACHEPREFIX"] = str(target)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     return target

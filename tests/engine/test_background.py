@@ -100,3 +100,62 @@ def test_a_compile_that_fails_leaves_the_render_eager_and_says_so(tmp_path, fres
     (warning,) = [e for e in events if e["event"] == "warning"]
     assert "compiling in the background failed" in warning["message"]
     assert Speedup.TORCH_COMPILE not in state.speed.applied
+
+
+def _gated():
+    """A backend that compiles (eagerly: the graph as traced) only once ``gate`` is set."""
+    import threading
+
+    gate = threading.Event()
+
+    def backend(graph, inputs):
+        gate.wait()
+        return graph.forward
+
+    return gate, backend
+
+
+def test_an_interrupted_render_does_not_wait_for_the_compile(tmp_path, fresh):
+    gate, backend = _gated()
+    _, state, prepared, events = _prepared(tmp_path, backend=backend)
+    background = state.speed.background
+    results = prepared.results(events.append)
+    next(results)
+    results.close()  # as an error or Ctrl-C in the consumer does
+    assert background._thread.is_alive() and background._thread.daemon
+    assert not background.done.is_set()
+    gate.set()
+    assert background.done.wait(300)
+
+
+def test_a_render_that_outran_the_compile_waits_for_it(tmp_path, fresh):
+    gate, backend = _gated()
+    _, state, prepared, events = _prepared(tmp_path, backend=backend)
+    background = state.speed.background
+
+    def on_event(event):
+        events.append(event)
+        if event["event"] == "batch_start" and event["panels"] == ["p4"]:
+            gate.set()  # during the last batch: the compile ends after the render
+
+    assert len(list(prepared.results(on_event))) == 5
+    assert background.done.is_set() and background.unet.ready
+    # Ready only after the last batch had started: it says so, with no batch to use it.
+    assert [e["before_batch"] for e in events if e["event"] == "compiled"] == [None, None]
+
+
+def test_the_thread_takes_the_models_cuda_device_by_index(monkeypatch):
+    # set_device refuses "cuda" with no index; the thread's current device is its own.
+    from types import SimpleNamespace
+
+    from storyboard.engine.speed.background import BackgroundCompile
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+
+    def model(device):
+        unet = SimpleNamespace(forward=lambda x: x)
+        return SimpleNamespace(device=device, pipe=SimpleNamespace(unet=unet))
+
+    assert BackgroundCompile(model("cuda"), SHAPE, vae=False).cuda_index == 3
+    assert BackgroundCompile(model("cuda:1"), SHAPE, vae=False).cuda_index == 1
+    assert BackgroundCompile(model("cpu"), SHAPE, vae=False).cuda_index is None

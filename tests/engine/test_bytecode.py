@@ -21,6 +21,8 @@ import probe_pkg.mod
 print("kept", kept)
 print("value", probe_pkg.mod.VALUE)
 print("cached", probe_pkg.mod.__cached__)
+import os
+print("children", os.environ.get("PYTHONPYCACHEPREFIX"), os.environ.get("PYTHONDONTWRITEBYTECODE"))
 """
 
 
@@ -32,7 +34,8 @@ def _package(root: Path) -> Path:
     return pkg
 
 
-def _run(root: Path, *, no_bytecode: bool = True, **env: str) -> dict[str, str]:
+def _run(root: Path, *, no_bytecode: bool = True, cwd: Path | None = None,
+         **env: str) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items()
                if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX",
                             "STORYBOARD_BYTECODE")}
@@ -42,7 +45,7 @@ def _run(root: Path, *, no_bytecode: bool = True, **env: str) -> dict[str, str]:
     if no_bytecode:
         environ["PYTHONDONTWRITEBYTECODE"] = "1"
     out = subprocess.run([sys.executable, "-c", CHILD], env=environ, capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, cwd=cwd).stdout
     return dict(line.split(" ", 1) for line in out.splitlines())
 
 
@@ -60,6 +63,7 @@ def test_bytecode_is_kept_in_the_cache_and_read_back_when_the_environment_keeps_
     cached = Path(first["cached"])
     assert cached.is_file() and folder in cached.parents
     assert not (pkg / "__pycache__").exists()  # nothing written next to the sources
+    assert first["children"] == f"{folder} None"  # the processes it starts do the same
 
     # The next process reads the cached file rather than compiling the source: a cached file
     # whose code says something else (same header, so still valid for this source) is used.
@@ -114,6 +118,13 @@ def test_a_package_folder_python_cannot_write_does_not_keep_bytecode(tmp_path, m
     assert bytecode._environment_keeps(str(pkg / "mod.py"))
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != pkg)
     assert not bytecode._environment_keeps(str(pkg / "mod.py"))
+
+
+def test_a_relative_cache_folder_is_kept_as_an_absolute_prefix(tmp_path):
+    _package(tmp_path)
+    out = _run(tmp_path, STORYBOARD_CACHE="cache", cwd=tmp_path)
+    assert out["kept"] == str(tmp_path / "cache" / "env" / "bytecode")
+    assert Path(out["cached"]).is_file()
 
 
 def test_a_cache_that_cannot_be_made_changes_nothing(tmp_path):

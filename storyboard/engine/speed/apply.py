@@ -81,9 +81,10 @@ def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup
         if warm_cache_keeps_tuning():
             compile_options = COMPILE_OPTIONS
             done.applied.append(Speedup.TUNED_KERNELS)
-    if Speedup.VAE_COMPILE in names:
-        model.pipe.vae.to(memory_format=torch.channels_last)
     later = background is not None and Speedup.TORCH_COMPILE in names
+    vae_later = later and Speedup.VAE_COMPILE in names and not _upcast_per_decode(model.pipe)
+    if (Speedup.VAE_COMPILE in names and not later) or vae_later:
+        model.pipe.vae.to(memory_format=torch.channels_last)
     if Speedup.TORCH_COMPILE in names and not later:
         # The UNet's forward, not the module: the pipeline keeps calling the module itself,
         # whose hooks (the K/V cache's) run outside the graph, and compiling here or in the
@@ -109,10 +110,19 @@ def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup
         from .background import BackgroundCompile
 
         done.background = BackgroundCompile(model, background, backend=backend,
-                                            options=compile_options,
-                                            vae=Speedup.VAE_COMPILE in names)
+                                            options=compile_options, vae=vae_later)
         done.background.start()
     return done
+
+
+def _upcast_per_decode(pipe: Any) -> bool:
+    """Whether the pipeline casts the VAE to float32 for every decode and back after (an fp16
+    VAE whose config says ``force_upcast``): its weights change dtype on the main thread, so
+    it is not compiled in the background."""
+    import torch
+
+    return pipe.vae.dtype == torch.float16 and bool(getattr(pipe.vae.config, "force_upcast",
+                                                            False))
 
 
 def unfuse_qkv(model: LoadedModel, done: AppliedSpeedups) -> None:

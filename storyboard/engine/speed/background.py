@@ -6,7 +6,8 @@ cross-attention K/V cache), the batch shape to compile for (``plan.speed.batch_s
 torch.compile's backend and options. Out: ``BackgroundCompile``: ``start()``; before each batch
 ``use_for(batch)`` says whether it renders compiled (it switches once the graphs are ready, for
 batches of that shape only: a compiled graph is static); ``finish()`` lets go of a thread still
-waiting and waits for one still compiling (only where the render ended first);
+waiting and, after a render that ended as planned, waits for one still compiling (only where
+the render ended first, which the plan avoids);
 ``ready_seconds`` and ``error`` say what happened.
 
 How: the compiled functions replace ``unet.forward`` and ``vae.decode`` on the objects
@@ -23,7 +24,15 @@ inference mode and the dispatch modes are per thread; only this thread compiles;
 forward changes no module state (the K/V cache is filled by its hook, before ``forward``, on
 the main thread). dynamo saves and restores the global random state around tracing; panels draw
 their noise from generators of their own (``runner``), never from it. The warm-up call needs
-memory for a second batch at once, which the plan checked (``plan.speed``)."""
+memory for a second batch at once, which the plan checked (``plan.speed``). One thing is not
+per thread: while AOTAutograd traces a graph (a compile that misses its cache), torch.fx
+patches ``nn.Module.__call__`` on the class, and the eager batches' module calls go through
+the patch meanwhile: the same results, more slowly (those batches are not timed). The plan
+compiles in the background only shapes this machine has compiled before, whose traced graphs
+the compile cache holds.
+
+A VAE that diffusers casts to float32 around every decode (``force_upcast`` in float16) is
+left eager: its weights change dtype on the main thread while the thread would trace them."""
 
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...plan.batches import Batch
-from ...plan.speed import batch_shape
+from ...plan.speed import Speedup, batch_shape
 
 
 def _clone(value: Any) -> Any:
@@ -43,6 +52,8 @@ def _clone(value: Any) -> Any:
         return value.clone()  # preserve_format: the same strides for a dense tensor
     if isinstance(value, dict):
         return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_clone(v) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(_clone(v) for v in value)
     return value
@@ -53,6 +64,7 @@ class _Target:
     """One function compiled in the background: ``owner.name`` (``unet.forward``)."""
 
     label: str
+    speedup: Speedup  # what it is on the record once in use
     owner: Any
     name: str
     original: Any
@@ -68,7 +80,10 @@ class _Target:
         if self.use:
             return self.compiled(*args, **kwargs)
         if self.record and not self.recorded.is_set():
-            self.args = _clone((args, kwargs))
+            try:
+                self.args = _clone((args, kwargs))
+            except Exception:  # noqa: BLE001 - out of memory, say: the thread says it failed
+                self.args = None
             self.recorded.set()
         return self.original(*args, **kwargs)
 
@@ -82,24 +97,30 @@ class BackgroundCompile:
         import torch
 
         self.shape = shape
-        self.device = model.device
+        # The thread's CUDA device is its own: set there to the model's, by index ("cuda"
+        # alone means the current one, which set_device does not take).
+        self.cuda_index: int | None = None
+        if model.device.startswith("cuda"):
+            index = torch.device(model.device).index
+            self.cuda_index = torch.cuda.current_device() if index is None else index
         self.targets: list[_Target] = []
-        pairs = [("unet", model.pipe.unet, "forward")]
+        pairs = [("unet", Speedup.TORCH_COMPILE, model.pipe.unet, "forward")]
         if vae:
-            pairs.append(("vae", model.pipe.vae, "decode"))
-        for label, owner, name in pairs:
+            pairs.append(("vae", Speedup.VAE_COMPILE, model.pipe.vae, "decode"))
+        for label, speedup, owner, name in pairs:
             original = getattr(owner, name)
             compiled = torch.compile(original, backend=backend, options=options,
                                      dynamic=False)
-            target = _Target(label, owner, name, original, compiled)
+            target = _Target(label, speedup, owner, name, original, compiled)
             setattr(owner, name, target)  # an attribute of the object: found before the class's
             self.targets.append(target)
         self.error: str | None = None
         self.told = False  # the render has said that it failed
         self.done = threading.Event()  # the thread has ended
         self._stop = threading.Event()
+        # A daemon: an interrupted build exits without waiting for it (finish(wait=False)).
         self._thread = threading.Thread(target=self._run, name="storyboard-compile",
-                                        daemon=False)
+                                        daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -123,33 +144,32 @@ class BackgroundCompile:
             target.record = mine and not target.ready
         return self.unet.use
 
-    def finish(self) -> None:
-        """After the render: a thread still waiting for a call stops; one compiling is waited
-        for (its graphs go into the compile cache for the next build)."""
+    def finish(self, wait: bool = True) -> None:
+        """After the render: a thread still waiting for a call stops. One still compiling is
+        waited for with ``wait`` (a render that ended as planned: the compile goes on into the
+        cache, and no thread is left inside the compiler as the process exits), and left to
+        end with the process without it (an error or an interrupt: nothing waits for a
+        compile the render will not use)."""
         for target in self.targets:
             target.record = False
         self._stop.set()
         for target in self.targets:
             target.recorded.set()  # wakes a waiting thread, which sees _stop
-        if self._thread.is_alive():
+        if wait and self._thread.is_alive():
             self._thread.join()
-
-    def restore(self) -> None:
-        """Put the original functions back (tests; a model let go)."""
-        self.finish()
-        for target in self.targets:
-            setattr(target.owner, target.name, target.original)
 
     def _run(self) -> None:
         import torch
 
         try:
-            if self.device.startswith("cuda"):
-                torch.cuda.set_device(torch.device(self.device))  # per thread
+            if self.cuda_index is not None:
+                torch.cuda.set_device(self.cuda_index)
             for target in self.targets:
                 target.recorded.wait()
-                if target.args is None or self._stop.is_set():  # the render has ended
+                if self._stop.is_set():  # the render has ended
                     return
+                if target.args is None:
+                    raise RuntimeError(f"the {target.label}'s first call could not be kept")
                 args, kwargs = target.args
                 t0 = time.perf_counter()
                 with torch.inference_mode():
