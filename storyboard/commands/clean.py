@@ -5,13 +5,15 @@ removed, bytes freed, stale files), having removed every cache entry that no exi
 last build, reroll or training (its class pictures) recorded (their roots, output/cache.py),
 every trained LoRA folder that no existing story's last training recorded (its own roots,
 training/store.py), the roots of stories that are gone, the PDF font subsets (``fonts/``) that
-none of the stories the roots name (nor those given) embeds, and temporary files and
+none of the stories the roots name (nor those given) embeds, bytecode kept for libraries whose
+source files are gone (``env/bytecode``, engine/bytecode.py), and temporary files and
 half-built model folders that killed runs left in the cache; and, in the given stories'
 output folders, panel files storyboard wrote for panels the stories no longer have.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ class CleanReport:
     temporaries: list[Path] = field(default_factory=list)  # left by runs that were killed
     trained: list[str] = field(default_factory=list)  # keys of trained LoRAs removed
     fonts: list[Path] = field(default_factory=list)  # font subsets removed
+    bytecode: int = 0  # kept bytecode files whose sources are gone (engine/bytecode.py)
 
 
 def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | None = None,
@@ -47,7 +50,34 @@ def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | Non
         _clean(stories, dry_run, cache, report)
         _clean_trained(TrainedStore(cache.root), dry_run, report)
         _clean_fonts(stories, dry_run, cache, report)
+        _clean_bytecode(cache.root, dry_run, report)
     return report
+
+
+def _clean_bytecode(root: Path, dry_run: bool, report: CleanReport) -> None:
+    """Bytecode storyboard kept for libraries' source files that are gone: nothing would ever
+    read it again. (Bytecode of a changed source is rewritten in place at its next import.)"""
+    from ..engine.bytecode import folder, orphans
+
+    top = folder(root)
+    if not top.is_dir():
+        return
+    for path in orphans(root):
+        try:
+            size = path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        except OSError:
+            continue
+        report.bytecode += 1
+        report.freed += size
+    if not dry_run:  # the folders left empty, deepest first (never the top itself)
+        for here, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            if Path(here) != top:
+                try:
+                    os.rmdir(here)  # only if empty
+                except OSError:
+                    pass
 
 
 SUBSET_NAME = re.compile(r"[0-9a-f]{64}\.ttf")  # what pdf.truetype_subset names its files

@@ -6,7 +6,8 @@ In: the interpreter's bytecode settings (``PYTHONDONTWRITEBYTECODE`` or ``-B``,
 ``environment.prepare`` before the engine imports torch: where nothing would keep torch's
 bytecode, it points ``sys.pycache_prefix`` at ``paths.cache_root()/env/bytecode`` and lets Python
 write there, and sets the same for the processes it starts (``PYTHONPYCACHEPREFIX``, without
-``PYTHONDONTWRITEBYTECODE``). It returns that folder, or None where it changed nothing.
+``PYTHONDONTWRITEBYTECODE``). It returns that folder, or None where it changed nothing. And
+``orphans()``: the kept files whose sources are gone, for `storyboard clean`.
 
 Why: container images often set ``PYTHONDONTWRITEBYTECODE=1`` over a virtual environment
 installed without ``.pyc`` files (the H200 machines storyboard is measured on do). Every process
@@ -32,8 +33,27 @@ from ..paths import cache_root
 OFF = ("0", "off", "false", "no")
 
 
-def folder() -> Path:
-    return cache_root() / "env" / "bytecode"
+def folder(root: Path | None = None) -> Path:
+    return (root or cache_root()) / "env" / "bytecode"
+
+
+def orphans(root: Path) -> list[Path]:
+    """The bytecode kept in the cache at ``root`` whose source file is gone (a removed
+    environment, an uninstalled package): what `storyboard clean` removes. The folder mirrors
+    the sources' absolute paths, as ``sys.pycache_prefix`` lays it out; only plain ``.pyc``
+    files are considered, and no link is followed."""
+    top = folder(root)
+    gone = []
+    for here, dirs, files in os.walk(top):
+        for name in files:
+            path = Path(here, name)
+            if not name.endswith(".pyc") or path.is_symlink() or not path.is_file():
+                continue
+            # "mod.cpython-312.pyc" (or ".opt-1.pyc") was compiled from "mod.py".
+            source = Path("/", path.parent.relative_to(top), name.split(".", 1)[0] + ".py")
+            if not source.exists():
+                gone.append(path)
+    return sorted(gone)
 
 
 def _environment_keeps(origin: str) -> bool:

@@ -144,3 +144,41 @@ def test_a_missing_probe_changes_nothing(tmp_path, monkeypatch):
     assert importlib.util.find_spec("no_such_module_here") is None
     assert bytecode.keep(probe="no_such_module_here") is None
     assert sys.pycache_prefix is None
+
+
+def test_clean_removes_bytecode_whose_sources_are_gone(tmp_path):
+    """A removed environment leaves its kept bytecode behind: `clean` takes what no source
+    will read again, and only that (and not files of other names, nor links)."""
+    from storyboard.commands.clean import clean
+    from storyboard.engine import bytecode
+    from storyboard.output.cache import PanelCache
+
+    pkg = _package(tmp_path)
+    (pkg / "gone.py").write_text("VALUE = 1\n")
+    out = _run(tmp_path)
+    subprocess.run([sys.executable, "-c", "import probe_pkg.gone"], check=True, env=dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "lib"), str(REPO)]),
+        PYTHONPYCACHEPREFIX=out["kept"], PYTHONDONTWRITEBYTECODE=""))
+    kept = Path(out["kept"])
+    gone = next(kept.rglob("gone.*.pyc"))
+    stays = Path(out["cached"])
+    mine = stays.with_name("notes.txt")
+    mine.write_text("not bytecode")
+    (pkg / "gone.py").unlink()
+    assert bytecode.orphans(tmp_path / "cache") == [gone]
+    cache = PanelCache(tmp_path / "cache")
+    size = gone.stat().st_size
+    assert clean([], dry_run=True, cache=cache).bytecode == 1 and gone.exists()
+    report = clean([], cache=cache)
+    assert report.bytecode == 1 and report.freed == size
+    assert not gone.exists() and stays.exists() and mine.exists()
+    # The whole package gone: its files, then its emptied folders (the top one stays).
+    for path in pkg.iterdir():
+        path.unlink()
+    pkg.rmdir()
+    mine.unlink()
+    assert clean([], cache=cache).bytecode == 2
+    assert not stays.parent.exists() and kept.is_dir()
+    # What other modules imported meanwhile (the standard library's) stays: their sources are.
+    assert bytecode.orphans(tmp_path / "cache") == []
+    assert any(kept.rglob("*.pyc"))
