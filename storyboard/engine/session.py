@@ -226,8 +226,9 @@ class Session:
                 if Speedup.FP8 in state.speed:
                     adapters.freeze()
         applied = tuple(state.speed.applied)
-        later = [str(t.speedup) for t in state.speed.background.targets
-                 if t.speedup not in applied] if state.speed.background is not None else []
+        background = state.speed.background  # still compiling, for a render before this one
+        later = [str(t.speedup) for t in background.targets if t.speedup not in applied] \
+            if background is not None and not background.done.is_set() else []
         if later:
             emit({"event": "speedups", "applied": [str(s) for s in applied],
                   "background": later})
