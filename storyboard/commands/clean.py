@@ -63,14 +63,10 @@ def _clean_bytecode(root: Path, dry_run: bool, report: CleanReport) -> None:
     if not top.is_dir():
         return
     for path in orphans(root):
-        try:
-            size = path.stat().st_size
-            if not dry_run:
-                path.unlink()
-        except OSError:
-            continue
-        report.bytecode += 1
-        report.freed += size
+        size = _remove(path, dry_run)
+        if size is not None:
+            report.bytecode += 1
+            report.freed += size
     if not dry_run:  # the folders left empty, deepest first (never the top itself)
         for here, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
             if Path(here) != top:
@@ -104,13 +100,18 @@ def _clean_fonts(stories: list[Path], dry_run: bool, cache: PanelCache,
         if path.stem in needed:
             continue
         report.fonts.append(path)
-        try:
-            size = path.stat().st_size
-            if not dry_run:
-                path.unlink()
-        except OSError:
-            continue
-        report.freed += size
+        report.freed += _remove(path, dry_run) or 0
+
+
+def _remove(path: Path, dry_run: bool) -> int | None:
+    """Remove ``path`` (not on a dry run); the bytes that frees, or None where it cannot."""
+    try:
+        size = path.stat().st_size
+        if not dry_run:
+            path.unlink()
+    except OSError:
+        return None
+    return size
 
 
 def _story_subsets(story_path: Path) -> set[str]:
