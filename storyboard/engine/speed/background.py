@@ -61,12 +61,10 @@ def _clone(value: Any) -> Any:
 
 @dataclass
 class _Target:
-    """One function compiled in the background: ``owner.name`` (``unet.forward``)."""
+    """One function compiled in the background (``unet.forward``), standing in its place."""
 
     label: str
     speedup: Speedup  # what it is on the record once in use
-    owner: Any
-    name: str
     original: Any
     compiled: Any
     record: bool = False  # the main thread is rendering a batch of the shape, eagerly
@@ -111,7 +109,7 @@ class BackgroundCompile:
             original = getattr(owner, name)
             compiled = torch.compile(original, backend=backend, options=options,
                                      dynamic=False)
-            target = _Target(label, speedup, owner, name, original, compiled)
+            target = _Target(label, speedup, original, compiled)
             setattr(owner, name, target)  # an attribute of the object: found before the class's
             self.targets.append(target)
         self.error: str | None = None
