@@ -145,12 +145,6 @@ def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None
                 marks.setdefault(f"{kind}_s", now)
             elif kind == "speedups":
                 marks["speedups"] = event.get("applied")
-                if event.get("background"):
-                    marks["background"] = event["background"]
-            elif kind == "compiled":
-                marks.setdefault("compiled", []).append(
-                    {"what": event["what"], "t": now, "seconds": event["seconds"],
-                     "before_batch": event["before_batch"]})
             elif kind == "panel" and event.get("status", "rendered") == "rendered":
                 panels += 1
                 marks.setdefault("first_panel_s", now)

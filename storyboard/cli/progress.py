@@ -41,11 +41,6 @@ class Progress:
             # Failures are listed with the summary, after the bar is gone.
             self.bar.update(1)
             self.bar.set_postfix_str(event.get("panel", ""))
-        elif kind == "speedups" and "torch.compile" in event.get("background", ()):
-            from tqdm import tqdm
-
-            tqdm.write("compiling the UNet while the first batches render; the next ones use "
-                       "it (--no-compile renders without)", file=sys.stderr)
         elif kind == "speedups" and "torch.compile" in event["applied"]:
             from tqdm import tqdm
 

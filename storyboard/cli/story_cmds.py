@@ -231,8 +231,7 @@ def _print_plan(story: Story, jobs: list[PanelJob], render: RenderPlan | None,
     elif compile_ == "auto" and render.device.startswith("cuda"):
         # Measurements are the GPU's, read by the build that has it loaded: plan has no torch.
         click.echo(f"compile: auto ({why}): only batch shapes this machine has compiled before "
-                   "(--compile), and only where its timings say it pays; with room on the GPU, "
-                   "while the first batches render")
+                   "(--compile), and only where its timings say it pays")
     else:
         click.echo(f"compile: no ({why})")
     click.echo("speed-ups: " + (", ".join(map(str, render.speedups)) or "none"))

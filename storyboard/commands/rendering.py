@@ -132,4 +132,4 @@ def render_into_cache(jobs: list[PanelJob], cache: PanelCache, options: RuntimeO
             settle(wait=True, errors="skip")
             raise
         settle(wait=True)
-    return outcomes, prepared.info  # its speed-ups as they were by the end
+    return outcomes, info

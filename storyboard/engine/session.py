@@ -14,10 +14,8 @@ only report progress; every fact comes back in these return values.
    device, dtype and free memory known now, and what this machine measured rendering before
    (``speed.timings``: whether compiling pays); each finished batch adds to that;
 4. the speed-ups, applied once per loaded model at its first render (``speed.apply``); FP8
-   weights cannot take a LoRA merge, so the render's one LoRA set goes in first. A compile the
-   plan puts in the background starts on its own thread (``speed.background``).
-Then ``results()`` renders each batch (``runner.run_batch``), switching to the background
-compile's graphs at the first batch after they are ready.
+   weights cannot take a LoRA merge, so the render's one LoRA set goes in first.
+Then ``results()`` renders each batch (``runner.run_batch``).
 
 A ``Session`` owns one ``ModelState`` per loaded model: the frozen ``LoadedModel`` and the small
 objects whose state changes as it renders (adapters and merged weights, the scheduler, applied
@@ -28,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
@@ -95,52 +93,16 @@ class PreparedRender:
         """Render the planned batches; yields results as batches finish (story order within
         a batch, batches in plan order)."""
         emit = on_event or (lambda event: None)
-        background = self.state.speed.background if self.state.speed is not None else None
         compiled = Speedup.TORCH_COMPILE in self.info.speedups
-        ended = False  # the render went through every batch (not an error or an interrupt)
-        try:
-            for number, batch in enumerate(self.info.plan.batches):
-                if background is not None:
-                    compiled = background.use_for(batch)
-                    self._switched(background, number, emit)
-                busy = background is not None and background.compiling
-                emit({"event": "batch_start", "panels": batch.panels})
-                t0 = time.perf_counter()
-                results = run_batch(self.state, batch, on_event)
-                busy = busy or (background is not None and background.compiling)
-                # Only a whole batch that rendered as planned measures its shape's speed; not
-                # one that shared the process with a compile, nor an eager one in the compiled
-                # graph's layout (channels_last, fused projections: 7% slower eagerly).
-                if self.timings is not None and all(r.status == "rendered" and
-                                                    r.batch_size == len(batch.jobs)
-                                                    for r in results):
-                    self.timings.batch_done(
-                        batch, time.perf_counter() - t0, compiled=compiled,
-                        measures=not busy and (background is None or compiled))
-                yield from results
-            ended = True
-        finally:
-            if background is not None:
-                background.finish(wait=ended)  # waits only for a compile the render outran
-                self._switched(background, None, emit)
-                # What was in effect by the end (a manifest lists it).
-                self.info = replace(self.info, speedups=tuple(self.state.speed.applied))
-
-    def _switched(self, background, number: int | None, emit: Event) -> None:
-        """Record, once each, what the background compile made ready (or why it stopped)."""
-        applied = self.state.speed.applied
-        for target in background.targets:
-            if target.ready and target.speedup not in applied:
-                applied.append(target.speedup)
-                emit({"event": "compiled", "what": target.label,
-                      "seconds": round(target.seconds or 0.0, 2), "before_batch": number})
-                if target.speedup is Speedup.TORCH_COMPILE and self.timings is not None:
-                    self.timings.compiled_in_background(background.shape,
-                                                        target.seconds or 0.0)
-        if background.error and not background.told:
-            background.told = True
-            emit({"event": "warning", "message": "compiling in the background failed; the "
-                  f"render goes on without it ({background.error})"})
+        for batch in self.info.plan.batches:
+            emit({"event": "batch_start", "panels": batch.panels})
+            t0 = time.perf_counter()
+            results = run_batch(self.state, batch, on_event)
+            # Only a whole batch that rendered as planned measures its shape's speed.
+            if self.timings is not None and all(
+                    r.status == "rendered" and r.batch_size == len(batch.jobs) for r in results):
+                self.timings.batch_done(batch, time.perf_counter() - t0, compiled=compiled)
+            yield from results
 
 
 class Session:
@@ -220,19 +182,12 @@ class Session:
             # merged) on the record.
             state.speed = AppliedSpeedups()
             try:
-                apply_speedups(model, plan.speedups, backend=self.backend, into=state.speed,
-                               background=plan.background)
+                apply_speedups(model, plan.speedups, backend=self.backend, into=state.speed)
             finally:
                 if Speedup.FP8 in state.speed:
                     adapters.freeze()
         applied = tuple(state.speed.applied)
-        background = state.speed.background  # still compiling, for a render before this one
-        later = [str(t.speedup) for t in background.targets if t.speedup not in applied] \
-            if background is not None and not background.done.is_set() else []
-        if later:
-            emit({"event": "speedups", "applied": [str(s) for s in applied],
-                  "background": later})
-        elif applied:
+        if applied:
             emit({"event": "speedups", "applied": [str(s) for s in applied]})
         info = RenderInfo(model.ref.ref, model.family, model.device, model.dtype, applied,
                           round(seconds, 3), plan)

@@ -17,7 +17,7 @@ about 100 s more on a shape's first compile on a machine. Only on CUDA, where th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 from ..options import RuntimeOptions
@@ -51,18 +51,6 @@ class Speedup(str, Enum):
 # 12.1-12.4 s later than one that did not compile (cold_start_* in
 # bench/results/nvidia-h200-2026-11-21-{sdxl,kolors}.json).
 WARM_COMPILE_PRIOR_S = 12.5
-# Until this machine has rendered a shape compiled, its compiled speed is taken as the H200's
-# ratio to eager: 28.5 against 35.2 ms per panel-step at 8 panels of 1024x1024.
-COMPILED_RATIO_PRIOR = 0.81
-# A compile on a thread of its own shares the interpreter with the render: until one is
-# measured here, taken as this much longer than one that blocks.
-BACKGROUND_SLOWDOWN = 1.25
-# Until the compiled graph is ready, the UNet renders eagerly in its layout (channels_last,
-# fused projections): 38.8 against 36.3 ms per panel-step at 8 panels on an H200.
-COMPILED_LAYOUT_EAGER = 38.8 / 36.3
-# What a batch needs at once, per panel, beyond the model (1024x1024 with CFG): the floor a
-# batch of 8 is chosen by (plan.batches). A compile in the background runs one more batch.
-BATCH_BYTES_PER_PANEL = 6e9
 
 
 @dataclass(frozen=True)
@@ -74,14 +62,11 @@ class ShapeTimings:
     compiled: float | None = None  # steady: a compiled batch after the shape's first
     warm_compile: float | None = None  # the extra seconds of a first batch, cache warm
     cold_compile: float | None = None  # the same, on a cache without this shape
-    # Seconds from the first eager call to a compile on another thread being ready.
-    background_compile: float | None = None
 
     @property
     def compiled_here(self) -> bool:
         """Whether this machine's compile cache holds this shape's kernels."""
-        return any(t is not None for t in (self.warm_compile, self.cold_compile,
-                                           self.background_compile))
+        return self.warm_compile is not None or self.cold_compile is not None
 
 
 def panel_steps(batch: Batch) -> int:
@@ -113,48 +98,6 @@ def compile_pays(work: dict[tuple, int], measured: dict[tuple, ShapeTimings] | N
     compiled here before, with its eager and compiled speeds measured, and the seconds saved
     must exceed the warm compiles' (measured, else ``WARM_COMPILE_PRIOR_S`` each)."""
     return bool(work and measured) and blocking_saving(work, measured) > 0
-
-
-def background_saving(batches: list[Batch],
-                      measured: dict[tuple, ShapeTimings] | None) -> tuple[tuple | None, float]:
-    """Compiling on a thread while the first batches render eagerly: the batch shape to compile
-    (the one with the most work; batches of other shapes stay eager) and the seconds it saves
-    by this machine's measurements, or (None, 0.0). The shape must have been compiled here
-    before (a compile from an empty cache takes minutes), and its eager speed measured. The
-    compile starts with the shape's first batch and is ready when this machine measured such
-    a compile ready before (else ``BACKGROUND_SLOWDOWN`` times the warm compile); only batches
-    of the shape that start after that render compiled, and every other batch renders eagerly
-    in the compiled graph's layout, a little slower (``COMPILED_LAYOUT_EAGER``)."""
-    work = unet_work(batches)
-    if not work or not measured:
-        return None, 0.0
-    shape = max(work, key=work.__getitem__)
-    t = measured.get(shape)
-    if t is None or not t.compiled_here or t.eager is None:
-        return None, 0.0
-    compiled = t.compiled if t.compiled is not None else t.eager * COMPILED_RATIO_PRIOR
-    if compiled >= t.eager:
-        return None, 0.0
-    ready = t.background_compile if t.background_compile is not None else (
-        BACKGROUND_SLOWDOWN * (t.warm_compile if t.warm_compile is not None
-                               else WARM_COMPILE_PRIOR_S))
-    clock: float | None = None  # seconds since the compile started
-    saving = 0.0
-    for batch in batches:
-        steps = panel_steps(batch)
-        mine = batch_shape(batch) == shape
-        if mine and clock is not None and clock >= ready:
-            saving += steps * (t.eager - compiled)
-            clock += steps * compiled
-            continue
-        other = measured.get(batch_shape(batch))
-        plain = other.eager if other is not None and other.eager else t.eager
-        saving -= steps * plain * (COMPILED_LAYOUT_EAGER - 1)
-        if mine and clock is None:
-            clock = 0.0
-        if clock is not None:
-            clock += steps * plain * COMPILED_LAYOUT_EAGER
-    return (shape, saving) if saving > 0 else (None, 0.0)
 
 
 def blocking_saving(work: dict[tuple, int], measured: dict[tuple, ShapeTimings]) -> float:
@@ -219,9 +162,6 @@ class RenderPlan:
     dtype: str
     speedups: tuple[Speedup, ...]
     refusal: str | None = None  # a reason the engine refuses the render, before any denoising
-    # The batch shape compiled on a thread while the first batches render eagerly (None: a
-    # compile, if any, comes before the first batch).
-    background: tuple | None = None
 
     @property
     def compiles(self) -> bool:
@@ -241,26 +181,13 @@ def plan_render(jobs: list[PanelJob], options: RuntimeOptions, *, device: str, d
     ``free_bytes``: the GPU's free memory, for the default batch size (None: a large GPU). A
     build passes each distinct job once (``batches.unique_jobs``): panels with the same settings
     render once. ``measured``: this machine's timings per batch shape, for ``compile="auto"``
-    (None: nothing measured, so "auto" does not compile); "auto" compiles in the background
-    (``background_saving``) where the GPU has room for a second batch and that saves more than
-    compiling first."""
+    (None: nothing measured, so "auto" does not compile)."""
     size = options.batch_size or default_batch_size(device, free_bytes)
     batches = plan_batches(jobs, size)
     loras = any(job.loras for job in jobs)
     work = unet_work(batches)
     speedups = choose_speedups(device=device, dtype=dtype, options=options, loras=loras,
                                work=work, measured=measured)
-    background = None
-    if options.compile == "auto" and dtype != "fp8" and device.startswith("cuda") \
-            and options.fuse and not options.offload and (
-                free_bytes is None or free_bytes > 2 * BATCH_BYTES_PER_PANEL * size):
-        # Compiling while the first batches render, where it saves more than compiling first.
-        shape, saving = background_saving(batches, measured)
-        first = blocking_saving(work, measured) if Speedup.TORCH_COMPILE in speedups else 0.0
-        if shape is not None and saving > first:
-            background = shape
-            speedups = choose_speedups(device=device, dtype=dtype, loras=loras, work=work,
-                                       options=replace(options, compile=True))
     refusal = None
     sets = sorted({lora_set(job) for job in jobs})
     if Speedup.FP8 in speedups and loras and options.fuse and not options.offload \
@@ -270,7 +197,7 @@ def plan_render(jobs: list[PanelJob], options: RuntimeOptions, *, device: str, d
             f"of one render must use the same LoRAs at the same weights; these use {len(sets)} "
             f"sets: {'; '.join(map(show_lora_set, sets))}. Render them separately (--only) or "
             "use fp16/bf16")
-    return RenderPlan(tuple(batches), size, device, dtype, speedups, refusal, background)
+    return RenderPlan(tuple(batches), size, device, dtype, speedups, refusal)
 
 
 def show_lora_set(loras: tuple) -> str:

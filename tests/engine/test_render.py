@@ -760,7 +760,7 @@ def test_fp8_model_reused_with_other_loras_is_refused_up_front(tmp_path, monkeyp
     make_lora(tmp_path, "bob", 2)
     model = replace(load_model(ModelRef("builtin", "tiny-sdxl"), QUIET), dtype="fp8")
 
-    def quantized(model, names, backend, into, background):  # the record only (no GPU here)
+    def quantized(model, names, backend, into):  # the record only (no GPU here)
         into.applied.extend(names)
         return into
 
@@ -788,7 +788,7 @@ def test_an_fp8_model_takes_no_new_lora_even_when_a_later_speedup_failed(tmp_pat
     make_lora(tmp_path, "bob", 2)
     model = replace(load_model(ModelRef("builtin", "tiny-sdxl"), QUIET), dtype="fp8")
 
-    def quantized_then_failed(model, names, backend, into, background):
+    def quantized_then_failed(model, names, backend, into):
         into.applied.append(Speedup.FP8)
         raise RuntimeError("compile failed")
 

@@ -62,24 +62,6 @@ def test_eager_then_compiled_builds_teach_auto_to_compile(tmp_path, batches):
     assert Timings("other", path).measured() == {}
 
 
-def test_a_compile_in_the_background_is_timed_by_its_thread(tmp_path, batches):
-    path = tmp_path / RECORD
-    shape = (8, 64, 64, True)
-    first = Timings("k", path)
-    first.batch_done(batches[0], 19.0, compiled=False)  # the process's first: not counted
-    # Rendered while the compile ran on another thread: not the shape's eager speed.
-    first.batch_done(batches[1], 25.0, compiled=False, measures=False)
-    assert first.measured() == {}
-    first.compiled_in_background(shape, 14.0)
-    first.batch_done(batches[2], 11.6, compiled=True)  # the graph was ready: a steady batch
-    t = first.measured()[shape]
-    assert t.background_compile == 14.0 and t.compiled_here and t.eager is None
-    assert t.warm_compile is None and t.cold_compile is None
-    assert t.compiled == pytest.approx(0.029)
-    Timings("k", path).compiled_in_background(shape, 12.0)  # the latest stands
-    assert Timings("k", path).measured()[shape].background_compile == 12.0
-
-
 def test_a_compiled_batch_with_no_speed_to_compare_still_counts_as_compiled(tmp_path, batches):
     timings = Timings("k", tmp_path / RECORD)
     timings.batch_done(batches[0], 200.0, compiled=True)

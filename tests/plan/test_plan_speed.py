@@ -4,7 +4,6 @@ policy can produce is asserted here, in one table."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,8 @@ import pytest
 from storyboard.options import RuntimeOptions
 from storyboard.plan import Speedup, compile_story, plan_render
 from storyboard.plan.batches import default_batch_size, plan_batches
-from storyboard.plan.speed import (COMPILED_LAYOUT_EAGER, COMPILED_RATIO_PRIOR,
-                                   WARM_COMPILE_PRIOR_S, ShapeTimings, background_saving,
-                                   choose_speedups, compile_pays, unet_work)
+from storyboard.plan.speed import (WARM_COMPILE_PRIOR_S, ShapeTimings, choose_speedups,
+                                   compile_pays, unet_work)
 from storyboard.story import load_story
 
 S = Speedup
@@ -230,55 +228,3 @@ def test_runtime_options_are_checked_and_merged_with_the_story_once(tmp_path):
     assert RuntimeOptions().with_story(untuned).tune is False
     assert RuntimeOptions(tune=True).with_story(untuned).tune is True
     assert RuntimeOptions().with_story(untuned).fuse is False
-
-
-def test_auto_compiles_in_the_background_where_that_saves_more(tmp_path):
-    shape = (8, 64, 64, True)
-    gain = 0.0376 - 0.0290
-    layout = 400 * 0.0376 * (COMPILED_LAYOUT_EAGER - 1)  # an eager batch in channels_last
-    t = ShapeTimings(eager=0.0376, compiled=0.0290, warm_compile=12.3)
-    forty = jobs(tmp_path, many(40, 50))
-    batches = plan_batches(forty, 8)  # 5 batches of 400 panel-steps, 16.1 s each eagerly
-    # Ready 1.25 x 12.3 = 15.4 s after the first batch starts: only the first renders eagerly.
-    assert background_saving(batches, {shape: t}) == (shape, pytest.approx(4 * 400 * gain
-                                                                           - layout))
-    # A background compile measured here: ready after 20 s, so the second batch is eager too.
-    measured = replace(t, background_compile=20.0)
-    assert background_saving(batches, {shape: measured}) == (
-        shape, pytest.approx(3 * 400 * gain - 2 * layout))
-
-    def plan(js, measured, free=None, **options):
-        return plan_render(js, RuntimeOptions(**options), device="cuda", dtype="fp16",
-                           free_bytes=free, measured=measured)
-
-    # Compiling first would save 2000 x 8.6 ms - 12.3 s = 4.9 s; in the background 12.7 s.
-    p = plan(forty, {shape: t})
-    assert p.background == shape and p.speedups == tuple(COMPILED)
-    # With no room on the GPU for a second batch at once, it compiles first.
-    p = plan(forty, {shape: t}, free=60e9)
-    assert p.background is None and S.TORCH_COMPILE in p.speedups
-    # 16 panels: a second batch that starts before the graph is ready saves nothing...
-    sixteen = jobs(tmp_path, many(16, 50))
-    slow = ShapeTimings(eager=0.0376, compiled=0.0290, warm_compile=14.0)
-    assert plan(sixteen, {shape: slow}).background is None
-    # ...and one that starts after it, 3.4 s less 1.0 s for the first batch's layout.
-    assert plan(sixteen, {shape: t}).background == shape
-    assert plan(jobs(tmp_path, many(8, 50)), {shape: t}).background is None  # one batch
-    # Never compiled here: a compile from an empty cache takes minutes.
-    assert plan(forty, {shape: ShapeTimings(eager=0.0376, compiled=0.029)}).background is None
-    # Compiled here once but never rendered compiled: the H200's ratio stands in.
-    once = ShapeTimings(eager=0.0376, cold_compile=200.0)
-    saved = 4 * 400 * 0.0376 * (1 - COMPILED_RATIO_PRIOR) - layout
-    assert background_saving(batches, {shape: once}) == (shape, pytest.approx(saved))
-    assert plan(forty, {shape: once}).background == shape
-    # Compiled no faster here: nothing to gain.
-    no_gain = ShapeTimings(eager=0.0376, compiled=0.0380, warm_compile=1.0)
-    assert background_saving(batches, {shape: no_gain}) == (None, 0.0)
-    # An explicit --compile compiles first, as asked; FP8, offloading and --no-fuse as before.
-    assert plan(forty, {shape: t}, compile=True).background is None
-    assert plan(forty, {shape: t}, offload=True).background is None
-    assert plan(forty, {shape: t}, fuse=False).background is None
-    assert plan_render(forty, RuntimeOptions(), device="cuda", dtype="fp8",
-                       measured={shape: t}).background is None
-    assert plan_render(forty, RuntimeOptions(), device="cpu", dtype="fp32",
-                       measured={shape: t}).background is None

@@ -3,8 +3,7 @@
 In: a ``LoadedModel`` and ``Speedup``s in order. Out: an ``AppliedSpeedups``: what is in effect
 (a speed-up that fails part-way leaves the record truthful), and the handles that later steps
 need (the cross-attention K/V cache, to re-wrap after unfusing). The pipeline's UNet and VAE are
-changed in place: channels_last, fused QKV projections, FP8 (torchao), torch.compile (now, or
-on a thread while the first batches render: ``background``).
+changed in place: channels_last, fused QKV projections, FP8 (torchao), torch.compile.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ class AppliedSpeedups:
 
     applied: list[Speedup] = field(default_factory=list)
     cross_kv: Any = None  # attention.crosskv.CrossKV once CROSS_KV is applied
-    background: Any = None  # background.BackgroundCompile: compiling while batches render
 
     def __contains__(self, item: Speedup) -> bool:
         return item in self.applied
@@ -43,14 +41,11 @@ def _fp8_layer(module: Any, fqn: str) -> bool:
 
 
 def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup], *,
-                   backend: str = "inductor", into: AppliedSpeedups | None = None,
-                   background: tuple | None = None) -> AppliedSpeedups:
+                   backend: str = "inductor",
+                   into: AppliedSpeedups | None = None) -> AppliedSpeedups:
     """Apply ``names`` to ``model``; returns what is in effect (``into``, when given, is the
     record to fill). Call once per loaded model. ``backend`` is torch.compile's: tests use
-    "aot_eager" on CPU, which traces the same graphs without generating kernels.
-    ``background``: a batch shape (``plan.speed.batch_shape``) to compile for on a thread
-    while batches render eagerly (``background.BackgroundCompile``, started here; the render
-    switches to it, and adds torch.compile to ``applied``, once it is ready)."""
+    "aot_eager" on CPU, which traces the same graphs without generating kernels."""
     # Filled as each one takes effect, so a failure part-way leaves it truthful.
     done = into if into is not None else AppliedSpeedups()
     if not names:
@@ -81,23 +76,19 @@ def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup
         if warm_cache_keeps_tuning():
             compile_options = COMPILE_OPTIONS
             done.applied.append(Speedup.TUNED_KERNELS)
-    later = background is not None and Speedup.TORCH_COMPILE in names
-    vae_later = later and Speedup.VAE_COMPILE in names and not _upcast_per_decode(model.pipe)
-    if (Speedup.VAE_COMPILE in names and not later) or vae_later:
-        model.pipe.vae.to(memory_format=torch.channels_last)
-    if Speedup.TORCH_COMPILE in names and not later:
+    if Speedup.TORCH_COMPILE in names:
         # The UNet's forward, not the module: the pipeline keeps calling the module itself,
-        # whose hooks (the K/V cache's) run outside the graph, and compiling here or in the
-        # background traces the same graph into the same cache. Static shapes: each batch
+        # whose hooks (the K/V cache's) run outside the graph. Static shapes: each batch
         # shape gets its own graph, cached on disk like the first; dynamic ones would be
         # slower, and recorded shape profiles would make the next process compile a dynamic
         # graph from scratch.
         unet.forward = torch.compile(unet.forward, backend=backend, options=compile_options,
                                      dynamic=False)
         done.applied.append(Speedup.TORCH_COMPILE)
-    if Speedup.VAE_COMPILE in names and not later:
+    if Speedup.VAE_COMPILE in names:
         # The VAE decodes every panel once: a few percent of a panel, compiled the same way.
         vae = model.pipe.vae
+        vae.to(memory_format=torch.channels_last)
         vae.decode = torch.compile(vae.decode, backend=backend, dynamic=False)
         done.applied.append(Speedup.VAE_COMPILE)
     if Speedup.CROSS_KV in names:
@@ -106,23 +97,7 @@ def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup
 
         done.cross_kv = install(unet, unet)
         done.applied.append(Speedup.CROSS_KV)
-    if later:
-        from .background import BackgroundCompile
-
-        done.background = BackgroundCompile(model, background, backend=backend,
-                                            options=compile_options, vae=vae_later)
-        done.background.start()
     return done
-
-
-def _upcast_per_decode(pipe: Any) -> bool:
-    """Whether the pipeline casts the VAE to float32 for every decode and back after (an fp16
-    VAE whose config says ``force_upcast``): its weights change dtype on the main thread, so
-    it is not compiled in the background."""
-    import torch
-
-    return pipe.vae.dtype == torch.float16 and bool(getattr(pipe.vae.config, "force_upcast",
-                                                            False))
 
 
 def unfuse_qkv(model: LoadedModel, done: AppliedSpeedups) -> None:

@@ -95,29 +95,19 @@ class Timings:
                 out[parsed] = ShapeTimings(**values)
         return out
 
-    def batch_done(self, batch: Batch, seconds: float, *, compiled: bool,
-                   measures: bool = True) -> None:
-        """Record a finished batch: ``seconds`` it took, ``compiled`` or not; ``measures``:
-        False where its speed is not the shape's (a compile ran on another thread meanwhile),
-        so it only counts as the process's first."""
+    def batch_done(self, batch: Batch, seconds: float, *, compiled: bool) -> None:
+        """Record a finished batch: ``seconds`` it took, ``compiled`` or not."""
         steps = panel_steps(batch)
         if steps <= 0 or seconds <= 0:
             return
         shape = batch_shape(batch)
         self.batches += 1
         first = self.batches == 1
-        if (first and not compiled) or not measures:
+        if first and not compiled:
             # A process's first batch also starts cuBLAS and cuDNN and loads their kernels
             # (about 4 s of the notebook's first SDXL panel on an H200): not a step's speed.
             return
         self._write(shape, self._measured(shape, seconds, steps, compiled))
-
-    def compiled_in_background(self, shape: tuple, seconds: float) -> None:
-        """Record a compile of ``shape`` on a thread of its own, ready ``seconds`` after the
-        call it compiled from (the time it shared the process with the render): the shape's
-        next compiled batch is a steady one."""
-        self.compiled_now.add(shape)
-        self._write(shape, replace(self._current(shape), background_compile=round(seconds, 2)))
 
     def _current(self, shape: tuple) -> ShapeTimings:
         return ShapeTimings(**read_record(self.path).get(self.key, {}).get(shape_name(shape), {}))
