@@ -97,20 +97,16 @@ def compile_pays(work: dict[tuple, int], measured: dict[tuple, ShapeTimings] | N
     maps each batch shape the UNet will see to its panel-steps. Every shape must have been
     compiled here before, with its eager and compiled speeds measured, and the seconds saved
     must exceed the warm compiles' (measured, else ``WARM_COMPILE_PRIOR_S`` each)."""
-    return bool(work and measured) and blocking_saving(work, measured) > 0
-
-
-def blocking_saving(work: dict[tuple, int], measured: dict[tuple, ShapeTimings]) -> float:
-    """Seconds a compile before the first batch saves, by this machine's measurements (the
-    warm compiles counted against it); only where every shape is compiled here and measured."""
-    saving = 0.0
+    if not work or not measured:
+        return False
+    saving = cost = 0.0
     for shape, steps in work.items():
         t = measured.get(shape)
         if t is None or not t.compiled_here or t.eager is None or t.compiled is None:
-            return 0.0
+            return False
         saving += steps * (t.eager - t.compiled)
-        saving -= t.warm_compile if t.warm_compile is not None else WARM_COMPILE_PRIOR_S
-    return saving
+        cost += t.warm_compile if t.warm_compile is not None else WARM_COMPILE_PRIOR_S
+    return saving > cost
 
 
 def choose_speedups(*, device: str, dtype: str, options: RuntimeOptions, loras: bool,
@@ -185,9 +181,8 @@ def plan_render(jobs: list[PanelJob], options: RuntimeOptions, *, device: str, d
     size = options.batch_size or default_batch_size(device, free_bytes)
     batches = plan_batches(jobs, size)
     loras = any(job.loras for job in jobs)
-    work = unet_work(batches)
     speedups = choose_speedups(device=device, dtype=dtype, options=options, loras=loras,
-                               work=work, measured=measured)
+                               work=unet_work(batches), measured=measured)
     refusal = None
     sets = sorted({lora_set(job) for job in jobs})
     if Speedup.FP8 in speedups and loras and options.fuse and not options.offload \

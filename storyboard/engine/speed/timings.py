@@ -107,15 +107,10 @@ class Timings:
             # A process's first batch also starts cuBLAS and cuDNN and loads their kernels
             # (about 4 s of the notebook's first SDXL panel on an H200): not a step's speed.
             return
-        self._write(shape, self._measured(shape, seconds, steps, compiled))
-
-    def _current(self, shape: tuple) -> ShapeTimings:
-        return ShapeTimings(**read_record(self.path).get(self.key, {}).get(shape_name(shape), {}))
-
-    def _measured(self, shape: tuple, seconds: float, panel_steps: int,
-                  compiled: bool) -> ShapeTimings:
-        now = self._current(shape)
-        per_step = seconds / panel_steps
+        entries = read_record(self.path)
+        shapes = entries.setdefault(self.key, {})
+        now = ShapeTimings(**shapes.get(shape_name(shape), {}))
+        per_step = seconds / steps
         if not compiled:
             now = replace(now, eager=_blend(now.eager, per_step))
         elif shape not in self.compiled_now:  # this process's first batch of it: compiles
@@ -123,16 +118,11 @@ class Timings:
             steady = now.compiled if now.compiled is not None else now.eager
             # Without a steady speed to tell compiling from rendering by, the whole batch
             # (too much: the next compile here measures it better).
-            extra = seconds if steady is None else max(0.0, seconds - panel_steps * steady)
+            extra = seconds if steady is None else max(0.0, seconds - steps * steady)
             now = replace(now, **{"warm_compile" if now.compiled_here else "cold_compile":
                                   round(extra, 2)})
         else:
             now = replace(now, compiled=_blend(now.compiled, per_step))
-        return now
-
-    def _write(self, shape: tuple, now: ShapeTimings) -> None:
-        entries = read_record(self.path)
-        shapes = entries.setdefault(self.key, {})
         shapes[shape_name(shape)] = {k: round(v, 6) if k in ("eager", "compiled") else v
                                      for k, v in asdict(now).items() if v is not None}
         try:
