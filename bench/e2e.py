@@ -20,7 +20,9 @@ exit minus last panel. Processes:
 - ``build-warm``: default settings with that shared compile cache and the timings kept in it
   (a writer's later builds of new panels). Named twice, it runs twice (``build-warm-2``): the
   first learns this machine's eager speed where nothing had measured it yet;
-- ``build-eager``: `storyboard build --no-compile`.
+- ``build-eager``: `storyboard build --no-compile`;
+- ``build-nowarm``: ``build-empty`` with ``STORYBOARD_WARMUP=0``: no GPU warm-up while the
+  libraries import (engine/warmup.py), to measure what it saves.
 All but build-compile and build-warm get a compile cache of their own, empty; every build gets
 an empty panel cache.
 
@@ -54,7 +56,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-RUNS = ("notebook", "build-fresh", "build-empty", "build-compile", "build-warm", "build-eager")
+RUNS = ("notebook", "build-fresh", "build-empty", "build-compile", "build-warm", "build-eager",
+        "build-nowarm")
 
 
 def course_panels(n: int) -> list[tuple[int, str, str]]:
@@ -141,6 +144,8 @@ def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None
                 marks.setdefault("loaded_s", now)
                 if "seconds" in event:  # imports and load_model, as the process timed them
                     marks.setdefault("load_seconds", event["seconds"])
+                if "warmup" in event:
+                    marks.setdefault("warmup", event["warmup"])
             elif kind in ("imported", "done"):
                 marks.setdefault(f"{kind}_s", now)
             elif kind == "speedups":
@@ -190,6 +195,8 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
                    str(case / f"out-{name}"), str(story)]
             if run == "build-eager":
                 cmd.insert(-1, "--no-compile")
+            if run == "build-nowarm":
+                env["STORYBOARD_WARMUP"] = "0"
             if run == "build-compile":
                 cmd.insert(-1, "--compile")
         print(f"[e2e] {family} {n} panels: {name} ...", file=sys.stderr, flush=True)

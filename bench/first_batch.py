@@ -10,6 +10,7 @@ it (a list of prompts, CPU generators, ``output_type="pt"``), with a CUDA synchr
 each timed part, so the parts add up to the call.
 
     python bench/first_batch.py /tmp/sbe/weights/sdxl-fp16 sdxl --panels 8 --steps 50
+    STORYBOARD_WARMUP=0 python bench/first_batch.py ...   # without the GPU warm-up (warmup.py)
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def main() -> None:
                        RuntimeOptions(progress=False))
     import torch
 
-    out: dict = {"load_s": round(time.perf_counter() - t, 3)}
+    out: dict = {"load_s": round(time.perf_counter() - t, 3),
+                 "warmup": model.warmup and {"seconds": model.warmup.seconds,
+                                             "error": model.warmup.error}}
     pipe = model.pipe
     panels = [COURSE_PANELS[i % len(COURSE_PANELS)] for i in range(args.panels)]
     for run in ("first", "second"):

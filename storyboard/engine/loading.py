@@ -2,7 +2,8 @@
 
 In: a ``ModelRef`` (from ``plan``) and ``RuntimeOptions`` (device, dtype, offload, VAE tiling).
 Out: a frozen ``LoadedModel``: a diffusers pipeline on its device in its dtype, with its family,
-resolved device and dtype recorded; or a ``ModelError`` that says how to get the model.
+resolved device and dtype recorded (and, on a GPU, how the warm-up that ran while the libraries
+imported went: ``warmup``); or a ``ModelError`` that says how to get the model.
 
 Every source goes through diffusers' own loaders: ``from_pretrained`` for Hugging Face repos
 (with revision and variant; ``HF_HUB_OFFLINE`` and the Hugging Face cache are respected), local
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..families import FAMILIES, FAMILY_NAMES, family_of_checkpoint_keys, family
 from ..options import RuntimeOptions, resolve_dtype
 from ..plan.jobs import ModelRef
 from .environment import prepare, quiet_loading
+from .warmup import Warmup, WarmupResult
 
 # fp8 loads in bf16; the UNet's linear layers are then quantized (engine/speed/apply.py).
 TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp8": "bfloat16"}
@@ -48,6 +50,7 @@ class LoadedModel:
     dtype: str  # fp16 | bf16 | fp32 | fp8
     ref: ModelRef
     offload: bool = False
+    warmup: WarmupResult | None = None  # the GPU warm-up during loading (CUDA only)
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -184,6 +187,18 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     """Load the pipeline ``ref`` names, on the requested device and dtype."""
     options = options or RuntimeOptions()
     prepare()
+    # The GPU's libraries start on a thread while diffusers and transformers import (warmup).
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(ref.dtype, options.dtype, device)
+    warmup = Warmup.start(device, dtype)
+    try:
+        model = _load(ref, options, device, dtype)
+    finally:
+        warmed = warmup.join() if warmup is not None else None
+    return replace(model, warmup=warmed)
+
+
+def _load(ref: ModelRef, options: RuntimeOptions, device: str, dtype: str) -> LoadedModel:
     import diffusers
     import torch
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -202,11 +217,9 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     elif ref.kind == "file":
         check_checkpoint(Path(ref.ref))
 
-    # 2. Which pipeline class, device and dtype.
+    # 2. Which pipeline class, and the dtype's torch name.
     family = detect_family(ref, folder)
     pipeline_cls = getattr(diffusers, FAMILIES[family].pipeline)
-    device = resolve_device(options.device)
-    dtype = resolve_dtype(ref.dtype, options.dtype, device)
     torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
     if dtype == "fp8":
         problem = fp8_problem(device, options)

@@ -148,7 +148,9 @@ class Session:
         state, seconds = self.state(jobs[0].model, options)
         model = state.model
         emit({"event": "model_loaded", "model": model.ref.ref, "family": model.family,
-              "device": model.device, "dtype": model.dtype, "seconds": round(seconds, 3)})
+              "device": model.device, "dtype": model.dtype, "seconds": round(seconds, 3),
+              **({"warmup": {"seconds": model.warmup.seconds, "error": model.warmup.error}}
+                 if seconds and model.warmup is not None else {})})
 
         # 2. Adapters, all checked before any denoising.
         state.adapters.load(jobs)
