@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..paths import atomic_write_bytes, commit_staged, stage_bytes
 from .cbz import CBZ, write_cbz
+from .fonts import save_metrics, warm_metrics
 from .geometry import per_page
 from .manifest import PDF
 from .ownership import page_mark
@@ -168,6 +169,9 @@ class PageComposer:
     def _start(self) -> None:
         from PIL import Image
 
+        # The fonts' measurements first, in processes of their own where not kept from an
+        # earlier build: measured here, they would hold the interpreter from the render loop.
+        warm_metrics(self.layout.font, self.chars)
         # Mode "1": an eighth of a byte a pixel; only the size counts here.
         planned = plan_pages([Cell(s.panel, s.number, Image.new("1", s.size), s.caption,
                                    s.balloons) for s in self.slots], self.layout, self.title)
@@ -179,6 +183,7 @@ class PageComposer:
         # Cutting the fonts to the story's characters is the slow part: done while rendering.
         self.pdf = PdfWriter(planned[0].font, self.title, self.layout.direction == "rtl",
                              font_chars(planned, self.chars))
+        save_metrics()
 
     def _compose(self, k: int, paths: dict[int, Path]) -> None:
         cells = [self._cell(i, paths[i], self.decoded.pop(i).result()) for i in self.chunks[k]]
@@ -246,6 +251,7 @@ def write_pages(pages: list[Page], out_dir: Path, story: str, chars: str = "") -
                    for n, (image, page) in enumerate(zip(drawn, pages), 1)]
         pdf = write_pdf(pages, title, rtl, chars)
         pngs = [future.result() for future in encoded]
+    save_metrics()  # what drawing measured, for the next build
     return write_outputs(out_dir, pngs, pdf, title, rtl)
 
 

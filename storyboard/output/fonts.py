@@ -14,14 +14,27 @@ the weight (``getGlyphSet(location=...)`` applies HVAR), as the PDF's font is in
 line has the same width in the PNG and the PDF. Like the PDF (fpdf2 places glyphs one by one),
 no kerning is applied. A character the font lacks and the emoji font has
 (``glyphs.emoji_font``) is measured and drawn in that one.
+
+Measuring is kept (``FontMetrics``): reading a CJK font's cmap and its variations with fontTools
+is seconds of pure Python, and a build composes pages on a thread while its first batch renders,
+where that would hold the interpreter lock from the render loop (an 8-panel SDXL batch took 2.5 s
+longer). So what a process measured is kept in the cache (``fonts/<key>.metrics.json``) and a
+build measures what its story's characters still lack before composing, in a process of its own
+(``warm_metrics``); pages come out the same either way.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import threading
 from functools import lru_cache
+from pathlib import Path
 
 from PIL import ImageFont
 
+from ..paths import atomic_write_text, cache_root, read_bounded
 from .glyphs import CJK_FACE, builtin_font, emoji_font
 
 WEIGHTS = {"Regular": 400, "Bold": 700}
@@ -31,8 +44,7 @@ class PageFont(ImageFont.FreeTypeFont):
     """A Pillow font measured by the font's own advances at its weight."""
 
     advances: dict[str, float]  # character -> advance in pixels, filled as characters come
-    _glyph_widths: object  # the fontTools glyph set at the weight, and the font's cmap
-    _cmap: dict[int, str]
+    _metrics: FontMetrics  # the font's, at the weight
     _per_unit: float
 
     _fallback: PageFont | None  # the fallback font (emoji) at the same size, if any
@@ -43,9 +55,9 @@ class PageFont(ImageFont.FreeTypeFont):
     def advance(self, ch: str) -> float:
         width = self.advances.get(ch)
         if width is None:
-            name = self._cmap.get(ord(ch))
-            if name is not None:
-                width = self._glyph_widths[name].width * self._per_unit
+            units = self._metrics.width(ord(ch))
+            if units is not None:
+                width = units * self._per_unit
             elif self.falls_back(ch):
                 width = self._fallback.advance(ch)
             else:  # a character no font has is drawn as Pillow draws it (its .notdef box)
@@ -55,24 +67,206 @@ class PageFont(ImageFont.FreeTypeFont):
 
     def falls_back(self, ch: str) -> bool:
         """Whether ``ch`` is drawn in the fallback font: this one lacks it, that one has it."""
-        return self._fallback is not None and ord(ch) not in self._cmap \
-            and ord(ch) in self._fallback._cmap
+        return self._fallback is not None and self._metrics.width(ord(ch)) is None \
+            and self._fallback._metrics.width(ord(ch)) is not None
 
     def face_for(self, ch: str) -> PageFont:
         return self._fallback if self.falls_back(ch) else self  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=8)  # two weights of the page font, the emoji font, a story's own
-def _metrics(path: str, face: int, weight: str):
-    """The font's cmap and its glyph set at ``weight`` (read lazily: only the glyphs asked
-    about are decoded)."""
+# Part of every kept measurement's key: bump it when what FontMetrics records changes.
+METRICS_RECIPE = 1
+MAX_METRICS_BYTES = 16 << 20  # a kept file bigger than this is not one we wrote
+ALWAYS = "".join(chr(c) for c in range(0x20, 0x7F))  # measured for every story: page marks...
+
+
+class FontMetrics:
+    """One face of a font file at one weight: its units per em and each character's advance in
+    font units (None: the font has no glyph for it). What an earlier process measured is read
+    from the cache (``fonts/<key>.metrics.json``; the key: the file's path, size and time, the
+    face, the weight, fontTools' version, ``METRICS_RECIPE``); the rest is measured with
+    fontTools as it is asked for, and kept by ``save``."""
+
+    def __init__(self, path: str, face: int, weight: str) -> None:
+        self.path, self.face, self.weight = path, face, weight
+        self.file = _metrics_file(path, face, weight)
+        kept = _read_metrics(self.file) if self.file is not None else None
+        self.units, self.widths = kept if kept is not None else (None, {})
+        self.dirty = False
+
+    def width(self, code: int) -> float | None:
+        if code not in self.widths:
+            cmap, glyphs, _ = _measurer(self.path, self.face, self.weight)
+            name = cmap.get(code)
+            self.widths[code] = None if name is None else glyphs[name].width
+            self.dirty = True
+        return self.widths[code]
+
+    def units_per_em(self) -> int:
+        if self.units is None:
+            self.units = _measurer(self.path, self.face, self.weight)[2]
+            self.dirty = True
+        return self.units
+
+    def lacks(self, chars: str) -> bool:
+        return self.units is None or any(ord(ch) not in self.widths for ch in chars)
+
+    def measure(self, chars: str) -> None:
+        self.units_per_em()
+        for ch in chars:
+            self.width(ord(ch))
+
+    def save(self) -> None:
+        """Keep what was measured (a cache that cannot be written costs time, nothing more)."""
+        if not self.dirty or self.file is None:
+            return
+        widths = dict(self.widths)  # a copy: another thread may be measuring
+        record = {"units": self.units_per_em(),
+                  "widths": {str(code): widths[code] for code in sorted(widths)}}
+        try:
+            atomic_write_text(self.file, json.dumps(record, separators=(",", ":")))
+        except OSError:
+            return
+        self.dirty = False
+
+    def reload(self) -> None:
+        """Take in what another process measured and kept."""
+        kept = _read_metrics(self.file) if self.file is not None else None
+        if kept is not None:
+            self.units = kept[0]
+            self.widths = {**kept[1], **self.widths}
+
+
+def _metrics_file(path: str, face: int, weight: str) -> Path | None:
+    import hashlib
+
+    import fontTools
+
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    blob = json.dumps([os.path.realpath(path), stat.st_size, stat.st_mtime_ns, face, weight,
+                       fontTools.version, METRICS_RECIPE], ensure_ascii=False)
+    return cache_root() / "fonts" / f"{hashlib.sha256(blob.encode()).hexdigest()}.metrics.json"
+
+
+def _read_metrics(file: Path) -> tuple[int, dict[int, float | None]] | None:
+    """A kept measurement, checked like any record read back; None when there is none or it
+    is not one FontMetrics wrote (then everything is measured again)."""
+    try:
+        data = read_bounded(file, MAX_METRICS_BYTES)
+        if len(data) > MAX_METRICS_BYTES:
+            return None
+        record = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("widths"), dict):
+        return None
+    units = record.get("units")
+    if type(units) is not int or not 16 <= units <= 16384:
+        return None
+    widths: dict[int, float | None] = {}
+    for key, value in record["widths"].items():
+        if not key.isdigit() or int(key) > 0x10FFFF:
+            return None
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)
+                                  or not 0 <= value <= 64 * units):
+            return None
+        widths[int(key)] = value
+    return units, widths
+
+
+_KNOWN: dict[tuple[str, int, str], FontMetrics] = {}  # this process's, by (file, face, weight)
+_KNOWN_LOCK = threading.Lock()
+
+
+def _metrics(path: str, face: int, weight: str) -> FontMetrics:
+    """The one ``FontMetrics`` of this process for a face at a weight."""
+    with _KNOWN_LOCK:
+        if (path, face, weight) not in _KNOWN:
+            _KNOWN[path, face, weight] = FontMetrics(path, face, weight)
+        return _KNOWN[path, face, weight]
+
+
+@lru_cache(maxsize=4)  # the page font, the emoji font, a story's own
+def _font(path: str, face: int):
+    """The font file's face, and its cmap: one for all weights (reading the cmap and naming a
+    CJK font's 65,535 glyphs is most of a second of pure Python)."""
     from fontTools.ttLib import TTFont
 
     kwargs = {"fontNumber": face} if path.lower().endswith((".ttc", ".otc")) else {}
     tt = TTFont(path, lazy=True, **kwargs)
+    return tt, tt.getBestCmap() or {}
+
+
+@lru_cache(maxsize=8)
+def _measurer(path: str, face: int, weight: str):
+    """The font's cmap and its glyph set at ``weight`` (read lazily: only the glyphs asked
+    about are decoded), and its units per em."""
+    tt, cmap = _font(path, face)
     axes = {a.axisTag for a in tt["fvar"].axes} if "fvar" in tt else set()
     location = {"wght": WEIGHTS[weight]} if "wght" in axes else None
-    return tt.getBestCmap() or {}, tt.getGlyphSet(location=location), tt["head"].unitsPerEm
+    return cmap, tt.getGlyphSet(location=location), tt["head"].unitsPerEm
+
+
+def _faces(font: str | None) -> list[tuple[str, int, str]]:
+    """The (file, face, weight)s a story with page font ``font`` (None: the built-in one)
+    measures: the page font at each weight, the emoji font it falls back to."""
+    faces = [(builtin_font(), CJK_FACE, weight) for weight in WEIGHTS] if font is None \
+        else [(font, 0, "Regular")]
+    emoji = emoji_font()
+    if emoji:
+        faces.append((emoji, 0, "Regular"))
+    return faces
+
+
+def warm_metrics(font: str | None, chars: str) -> None:
+    """Measure, for every face a story's pages use, the characters in ``chars`` (and
+    ``ALWAYS``) not measured before: each face in a process of its own, at the same time, so
+    this process's interpreter stays free for the render; here where no process can be
+    started. Then this process's measurements include them."""
+    import subprocess
+    import sys
+    import tempfile
+
+    chars = "".join(sorted(set(chars) | set(ALWAYS)))
+    try:
+        lacking = [m for m in (_metrics(*face) for face in _faces(font)) if m.lacks(chars)]
+    except OSError:
+        return  # a font that cannot be read: pages.load_font says so
+    if not lacking:
+        return
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="storyboard-metrics-") as tmp:
+        for n, m in enumerate(lacking):
+            order = Path(tmp) / f"{n}.json"
+            order.write_text(json.dumps([m.path, m.face, m.weight, chars]), "utf-8")
+            try:
+                procs.append((m, subprocess.Popen(
+                    [sys.executable, "-m", __name__, str(order)], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)))
+            except OSError:  # no processes here (a sandbox, a limit): measured in this one
+                break
+        for m, proc in procs:
+            proc.wait()
+            m.reload()
+    for m in lacking:
+        if m.lacks(chars):
+            try:
+                m.measure(chars)
+            except Exception:  # noqa: BLE001 - not a font: pages.load_font tells the writer
+                continue
+            m.save()
+
+
+def save_metrics() -> None:
+    """Keep what this process measured for the next one."""
+    with _KNOWN_LOCK:
+        known = list(_KNOWN.values())
+    for metrics in known:
+        metrics.save()
 
 
 def page_font(path: str | None, size: int, weight: str = "Regular",
@@ -84,9 +278,9 @@ def page_font(path: str | None, size: int, weight: str = "Regular",
     font = PageFont(file, size, index=face)
     if path is None:
         font.set_variation_by_name(weight)
-    cmap, glyphs, units = _metrics(file, face, weight if path is None else "Regular")
-    font.advances, font._cmap, font._glyph_widths = {}, cmap, glyphs
-    font._per_unit = size / units
+    metrics = _metrics(file, face, weight if path is None else "Regular")
+    font.advances, font._metrics = {}, metrics
+    font._per_unit = size / metrics.units_per_em()
     emoji = emoji_font() if fallback else None
     font._fallback = page_font(emoji, size, fallback=False) if emoji else None
     return font
@@ -139,3 +333,14 @@ def draw_turned(image, x: float, y: float, text: str, font: PageFont, big: PageF
     turned = level.convert("L").transpose(Image.Transpose.ROTATE_270)
     image.paste(Image.new("RGB", turned.size, fill), (round(x - (h - 1 - oy)), round(y - ox)),
                 turned)
+
+
+if __name__ == "__main__":
+    # Measured for ``warm_metrics``: its order (file, face, weight, characters) in the JSON file
+    # named; the result kept in the cache.
+    import sys
+
+    _path, _face, _weight, _chars = json.loads(Path(sys.argv[1]).read_text("utf-8"))
+    _kept = FontMetrics(_path, _face, _weight)
+    _kept.measure(_chars)
+    _kept.save()
