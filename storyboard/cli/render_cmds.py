@@ -152,7 +152,7 @@ def pin(story: str, panel: str, seed: int) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def clean(stories: tuple[str, ...], dry_run: bool) -> None:
     """Remove cached panels, trained LoRAs and PDF font subsets that no story needs any more,
-    and kept bytecode of libraries that are gone (and, for the STORIES given, panel files in
+    font measurements kept for font files that changed, and kept bytecode of libraries that are gone (and, for the STORIES given, panel files in
     their output folders whose panels are gone)."""
     from ..commands import clean as run_clean
 
@@ -168,6 +168,8 @@ def clean(stories: tuple[str, ...], dry_run: bool) -> None:
         click.echo(f"{verb} {len(report.temporaries)} temporary file(s) left by interrupted runs")
     trained = f", {len(report.trained)} trained LoRA(s)" if report.trained else ""
     fonts = f", {len(report.fonts)} font subset(s)" if report.fonts else ""
+    if report.metrics:
+        fonts += f", {len(report.metrics)} kept font measurement(s)"
     code = (f", {report.bytecode} bytecode file(s) of removed libraries" if report.bytecode
             else "")
     click.echo(f"{verb} {report.removed} cached panel(s){trained}{fonts}{code}, "

@@ -5,7 +5,8 @@ removed, bytes freed, stale files), having removed every cache entry that no exi
 last build, reroll or training (its class pictures) recorded (their roots, output/cache.py),
 every trained LoRA folder that no existing story's last training recorded (its own roots,
 training/store.py), the roots of stories that are gone, the PDF font subsets (``fonts/``) that
-none of the stories the roots name (nor those given) embeds, bytecode kept for libraries whose
+none of the stories the roots name (nor those given) embeds, kept font measurements of font
+files that have changed or are gone, bytecode kept for libraries whose
 source files are gone (``env/bytecode``, engine/bytecode.py), and temporary files and
 half-built model folders that killed runs left in the cache; and, in the given stories'
 output folders, panel files storyboard wrote for panels the stories no longer have.
@@ -36,6 +37,7 @@ class CleanReport:
     temporaries: list[Path] = field(default_factory=list)  # left by runs that were killed
     trained: list[str] = field(default_factory=list)  # keys of trained LoRAs removed
     fonts: list[Path] = field(default_factory=list)  # font subsets removed
+    metrics: list[Path] = field(default_factory=list)  # kept font measurements removed
     bytecode: int = 0  # kept bytecode files whose sources are gone (engine/bytecode.py)
 
 
@@ -50,6 +52,7 @@ def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | Non
         _clean(stories, dry_run, cache, report)
         _clean_trained(TrainedStore(cache.root), dry_run, report)
         _clean_fonts(stories, dry_run, cache, report)
+        _clean_metrics(dry_run, cache, report)
         _clean_bytecode(cache.root, dry_run, report)
     return report
 
@@ -77,6 +80,54 @@ def _clean_bytecode(root: Path, dry_run: bool, report: CleanReport) -> None:
 
 
 SUBSET_NAME = re.compile(r"[0-9a-f]{64}\.ttf")  # what pdf.truetype_subset names its files
+METRICS_NAME = re.compile(r"[0-9a-f]{64}\.metrics\.json")  # fonts.FontMetrics' files
+
+
+def _clean_metrics(dry_run: bool, cache: PanelCache, report: CleanReport) -> None:
+    """Kept font measurements (``fonts.FontMetrics``) of font files as they are no longer: the
+    key covers a file's path, size and time and fontTools' version, so a changed or removed
+    font, or a fontTools upgrade, leaves its old file unread for good. Kept: those of the
+    built-in and emoji fonts, and of the fonts of the stories the roots name. Only files named
+    as storyboard names them, plain files, are touched."""
+    from ..output.fonts import metrics_names
+
+    kept = _ours(cache.root / "fonts", METRICS_NAME)
+    if not kept:
+        return
+    needed = metrics_names(None)
+    for story_path in cache.rooted_stories():
+        story = _story_now(story_path)
+        if story is not None:
+            needed |= metrics_names(_font_of(story))
+    for path in kept:
+        if path.name not in needed:
+            report.metrics.append(path)
+            report.freed += _remove(path, dry_run) or 0
+
+
+def _ours(folder: Path, name: re.Pattern) -> list[Path]:
+    """The plain files in ``folder`` named as storyboard names them: anything else there is
+    not ours."""
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.iterdir())
+            if name.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+
+
+def _story_now(story_path: Path):
+    """The story as it is now; None when it no longer loads (it needs nothing kept yet)."""
+    from ..errors import UserError
+    from ..story import load_story
+
+    try:
+        return load_story(story_path, check_files=False)
+    except (UserError, OSError):
+        return None
+
+
+def _font_of(story) -> str | None:
+    font = story.spec.layout.font
+    return str(story.resolve(font)) if font else None
 
 
 def _clean_fonts(stories: list[Path], dry_run: bool, cache: PanelCache,
@@ -86,11 +137,7 @@ def _clean_fonts(stories: list[Path], dry_run: bool, cache: PanelCache,
     story as it is now (its font and characters; a story that no longer loads keeps none:
     its next build makes them again, in seconds). Only files named as storyboard names its
     subsets, plain files, are touched: anything else in the folder is not ours."""
-    folder = cache.root / "fonts"  # where pdf.truetype_subset keeps them
-    if not folder.is_dir():
-        return
-    subsets = [p for p in sorted(folder.iterdir())
-               if SUBSET_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    subsets = _ours(cache.root / "fonts", SUBSET_NAME)  # where pdf.truetype_subset keeps them
     if not subsets:
         return
     needed: set[str] = set()
@@ -115,16 +162,10 @@ def _remove(path: Path, dry_run: bool) -> int | None:
 
 
 def _story_subsets(story_path: Path) -> set[str]:
-    from ..errors import UserError
-    from ..story import load_story
     from .build import page_chars
 
-    try:
-        story = load_story(story_path, check_files=False)
-    except (UserError, OSError):  # a story that does not load now needs no subset yet
-        return set()
-    font = story.spec.layout.font
-    return subset_keys(str(story.resolve(font)) if font else None, page_chars(story))
+    story = _story_now(story_path)
+    return set() if story is None else subset_keys(_font_of(story), page_chars(story))
 
 
 def subset_keys(font: str | None, chars: str) -> set[str]:

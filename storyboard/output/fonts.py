@@ -87,9 +87,9 @@ class FontMetrics:
     face, the weight, fontTools' version, ``METRICS_RECIPE``); the rest is measured with
     fontTools as it is asked for, and kept by ``save``."""
 
-    def __init__(self, path: str, face: int, weight: str) -> None:
+    def __init__(self, path: str, face: int, weight: str, file: Path | None = None) -> None:
         self.path, self.face, self.weight = path, face, weight
-        self.file = _metrics_file(path, face, weight)
+        self.file = file or _metrics_file(path, face, weight)
         kept = _read_metrics(self.file) if self.file is not None else None
         self.units, self.widths = kept if kept is not None else (None, {})
         self.dirty = False
@@ -177,16 +177,19 @@ def _read_metrics(file: Path) -> tuple[int, dict[int, float | None]] | None:
     return units, widths
 
 
-_KNOWN: dict[tuple[str, int, str], FontMetrics] = {}  # this process's, by (file, face, weight)
+_KNOWN: dict[tuple, FontMetrics] = {}  # this process's, by font file, face, weight, cache file
 _KNOWN_LOCK = threading.Lock()
 
 
 def _metrics(path: str, face: int, weight: str) -> FontMetrics:
-    """The one ``FontMetrics`` of this process for a face at a weight."""
+    """The one ``FontMetrics`` of this process for a face at a weight (and a cache: a process
+    that moves to another keeps its measurements there too)."""
+    file = _metrics_file(path, face, weight)
     with _KNOWN_LOCK:
-        if (path, face, weight) not in _KNOWN:
-            _KNOWN[path, face, weight] = FontMetrics(path, face, weight)
-        return _KNOWN[path, face, weight]
+        key = (path, face, weight, file)
+        if key not in _KNOWN:
+            _KNOWN[key] = FontMetrics(path, face, weight, file)
+        return _KNOWN[key]
 
 
 @lru_cache(maxsize=4)  # the page font, the emoji font, a story's own
@@ -219,6 +222,17 @@ def _faces(font: str | None) -> list[tuple[str, int, str]]:
     if emoji:
         faces.append((emoji, 0, "Regular"))
     return faces
+
+
+def metrics_names(font: str | None) -> set[str]:
+    """The names of the kept measurements a story with page font ``font`` reads (``clean``
+    keeps those)."""
+    names = set()
+    for face in _faces(font):
+        file = _metrics_file(*face)
+        if file is not None:
+            names.add(file.name)
+    return names
 
 
 def warm_metrics(font: str | None, chars: str) -> None:

@@ -589,7 +589,44 @@ def test_clean_removes_font_subsets_no_story_embeds(story, cache_dir):
     assert {p: p.stat().st_mtime_ns for p in fonts.glob("*.ttf")} == stamps
     story.unlink()  # a story that is gone needs none
     assert len(clean([]).fonts) == 2
-    assert sorted(p.name for p in fonts.iterdir()) == ["0" * 64 + ".otf", "mine.ttf"]
+    assert sorted(p.name for p in fonts.iterdir() if not p.name.endswith(".metrics.json")) \
+        == ["0" * 64 + ".otf", "mine.ttf"]
+
+
+def test_clean_removes_measurements_of_fonts_that_changed(story, cache_dir):
+    """The fonts' kept measurements (output/fonts.py) of a story's font file as it was go
+    once the file has changed; the built-in fonts' and the story's font's as it is now stay;
+    files storyboard did not write there are never touched."""
+    import shutil
+
+    from storyboard.output.glyphs import emoji_font
+
+    own = story.with_name("own.ttf")
+    shutil.copyfile(emoji_font(), own)
+    story.write_text(STORY.replace("  font_size: 12\n", "  font_size: 12\n  font: own.ttf\n"),
+                     encoding="utf-8")
+    fonts = cache_dir / "fonts"
+    run_build(story)
+    before = {p.name for p in fonts.glob("*.metrics.json")}
+    assert before  # the story's font, and the emoji font it falls back to
+    (fonts / "mine.metrics.json").write_text("{}")  # not a name storyboard writes
+    assert clean([]).metrics == []
+    os.utime(own, ns=(1, 1))  # the font file changed: measured again, under a new key
+    story.write_text(story.read_text("utf-8").replace("The dog waited.", "The dog waited!"),
+                     encoding="utf-8")  # (pages composed again)
+    from storyboard.output.pages import load_font
+
+    load_font.cache_clear()  # as in the next process (this one keeps its fonts loaded)
+    run_build(story)
+    after = {p.name for p in fonts.glob("[0-9a-f]*.metrics.json")}
+    assert len(after - before) == 1
+    report = clean([])
+    (gone,) = [p.name for p in report.metrics]
+    assert gone in before  # the font file as it was
+    assert {p.name for p in fonts.glob("*.metrics.json")} == \
+        after - {gone} | {"mine.metrics.json"}
+    result = run_cli("clean", "--dry-run")
+    assert result.exit_code == 0 and "measurement" not in result.output  # nothing more to go
 
 
 def test_clean_keeps_reroll_candidates_rendered_with_a_dtype(story, cache_dir):
