@@ -152,8 +152,9 @@ def pin(story: str, panel: str, seed: int) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def clean(stories: tuple[str, ...], dry_run: bool) -> None:
     """Remove cached panels, trained LoRAs and PDF font subsets that no story needs any more,
-    font measurements kept for font files that changed, and kept bytecode of libraries that are gone (and, for the STORIES given, panel files in
-    their output folders whose panels are gone)."""
+    font measurements kept for font files that changed, and kept bytecode of libraries that
+    are gone (and, for the STORIES given, panel files in their output folders whose panels
+    are gone)."""
     from ..commands import clean as run_clean
 
     user_paths(*stories)

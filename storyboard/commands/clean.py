@@ -6,8 +6,8 @@ last build, reroll or training (its class pictures) recorded (their roots, outpu
 every trained LoRA folder that no existing story's last training recorded (its own roots,
 training/store.py), the roots of stories that are gone, the PDF font subsets (``fonts/``) that
 none of the stories the roots name (nor those given) embeds, kept font measurements of font
-files that have changed or are gone, bytecode kept for libraries whose
-source files are gone (``env/bytecode``, engine/bytecode.py), and temporary files and
+files that have changed or are gone, bytecode kept for libraries whose source files are gone
+(``env/bytecode``, engine/bytecode.py), and temporary files and
 half-built model folders that killed runs left in the cache; and, in the given stories'
 output folders, panel files storyboard wrote for panels the stories no longer have.
 """
