@@ -144,3 +144,13 @@ def test_a_file_that_is_not_a_font_is_left_for_the_pages_to_report(fresh, tmp_pa
     broken.write_bytes(b"not a font")
     warm_metrics(str(broken), "abc")
     assert not fonts._metrics_file(str(broken), 0, "Regular").exists()
+
+
+def test_a_child_that_fails_is_measured_here(fresh, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every child exits 1 at once
+    warm_metrics(None, "漢字")
+    fresh()
+    _no_font_tables(monkeypatch)
+    assert pages.load_font(None, 30).getlength("漢字") > 0  # measured here, kept
