@@ -201,3 +201,35 @@ def test_panels_are_deflated_for_the_pdf_as_they_land_with_the_same_bytes(tmp_pa
     assert len(late) == 4  # composing at the end deflates each picture as it adds it
     assert {p.name: p.read_bytes() for p in written} == {
         p.name: p.read_bytes() for p in reference}
+
+
+def test_the_composer_reads_no_font_tables_on_its_thread(tmp_path, panels, monkeypatch):
+    """Planning the pages runs on a thread while the first batch renders: the fonts are
+    measured in processes of their own (``fonts.warm_metrics``), never with fontTools in this
+    interpreter, whose lock the render loop needs (issue 17: 2 s of an SDXL first batch). The
+    pages are the same bytes as composing at the end."""
+    from storyboard.output import fonts, pages
+
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "cache-of-its-own"))
+    measurer = fonts._measurer
+    for cached in (measurer, fonts._font, pages.load_font):
+        cached.cache_clear()
+    monkeypatch.setattr(fonts, "_KNOWN", {})
+    read: list = []
+
+    def watched(*args):
+        read.append(args)
+        return measurer(*args)
+
+    monkeypatch.setattr(fonts, "_measurer", watched)
+    out = tmp_path / "out"
+    out.mkdir()
+    with PageComposer(slots(), LAYOUT, TITLE, "story", out, CHARS) as composer:
+        composer.started.result()
+        assert read == []  # planned from measurements made elsewhere
+        for i, path in enumerate(panels):
+            composer.arrived(i, path)
+        written = composer.finish(lambda i: True)
+    assert {p.name: p.read_bytes() for p in written} == at_the_end(tmp_path / "ref", panels)
+    for cached in (measurer, fonts._font, pages.load_font):
+        cached.cache_clear()
