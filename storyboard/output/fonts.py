@@ -159,7 +159,7 @@ def _read_metrics(file: Path) -> tuple[int, dict[int, float | None]] | None:
         if len(data) > MAX_METRICS_BYTES:
             return None
         record = json.loads(data)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting a JSON too deep
         return None
     if not isinstance(record, dict) or not isinstance(record.get("widths"), dict):
         return None
@@ -168,7 +168,8 @@ def _read_metrics(file: Path) -> tuple[int, dict[int, float | None]] | None:
         return None
     widths: dict[int, float | None] = {}
     for key, value in record["widths"].items():
-        if not key.isdigit() or int(key) > 0x10FFFF:
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if not (key.isascii() and key.isdigit() and len(key) <= 7) or int(key) > 0x10FFFF:
             return None
         if value is not None and (type(value) not in (int, float) or not math.isfinite(value)
                                   or not 0 <= value <= 64 * units):
@@ -240,9 +241,7 @@ def warm_metrics(font: str | None, chars: str) -> None:
     ``ALWAYS``) not measured before: each face in a process of its own, at the same time, so
     this process's interpreter stays free for the render; here where no process can be
     started. Then this process's measurements include them."""
-    import subprocess
-    import sys
-    import tempfile
+    from .children import run_in_children
 
     chars = "".join(sorted(set(chars) | set(ALWAYS)))
     try:
@@ -251,21 +250,9 @@ def warm_metrics(font: str | None, chars: str) -> None:
         return  # a font that cannot be read: pages.load_font says so
     if not lacking:
         return
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    procs = []
-    with tempfile.TemporaryDirectory(prefix="storyboard-metrics-") as tmp:
-        for n, m in enumerate(lacking):
-            order = Path(tmp) / f"{n}.json"
-            order.write_text(json.dumps([m.path, m.face, m.weight, chars]), "utf-8")
-            try:
-                procs.append((m, subprocess.Popen(
-                    [sys.executable, "-m", __name__, str(order)], stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)))
-            except OSError:  # no processes here (a sandbox, a limit): measured in this one
-                break
-        for m, proc in procs:
-            proc.wait()
-            m.reload()
+    run_in_children(__name__, [[m.path, m.face, m.weight, chars] for m in lacking])
+    for m in lacking:
+        m.reload()
     for m in lacking:
         if m.lacks(chars):
             try:

@@ -349,30 +349,13 @@ def _subset_path(font: str | None, weight: str, chars: str) -> Path | None:
 
 def _subsets_in_processes(font: str | None, missing: dict[str, str]) -> dict[str, bytes]:
     """The subsets of ``missing`` made at the same time, each by a new interpreter running
-    this module (never ``multiprocessing``, which would import the caller's main script again
-    in each child); those that failed are left out, to be made (or to raise their error) in
-    this process."""
-    import subprocess
-    import sys
+    this module (``children``); those that failed are left out, to be made (or to raise their
+    error) in this process."""
+    from .children import run_in_children
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    made: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory(prefix="storyboard-fonts-") as tmp:
-        procs = {}
-        for weight, chars in missing.items():
-            order = Path(tmp) / f"{weight}.json"
-            order.write_text(json.dumps([font, weight, chars]), "utf-8")
-            try:
-                procs[weight] = subprocess.Popen(
-                    [sys.executable, "-m", __name__, str(order)], stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-            except OSError:  # no processes here (a sandbox, a limit): made in this one
-                break
-        for weight, proc in procs.items():
-            out, _ = proc.communicate()
-            if proc.returncode == 0 and out:
-                made[weight] = out
-    return made
+    weights = list(missing)
+    outs = run_in_children(__name__, [[font, w, missing[w]] for w in weights])
+    return {w: out for w, out in zip(weights, outs) if out}
 
 
 def _make_subset_quietly(font: str | None, weight: str, chars: str) -> bytes:

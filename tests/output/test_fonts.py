@@ -124,6 +124,9 @@ def test_the_measurements_match_fonttools(fresh):
     json.dumps({"units": 1000, "widths": {"1114112": 500}}).encode(),
     json.dumps({"units": 1000, "widths": {"65": "wide"}}).encode(),
     b'{"units": 1000, "widths": {"65": NaN}}',
+    json.dumps({"units": 1000, "widths": {"\u00b2": 500}}).encode(),  # a digit int() refuses
+    json.dumps({"units": 1000, "widths": {"9" * 5000: 500}}).encode(),
+    b"[" * 100_000 + b"]" * 100_000,  # nested past the parser's recursion limit
     b"{" + b" " * (fonts.MAX_METRICS_BYTES + 1) + b"}",
 ])
 def test_a_kept_file_storyboard_did_not_write_is_measured_again(fresh, damage):
