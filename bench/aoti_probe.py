@@ -61,9 +61,11 @@ def load(model_arg: str, family: str):
     return model, speed
 
 
-def first_unet_call(model, speed, panels: int, size: int) -> tuple[tuple, dict]:
+def first_unet_call(model, speed, panels: int, size: int, *,
+                    prepend: bool = False) -> tuple[tuple, dict]:
     """The UNet's first call's arguments in one pipeline call, as its forward receives them
-    (after the K/V cache's hook has put K/V into ``cross_attention_kwargs``)."""
+    (after the K/V cache's hook has put K/V into ``cross_attention_kwargs``), or with
+    ``prepend`` as the pipeline passes them (before any hook)."""
     import torch
 
     seen: dict = {}
@@ -82,10 +84,11 @@ def first_unet_call(model, speed, panels: int, size: int) -> tuple[tuple, dict]:
             seen["args"], seen["kwargs"] = clone(args), clone(kwargs)
 
     unet = model.pipe.unet
-    handle = unet.register_forward_pre_hook(keep, with_kwargs=True)  # after the K/V hook
+    handle = unet.register_forward_pre_hook(keep, with_kwargs=True, prepend=prepend)
     try:
         with torch.inference_mode():
-            speed.cross_kv.reset()
+            if speed is not None and speed.cross_kv is not None:
+                speed.cross_kv.reset()
             model.pipe(prompt=["a lighthouse at dawn"] * panels,
                        negative_prompt=["blurry"] * panels, num_inference_steps=2,
                        guidance_scale=4.0, width=size, height=size, output_type="pt")
@@ -178,13 +181,18 @@ def load_and_run(args) -> dict:
     return report
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The model and batch arguments the probes share."""
     ap.add_argument("model", help="a diffusers folder, or builtin:tiny-sdxl")
     ap.add_argument("family", choices=["sdxl", "kolors"])
     ap.add_argument("--panels", type=int, default=8)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--calls", type=int, default=10, help="UNet calls timed each way")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    model_arguments(ap)
     ap.add_argument("--work", type=Path, default=Path("/tmp/storyboard-aoti"))
     ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -23,8 +23,9 @@ exit minus last panel. Processes:
 - ``build-eager``: `storyboard build --no-compile`;
 - ``build-nowarm``: ``build-empty`` with ``STORYBOARD_WARMUP=0``: no GPU warm-up while the
   libraries import (engine/warmup.py), to measure what it saves.
-All but build-compile and build-warm get a compile cache of their own, empty; every build gets
-an empty panel cache.
+build-compile and build-warm share the machine's compile cache, and so does build-empty while
+there is none yet: a writer's first build, which leaves its eager timings for later ones. The
+others get a compile cache of their own, empty; every build gets an empty panel cache.
 
 The weights are full-size random SDXL / Kolors saved as fp16 diffusers folders (gpu_models.py),
 read from a local disk with a warm page cache (each is read once before the first process).
@@ -175,7 +176,12 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
     (case / "panels.json").write_text(json.dumps(panels, ensure_ascii=False), "utf-8")
     story = case / "story.yaml"
     story.write_text(story_yaml(folder, family, panels, steps, size), "utf-8")
-    shared = work / f"inductor-{family}"  # build-compile fills it; build-warm uses it
+    # The machine's compile cache, as a writer's builds share it: build-compile compiles into
+    # it; build-warm is a default build that finds it; build-empty builds into it only while
+    # there is none yet (then it is empty, as build-empty's must be) and leaves the eager
+    # timings a writer's first build leaves. It outlives this call, so build-compile and
+    # build-warm may run in a later command on the same machine.
+    shared = work / f"inductor-{family}"
     out: dict = {}
     for number, run in enumerate(runs):
         name = run if run not in runs[:number] else f"{run}-{runs[:number].count(run) + 1}"
@@ -188,7 +194,8 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
                    str(case / "panels.json"), "--out", str(case / "notebook"),
                    "--steps", str(steps), "--size", str(size)]
         else:
-            compiled = shared if run in ("build-compile", "build-warm") else (
+            first_empty = name == "build-empty" and not shared.exists()
+            compiled = shared if run in ("build-compile", "build-warm") or first_empty else (
                 case / f"inductor-{name}")
             env["TORCHINDUCTOR_CACHE_DIR"] = str(compiled)
             cmd = [sys.executable, "-m", "storyboard.cli", "build", "--json", "-o",
