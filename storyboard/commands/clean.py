@@ -101,8 +101,7 @@ def _clean_metrics(dry_run: bool, cache: PanelCache, report: CleanReport) -> Non
             needed |= metrics_names(_font_of(story))
     for path in kept:
         if path.name not in needed:
-            report.metrics.append(path)
-            report.freed += _remove(path, dry_run) or 0
+            _count(report.metrics, path, dry_run, report)
 
 
 def _ours(folder: Path, name: re.Pattern) -> list[Path]:
@@ -146,8 +145,15 @@ def _clean_fonts(stories: list[Path], dry_run: bool, cache: PanelCache,
     for path in subsets:
         if path.stem in needed:
             continue
-        report.fonts.append(path)
-        report.freed += _remove(path, dry_run) or 0
+        _count(report.fonts, path, dry_run, report)
+
+
+def _count(removed: list[Path], path: Path, dry_run: bool, report: CleanReport) -> None:
+    """Remove ``path``; listed (and its bytes counted) only where it went, or would go."""
+    size = _remove(path, dry_run)
+    if size is not None:
+        removed.append(path)
+        report.freed += size
 
 
 def _remove(path: Path, dry_run: bool) -> int | None:

@@ -19,20 +19,33 @@ from pathlib import Path
 
 
 def run_in_children(module: str, orders: list) -> list[bytes | None]:
+    # The modules this process imports, and no others: -P keeps a child from putting the
+    # folder the writer runs storyboard in (a json.py there, say) first on its path.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory(prefix="storyboard-children-") as tmp:
-        for n, order in enumerate(orders):
-            path = Path(tmp) / f"{n}.json"
-            path.write_text(json.dumps(order), "utf-8")
-            try:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", module, str(path)], stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env))
-            except OSError:  # no processes here (a sandbox, a limit): the rest are the caller's
-                break
-        outs: list[bytes | None] = []
-        for proc in procs:
-            out, _ = proc.communicate()
-            outs.append(out if proc.returncode == 0 else None)
+    outs: list[bytes | None] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="storyboard-children-") as tmp:
+            for n, order in enumerate(orders):
+                path = Path(tmp) / f"{n}.json"
+                path.write_text(json.dumps(order), "utf-8")
+                try:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-P", "-m", module, str(path)],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, env=env))
+                except OSError:  # no processes here (a sandbox, a limit): the caller's work
+                    break
+            for proc in procs:
+                out, _ = proc.communicate()
+                outs.append(out if proc.returncode == 0 else None)
+    except OSError:
+        # No room for the orders (a full or read-only temporary folder): the orders without an
+        # answer are the caller's, as where no process can start.
+        pass
+    finally:
+        for proc in procs:  # none left running or unreaped, whatever happened
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return outs + [None] * (len(orders) - len(outs))

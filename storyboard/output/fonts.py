@@ -89,6 +89,9 @@ class FontMetrics:
 
     def __init__(self, path: str, face: int, weight: str, file: Path | None = None) -> None:
         self.path, self.face, self.weight = path, face, weight
+        # The font file as this object's key names it: what is measured here is read from that
+        # file, not from one a long-lived process read before the font changed.
+        self.stamp = file_stamp(path)
         self.file = file or _metrics_file(path, face, weight)
         kept = _read_metrics(self.file) if self.file is not None else None
         self.units, self.widths = kept if kept is not None else (None, {})
@@ -96,7 +99,7 @@ class FontMetrics:
 
     def width(self, code: int) -> float | None:
         if code not in self.widths:
-            cmap, glyphs, _ = _measurer(self.path, self.face, self.weight)
+            cmap, glyphs, _ = _measurer(self.path, self.face, self.weight, self.stamp)
             name = cmap.get(code)
             self.widths[code] = None if name is None else glyphs[name].width
             self.dirty = True
@@ -104,7 +107,7 @@ class FontMetrics:
 
     def units_per_em(self) -> int:
         if self.units is None:
-            self.units = _measurer(self.path, self.face, self.weight)[2]
+            self.units = _measurer(self.path, self.face, self.weight, self.stamp)[2]
             self.dirty = True
         return self.units
 
@@ -137,18 +140,28 @@ class FontMetrics:
             self.widths = {**kept[1], **self.widths}
 
 
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """The font file's size and modification time (None: it cannot be read)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _metrics_file(path: str, face: int, weight: str) -> Path | None:
     import hashlib
 
     import fontTools
 
-    try:
-        stat = os.stat(path)
-    except OSError:
+    stamp = file_stamp(path)
+    if stamp is None:
         return None
-    blob = json.dumps([os.path.realpath(path), stat.st_size, stat.st_mtime_ns, face, weight,
-                       fontTools.version, METRICS_RECIPE], ensure_ascii=False)
-    return cache_root() / "fonts" / f"{hashlib.sha256(blob.encode()).hexdigest()}.metrics.json"
+    blob = json.dumps([os.path.realpath(path), *stamp, face, weight, fontTools.version,
+                       METRICS_RECIPE], ensure_ascii=False)
+    # surrogatepass: a path that is not valid UTF-8 (a Latin-1 folder name) keeps its own key.
+    digest = hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+    return cache_root() / "fonts" / f"{digest}.metrics.json"
 
 
 def _read_metrics(file: Path) -> tuple[int, dict[int, float | None]] | None:
@@ -171,8 +184,9 @@ def _read_metrics(file: Path) -> tuple[int, dict[int, float | None]] | None:
         # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
         if not (key.isascii() and key.isdigit() and len(key) <= 7) or int(key) > 0x10FFFF:
             return None
-        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)
-                                  or not 0 <= value <= 64 * units):
+        # The range first: math.isfinite() of an int of hundreds of digits overflows.
+        if value is not None and (type(value) not in (int, float) or not 0 <= value <= 64 * units
+                                  or not math.isfinite(value)):
             return None
         widths[int(key)] = value
     return units, widths
@@ -194,9 +208,10 @@ def _metrics(path: str, face: int, weight: str) -> FontMetrics:
 
 
 @lru_cache(maxsize=4)  # the page font, the emoji font, a story's own
-def _font(path: str, face: int):
+def _font(path: str, face: int, stamp: tuple | None):
     """The font file's face, and its cmap: one for all weights (reading the cmap and naming a
-    CJK font's 65,535 glyphs is most of a second of pure Python)."""
+    CJK font's 65,535 glyphs is most of a second of pure Python). ``stamp``: the file's size and
+    time, so a font changed on disk is read again."""
     from fontTools.ttLib import TTFont
 
     kwargs = {"fontNumber": face} if path.lower().endswith((".ttc", ".otc")) else {}
@@ -205,10 +220,10 @@ def _font(path: str, face: int):
 
 
 @lru_cache(maxsize=8)
-def _measurer(path: str, face: int, weight: str):
+def _measurer(path: str, face: int, weight: str, stamp: tuple | None):
     """The font's cmap and its glyph set at ``weight`` (read lazily: only the glyphs asked
     about are decoded), and its units per em."""
-    tt, cmap = _font(path, face)
+    tt, cmap = _font(path, face, stamp)
     axes = {a.axisTag for a in tt["fvar"].axes} if "fvar" in tt else set()
     location = {"wght": WEIGHTS[weight]} if "wght" in axes else None
     return cmap, tt.getGlyphSet(location=location), tt["head"].unitsPerEm

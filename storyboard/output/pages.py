@@ -33,7 +33,7 @@ from .geometry import (
     title_size,
 )
 from .balloons import Shape, balloon_items
-from .fonts import SUPERSAMPLE, PageFont, draw_text, draw_turned, page_font
+from .fonts import SUPERSAMPLE, PageFont, draw_text, draw_turned, file_stamp, page_font
 from .ownership import PAGE_MARK
 from .pngenc import LEVEL, channels, encode_png
 
@@ -50,9 +50,14 @@ class Cell:
     balloons: tuple = ()  # the panel's BalloonSpecs, drawn over its picture
 
 
-@lru_cache(maxsize=48)
 def load_font(path: str | None, size: int, weight: str = "Regular") -> PageFont:
-    """The page font at ``size`` pixels (``fonts.PageFont``: measured by its own advances)."""
+    """The page font at ``size`` pixels (``fonts.PageFont``: measured by its own advances);
+    read again once the file has changed (a long-lived `storyboard serve`)."""
+    return _load_font(path, size, weight, file_stamp(path) if path else None)
+
+
+@lru_cache(maxsize=48)
+def _load_font(path: str | None, size: int, weight: str, stamp: tuple | None) -> PageFont:
     try:
         return page_font(path, size, weight)
     except OSError as exc:
@@ -61,6 +66,9 @@ def load_font(path: str | None, size: int, weight: str = "Regular") -> PageFont:
         raise UserError(f"layout.font: cannot read {path} as a font ({exc}); give a "
                         ".ttf, .otf or .ttc file, or leave `font` out for the built-in "
                         "Noto Sans CJK") from None
+
+
+load_font.cache_clear = _load_font.cache_clear  # type: ignore[attr-defined]
 
 
 def _breakable(ch: str) -> bool:

@@ -355,7 +355,9 @@ def _subsets_in_processes(font: str | None, missing: dict[str, str]) -> dict[str
 
     weights = list(missing)
     outs = run_in_children(__name__, [[font, w, missing[w]] for w in weights])
-    return {w: out for w, out in zip(weights, outs) if out}
+    # Checked like a cache entry before it is embedded or kept: a child's output is bytes on a
+    # pipe, which anything printed there would spoil.
+    return {w: out for w, out in zip(weights, outs) if out and _whole(out)}
 
 
 def _make_subset_quietly(font: str | None, weight: str, chars: str) -> bytes:
@@ -390,22 +392,28 @@ def _subset_key(font: str | None, weight: str, chars: str) -> str | None:
 def _read_subset(path: Path) -> bytes | None:
     """A cached subset's bytes, or None when there is none or it is damaged (cut short,
     overwritten, too big): every table is read and its checksum checked."""
-    from fontTools.ttLib import TTFont
-
     try:
         data = read_bounded(path, MAX_SUBSET_BYTES)
     except OSError:
         return None
+    return data if _whole(data) else None
+
+
+def _whole(data: bytes) -> bool:
+    """Whether ``data`` is a whole subset: not too big, every table read and its checksum
+    checked (a cache entry, or what a child printed)."""
+    from fontTools.ttLib import TTFont
+
     if len(data) > MAX_SUBSET_BYTES:
-        return None
+        return False
     try:
         tt = TTFont(io.BytesIO(data), checkChecksums=2, lazy=False)
         if "glyf" not in tt or "cmap" not in tt:
-            return None
+            return False
         tt.ensureDecompiled()
     except Exception:  # fontTools raises many kinds on a damaged file: all mean "make it again"
-        return None
-    return data
+        return False
+    return True
 
 
 def _make_subset(font: str | None, weight: str, chars: str) -> bytes:

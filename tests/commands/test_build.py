@@ -620,6 +620,18 @@ def test_clean_removes_measurements_of_fonts_that_changed(story, cache_dir):
     run_build(story)
     after = {p.name for p in fonts.glob("[0-9a-f]*.metrics.json")}
     assert len(after - before) == 1
+    import pathlib
+
+    real_unlink = pathlib.Path.unlink
+
+    def refuse(path, *args, **kwargs):  # a file clean cannot remove is not reported removed
+        raise PermissionError(13, "Permission denied", str(path))
+
+    pathlib.Path.unlink = refuse
+    try:
+        assert clean([]).metrics == [] and clean([]).freed == 0
+    finally:
+        pathlib.Path.unlink = real_unlink
     report = clean([])
     (gone,) = [p.name for p in report.metrics]
     assert gone in before  # the font file as it was

@@ -74,7 +74,7 @@ def test_a_build_measures_its_characters_in_other_processes(fresh, monkeypatch):
     warm_metrics(None, chars)
     # The page font's two weights and the emoji font, each in a process of its own.
     assert len(started) == len(fonts._faces(None)) == 3
-    assert all(cmd[1:3] == ["-m", "storyboard.output.fonts"] for cmd in started)
+    assert all(cmd[1:4] == ["-P", "-m", "storyboard.output.fonts"] for cmd in started)
     # Then this process has them, and reads no font to draw with them.
     _no_font_tables(monkeypatch)
     regular = pages.load_font(None, 40)
@@ -127,6 +127,7 @@ def test_the_measurements_match_fonttools(fresh):
     json.dumps({"units": 1000, "widths": {"\u00b2": 500}}).encode(),  # a digit int() refuses
     json.dumps({"units": 1000, "widths": {"9" * 5000: 500}}).encode(),
     b"[" * 100_000 + b"]" * 100_000,  # nested past the parser's recursion limit
+    b'{"units": 1000, "widths": {"65": 1' + b"0" * 400 + b"}}",  # too large for a float
     b"{" + b" " * (fonts.MAX_METRICS_BYTES + 1) + b"}",
 ])
 def test_a_kept_file_storyboard_did_not_write_is_measured_again(fresh, damage):
@@ -157,3 +158,58 @@ def test_a_child_that_fails_is_measured_here(fresh, monkeypatch):
     fresh()
     _no_font_tables(monkeypatch)
     assert pages.load_font(None, 30).getlength("漢字") > 0  # measured here, kept
+
+
+def _tiny_font(path, advance: int) -> None:
+    """A TrueType font of two glyphs: "W", ``advance`` units wide, and .notdef."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    pen = TTGlyphPen(None)
+    pen.moveTo((0, 0)), pen.lineTo((0, 500)), pen.lineTo((advance, 500)), pen.closePath()
+    box = pen.glyph()
+    fb = FontBuilder(1000, isTTF=True)
+    fb.setupGlyphOrder([".notdef", "W"])
+    fb.setupCharacterMap({ord("W"): "W"})
+    fb.setupGlyf({".notdef": box, "W": box})
+    fb.setupHorizontalMetrics({".notdef": (advance, 0), "W": (advance, 0)})
+    fb.setupHorizontalHeader(ascent=800, descent=-200)
+    fb.setupNameTable({"familyName": "Tiny", "styleName": "Regular"})
+    fb.setupOS2()
+    fb.setupPost()
+    fb.save(str(path))
+
+
+def test_a_font_changed_on_disk_is_measured_from_its_new_bytes(fresh, tmp_path, monkeypatch):
+    """A long-lived process (storyboard serve) that read a story's font before the writer
+    replaced it: what it measures of the new font, kept under the new font's key, is the new
+    font's."""
+    import os
+    import sys
+
+    font = tmp_path / "story.ttf"
+    _tiny_font(font, 500)
+    assert pages.load_font(str(font), 30).getlength("W") == 15  # a first build
+    fonts.save_metrics()
+    _tiny_font(tmp_path / "new.ttf", 900)
+    os.replace(tmp_path / "new.ttf", font)
+    os.utime(font, ns=(1, 1))  # a time of its own, whatever the clock's resolution
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # measured here, in this process
+    warm_metrics(str(font), "W")
+    assert pages.load_font(str(font), 30).getlength("W") == 27  # the next build's pages
+    fonts.save_metrics()
+    fresh()
+    assert FontMetrics(str(font), 0, "Regular").widths.get(ord("W")) == 900
+
+
+def test_a_font_path_that_is_not_utf8_has_its_own_measurements(fresh, tmp_path):
+    import os
+
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9")  # a Latin-1 folder name
+    os.mkdir(folder)
+    font = os.path.join(folder, "story.ttf")
+    _tiny_font(font, 700)
+    assert len(fonts.metrics_names(font)) >= 1
+    assert pages.load_font(font, 30).getlength("W") > 0
+    fonts.save_metrics()
+    assert fonts._metrics_file(font, 0, "Regular").is_file()

@@ -340,6 +340,22 @@ def test_missing_subsets_are_made_in_other_processes_with_the_same_bytes(tmp_pat
     assert made == [] and spawned == [["Bold", "Regular"]], "read back from the cache"
 
 
+def test_a_childs_output_that_is_not_a_whole_font_is_cut_again_here(tmp_path, monkeypatch):
+    """What a child printed is checked like a cache entry before it is embedded or kept."""
+    from storyboard.output import children
+    from storyboard.output import pdf as pdf_module
+
+    monkeypatch.setenv("STORYBOARD_CACHE", str(tmp_path / "cache"))
+    wanted = {"Regular": "Ab", "Bold": "Cd"}
+    here = {w: pdf_module._make_subset(None, w, c) for w, c in wanted.items()}
+    monkeypatch.setattr(children, "run_in_children",
+                        lambda module, orders: [b"warning: spoilt\n" + here["Regular"],
+                                                here["Bold"][:-10]])
+    assert pdf_module.truetype_subsets(None, wanted) == here
+    for path in (tmp_path / "cache" / "fonts").glob("*.ttf"):
+        assert path.read_bytes() in here.values()
+
+
 def test_a_subset_that_fails_in_its_process_raises_its_error_here(tmp_path, monkeypatch):
     from storyboard.output import pdf as pdf_module
 
