@@ -12,12 +12,13 @@ story's own; the story itself is never changed after validation.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..errors import Diagnostics, Problem, UserError, kind_of
+from ..errors import Diagnostics, Problem, StoryError, UserError, kind_of
 from .messages import problems_from_pydantic
 from .schema import ModelSpec, StorySpec, model_shorthand
 from .semantics import check_model_path, check_semantics
@@ -45,6 +46,15 @@ def load_story(path: str | Path, *, check_files: bool = True) -> Story:
     """Read, parse and validate a story file. Raises ``StoryError`` with every problem."""
     doc = read_source(path)
     base_dir = Path(path).resolve().parent
+    try:
+        str(base_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        # A folder named in another encoding (Latin-1, from an old disk): the panels' records,
+        # the manifest and the cache keep the story's path as UTF-8 text, which cannot hold it.
+        raise StoryError([Problem(doc.name, None, None, (), (
+            f"the story's folder {os.fsencode(base_dir).decode('utf-8', 'backslashreplace')} "
+            "has a name that is not UTF-8"), "rename the folder, or move the story into one "
+            "whose path is UTF-8")]) from None
     return validate_doc(doc, base_dir, check_files=check_files)
 
 

@@ -43,6 +43,22 @@ def test_a_pipe_as_a_story_is_refused_not_waited_on(tmp_path, command):
     assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["validate"], ["plan"], ["build", "-q"]])
+def test_a_story_in_a_folder_not_named_in_utf8_is_the_users_to_fix(tmp_path, command):
+    """A Latin-1 folder name: the panels' records and the manifest keep the story's path as
+    UTF-8 text, so it is refused up front, in one line, not a traceback at the first PNG."""
+    folder = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(folder)
+    with open(folder + b"/story.yaml", "w", encoding="utf-8") as fh:
+        fh.write(TWO_PANELS)
+    result = subprocess.run([sys.executable, "-m", "storyboard.cli", *command,
+                             folder + b"/story.yaml"], cwd=ROOT, capture_output=True,
+                            timeout=PATIENCE, env=os.environ)
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2, err
+    assert "caf\\xe9 has a name that is not UTF-8" in err and "Traceback" not in err
+
+
 def test_a_device_as_a_story_is_refused_before_reading_it():
     result = storyboard("validate", "/dev/zero")
     assert result.returncode == 2 and "not a regular file" in result.stderr
