@@ -22,7 +22,10 @@ exit minus last panel. Processes:
   first learns this machine's eager speed where nothing had measured it yet;
 - ``build-eager``: `storyboard build --no-compile`;
 - ``build-nowarm``: ``build-empty`` with ``STORYBOARD_WARMUP=0``: no GPU warm-up while the
-  libraries import (engine/warmup.py), to measure what it saves.
+  libraries import (engine/warmup.py), to measure what it saves;
+- ``build-noprefetch``: ``build-empty`` with ``STORYBOARD_PREFETCH=0``: the weights read by
+  diffusers and transformers after the imports, not on a thread during them
+  (engine/prefetch.py).
 build-compile and build-warm share the machine's compile cache, and so does build-empty while
 there is none yet: a writer's first build, which leaves its eager timings for later ones. The
 others get a compile cache of their own, empty; every build gets an empty panel cache.
@@ -58,7 +61,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 RUNS = ("notebook", "build-fresh", "build-empty", "build-compile", "build-warm", "build-eager",
-        "build-nowarm")
+        "build-nowarm", "build-noprefetch")
 
 
 def course_panels(n: int) -> list[tuple[int, str, str]]:
@@ -147,6 +150,8 @@ def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None
                     marks.setdefault("load_seconds", event["seconds"])
                 if "warmup" in event:
                     marks.setdefault("warmup", event["warmup"])
+                if "prefetch" in event:
+                    marks.setdefault("prefetch", event["prefetch"])
             elif kind in ("imported", "done"):
                 marks.setdefault(f"{kind}_s", now)
             elif kind == "speedups":
@@ -204,6 +209,8 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
                 cmd.insert(-1, "--no-compile")
             if run == "build-nowarm":
                 env["STORYBOARD_WARMUP"] = "0"
+            if run == "build-noprefetch":
+                env["STORYBOARD_PREFETCH"] = "0"
             if run == "build-compile":
                 cmd.insert(-1, "--compile")
         print(f"[e2e] {family} {n} panels: {name} ...", file=sys.stderr, flush=True)

@@ -3,13 +3,16 @@
 For each architecture: build it with random weights, save it to disk, load it through
 storyboard's own loader (a local diffusers folder), render the course's 8 panels (CFG 4,
 1024x1024) in batches of 4 and one at a time, and report whether every image is finite and
-non-constant and how far a batched panel is from the same panel rendered alone.
+non-constant, how far a batched panel is from the same panel rendered alone, and whether the
+batches come out bit for bit the same from the model loaded by the libraries themselves
+(``STORYBOARD_PREFETCH=0``) as from storyboard's prefetching load.
 Run on the GPU machine:  python bench/gpu_smoke.py sdxl kolors --out results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import sys
@@ -91,6 +94,34 @@ def run(arch: str, steps: int, work: Path) -> dict:
             "pixels_differing_pct": round(float((a != b).any(-1).mean() * 100), 3),
         }
     out["panels"] = panels
+
+    # The same batches from the model as the libraries load it themselves (the first load read
+    # the weights on a thread while importing, engine/prefetch.py): the same pixels, bit for bit.
+    # The control: the library-loaded model's batches rendered twice in a row.
+    built = list(model.prefetch.built) if model.prefetch is not None else []
+    out["prefetch"] = None if model.prefetch is None else {
+        "built": built, "skipped": model.prefetch.skipped}
+    out["library_load_identical"] = out["library_repeat_identical"] = None
+    if built:
+        before = os.environ.get("STORYBOARD_PREFETCH")
+        os.environ["STORYBOARD_PREFETCH"] = "0"
+        try:
+            library = Session()
+            library.adopt(load_model(jobs[0].model, RuntimeOptions(progress=False)))
+            again = [{r.job.panel: np.asarray(r.image) for r in render_jobs(
+                jobs, RuntimeOptions(progress=False, batch_size=4), session=library)}
+                for _ in range(2)]
+        finally:
+            if before is None:
+                os.environ.pop("STORYBOARD_PREFETCH", None)
+            else:
+                os.environ["STORYBOARD_PREFETCH"] = before
+        out["library_repeat_identical"] = all(
+            np.array_equal(again[0][pid], again[1][pid]) for pid in again[0])
+        out["library_load_identical"] = all(
+            np.array_equal(again[0][pid], np.asarray(results[4][pid].image))
+            for pid in results[4])
+        del library, again
     out["all_rendered"] = all(p["status"] == ["rendered", "rendered"] for p in panels.values())
     out["all_non_constant"] = all(p["std"] > 1 for p in panels.values())
     out["max_abs_diff_255"] = max(p["max_abs_diff_255"] for p in panels.values())

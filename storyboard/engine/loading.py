@@ -3,7 +3,8 @@
 In: a ``ModelRef`` (from ``plan``) and ``RuntimeOptions`` (device, dtype, offload, VAE tiling).
 Out: a frozen ``LoadedModel``: a diffusers pipeline on its device in its dtype, with its family,
 resolved device and dtype recorded (and, on a GPU, how the warm-up that ran while the libraries
-imported went: ``warmup``); or a ``ModelError`` that says how to get the model.
+imported went: ``warmup``, and which components were built from weights read onto the GPU
+meanwhile: ``prefetch``); or a ``ModelError`` that says how to get the model.
 
 Every source goes through diffusers' own loaders: ``from_pretrained`` for Hugging Face repos
 (with revision and variant; ``HF_HUB_OFFLINE`` and the Hugging Face cache are respected), local
@@ -17,6 +18,7 @@ reason, never blamed on missing configs.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, replace
@@ -25,10 +27,13 @@ from typing import Any
 
 from .. import weightfiles
 from ..errors import UserError
-from ..families import FAMILIES, FAMILY_NAMES, family_of_checkpoint_keys, family_of_pipeline
+from ..families import (BUILTINS, FAMILIES, FAMILY_NAMES, family_of_checkpoint_keys,
+                        family_of_pipeline)
 from ..options import RuntimeOptions, resolve_dtype
+from ..paths import builtin_model_folder
 from ..plan.jobs import ModelRef
 from .environment import prepare, quiet_loading
+from .prefetch import Prefetch, PrefetchResult
 from .warmup import Warmup, WarmupResult
 
 # fp8 loads in bf16; the UNet's linear layers are then quantized (engine/speed/apply.py).
@@ -51,6 +56,7 @@ class LoadedModel:
     ref: ModelRef
     offload: bool = False
     warmup: WarmupResult | None = None  # the GPU warm-up during loading (CUDA only)
+    prefetch: PrefetchResult | None = None  # weights read while importing (engine/prefetch.py)
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -187,18 +193,34 @@ def load_model(ref: ModelRef, options: RuntimeOptions | None = None) -> LoadedMo
     """Load the pipeline ``ref`` names, on the requested device and dtype."""
     options = options or RuntimeOptions()
     prepare()
-    # The GPU's libraries start on a thread while diffusers and transformers import (warmup).
+    # While diffusers and transformers import, the GPU's libraries start on one thread
+    # (warmup) and a local folder's weights are read onto the GPU on another (prefetch).
     device = resolve_device(options.device)
     dtype = resolve_dtype(ref.dtype, options.dtype, device)
     warmup = Warmup.start(device, dtype)
+    prefetch = Prefetch.start(_local_folder(ref), device, ref.variant, offload=options.offload)
     try:
-        model = _load(ref, options, device, dtype)
+        model = _load(ref, options, device, dtype, prefetch)
     finally:
         warmed = warmup.join() if warmup is not None else None
+        if prefetch is not None:
+            prefetch.close()  # a load that failed first leaves no tensors behind
     return replace(model, warmup=warmed)
 
 
-def _load(ref: ModelRef, options: RuntimeOptions, device: str, dtype: str) -> LoadedModel:
+def _local_folder(ref: ModelRef) -> Path | None:
+    """The diffusers folder ``ref`` loads from when it is on this machine already, else None."""
+    if ref.kind == "folder":
+        folder = Path(ref.ref)
+    elif ref.kind == "builtin" and ref.ref in BUILTINS:
+        folder = builtin_model_folder(ref.ref, BUILTINS[ref.ref].recipe)
+    else:
+        return None
+    return folder if (folder / "model_index.json").is_file() else None
+
+
+def _load(ref: ModelRef, options: RuntimeOptions, device: str, dtype: str,
+          prefetch: Prefetch | None = None) -> LoadedModel:
     import diffusers
     import torch
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -233,6 +255,13 @@ def _load(ref: ModelRef, options: RuntimeOptions, device: str, dtype: str) -> Lo
     if device == "cuda" and not options.offload and ref.kind != "file":
         # Straight from the safetensors files onto the GPU, without a stop in CPU memory.
         kwargs["device_map"] = "cuda"
+    prefetched = None
+    if prefetch is not None and folder is not None:
+        # Only the pipeline's own component arguments, and none this load sets itself.
+        accepted = set(inspect.signature(pipeline_cls.__init__).parameters) - {"self", *kwargs}
+        with quiet_loading():
+            components, prefetched = prefetch.components(torch_dtype, accepted)
+        kwargs.update(components)  # given components: diffusers loads only the others
     with quiet_loading():
         try:
             if ref.kind == "file":
@@ -268,7 +297,8 @@ def _load(ref: ModelRef, options: RuntimeOptions, device: str, dtype: str) -> Lo
         pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=not options.progress, leave=False)
     return LoadedModel(pipe=pipe, family=family, device=device, dtype=dtype, ref=ref,
-                       offload=options.offload and device.startswith("cuda"))
+                       offload=options.offload and device.startswith("cuda"),
+                       prefetch=prefetched)
 
 
 def fp8_problem(device: str, options: RuntimeOptions) -> str | None:

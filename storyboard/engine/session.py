@@ -150,7 +150,11 @@ class Session:
         emit({"event": "model_loaded", "model": model.ref.ref, "family": model.family,
               "device": model.device, "dtype": model.dtype, "seconds": round(seconds, 3),
               **({"warmup": {"seconds": model.warmup.seconds, "error": model.warmup.error}}
-                 if seconds and model.warmup is not None else {})})
+                 if seconds and model.warmup is not None else {}),
+              **({"prefetch": {"seconds": model.prefetch.seconds, "bytes": model.prefetch.bytes,
+                               "built": list(model.prefetch.built),
+                               "skipped": model.prefetch.skipped}}
+                 if seconds and model.prefetch is not None else {})})
 
         # 2. Adapters, all checked before any denoising.
         state.adapters.load(jobs)
