@@ -1,0 +1,231 @@
+"""Would FP8 with static activation scales, calibrated once per model, beat today's dynamic
+rows? A probe.
+
+In: a diffusers folder (bench/gpu_models.py) and its family, or ``builtin:tiny-sdxl`` on any
+machine; the batch (panels, size); the calibration (steps). Out: one JSON object on stdout.
+
+Today's opt-in FP8 (``dtype: fp8``: torchao, e4m3, each activation row scaled by its own
+maximum, computed as it runs) renders an SDXL panel-step in 25.6 ms against 28.5 ms compiled in
+16 bits, with a UNet step error of 3.9e-2: the matrix products halve (105 to 55 ms of a 224 ms
+step) but quantising every activation (a row maximum, then a cast) adds Triton kernels (46 to
+82 ms). With static scales (the MLPerf SDXL recipe: one scale per layer input, from the largest
+value it saw in a calibration run; the time and added-condition embeddings left in 16 bits,
+as are the convolutions, ``conv_in``/``conv_out`` and the shortcuts among them) quantising an
+activation is a division and a cast, which inductor fuses into the kernel that made it. The
+target for the opt-in path (issue 17): at most 1.15 s a panel (23 ms a panel-step at 50 steps)
+with the step's relative error at most 5e-2.
+
+1. Load the model with storyboard's ``load_model`` in fp16; keep the UNet's first-step inputs
+   for a prompt not used to calibrate, and the plain fp16 UNet's output on them (the
+   reference).
+2. Calibrate: every eligible ``Linear``'s input absolute maximum (``--calib-steps`` steps of a
+   pipeline call on the course's prompts), kept on the GPU.
+3. For each way in ``--ways``, a copy of the UNet in bf16, changed, then compiled like
+   storyboard's (``torch.compile`` of its forward, static shapes): ``bf16`` (no change),
+   ``dynamic`` (storyboard's FP8 today, torchao's per-row dynamic scales), ``static`` (per-tensor
+   scales for activations and weights, ``torch._scaled_mm``), ``static-rows`` (static
+   activation scales, a scale per weight row). For each: the first call's seconds (the
+   compile), milliseconds per panel-step over ``--calls`` calls, and the relative error against
+   the reference (the difference's norm over the reference's, as bench/speed.py reports it).
+
+    python bench/fp8_static_probe.py builtin:tiny-sdxl sdxl --panels 2 --size 64 \\
+        --calib-steps 2 --calls 2 --backend aot_eager          # any machine: the numbers work
+    python bench/fp8_static_probe.py /tmp/sbe/weights/sdxl-fp16 sdxl --panels 8   # an H200
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from aoti_probe import first_unet_call, model_arguments, sync, timed_calls  # noqa: E402
+
+FP8_MAX = 448.0  # the largest float8_e4m3fn
+WAYS = ("bf16", "dynamic", "static", "static-rows")
+
+
+def eligible(module, fqn: str) -> bool:
+    """The layers storyboard's FP8 quantises (engine/speed/apply.py): Linears whose sizes
+    divide by 16, not the time or added-condition embeddings, no LoRA factors."""
+    from storyboard.engine.speed.apply import _fp8_layer
+
+    return _fp8_layer(module, fqn)
+
+
+def calibrate(model, panels: int, size: int, steps: int) -> dict:
+    """Each eligible Linear's largest input magnitude over a pipeline call of the course's
+    prompts, as a 0-d float32 tensor on the GPU (no synchronisation while it runs)."""
+    import torch
+
+    from reference import COURSE_PANELS
+
+    unet = model.pipe.unet
+    amax: dict = {}
+    handles = []
+    for name, module in unet.named_modules():
+        if eligible(module, name):
+            def hook(mod, args, name=name):
+                seen = args[0].detach().abs().amax().float()
+                amax[name] = torch.maximum(amax[name], seen) if name in amax else seen
+            handles.append(module.register_forward_pre_hook(hook))
+    prompts = [COURSE_PANELS[i % len(COURSE_PANELS)] for i in range(panels)]
+    try:
+        with torch.inference_mode():
+            model.pipe(prompt=[p.prompt for p in prompts],
+                       negative_prompt=[p.negative for p in prompts], num_inference_steps=steps,
+                       guidance_scale=4.0, width=size, height=size, output_type="latent")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return amax
+
+
+def static_linear(linear, input_amax, rows: bool):
+    """``linear`` as FP8 with a static input scale: its input divided by the scale and cast to
+    e4m3, multiplied with its e4m3 weights by ``torch._scaled_mm``, the bias added there."""
+    import torch
+
+    class StaticFP8Linear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            weight = linear.weight.detach().float()
+            amax = weight.abs().amax(dim=1, keepdim=True) if rows else weight.abs().amax()
+            scale = (amax / FP8_MAX).clamp(min=1e-12)
+            self.register_buffer("weight_fp8", (weight / scale).clamp(-FP8_MAX, FP8_MAX)
+                                 .to(torch.float8_e4m3fn))  # (out, in): its .t() is col-major
+            self.register_buffer("weight_scale", scale.reshape(1, -1) if rows
+                                 else scale.reshape(()))
+            self.register_buffer("input_scale",
+                                 (input_amax.float() / FP8_MAX).clamp(min=1e-12).reshape(()))
+            self.bias = linear.bias
+            self.rows = rows
+
+        def forward(self, x):
+            shape = x.shape
+            flat = x.reshape(-1, shape[-1])
+            q = (flat / self.input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            # Row-wise scaling wants a scale per row of each operand: the one static scale,
+            # repeated (a copy inductor fuses).
+            scale_a = (self.input_scale.reshape(1, 1).repeat(flat.shape[0], 1) if self.rows
+                       else self.input_scale)
+            out = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale_a,
+                                   scale_b=self.weight_scale, bias=self.bias,
+                                   out_dtype=x.dtype)
+            return out.reshape(*shape[:-1], out.shape[-1])
+
+    return StaticFP8Linear()
+
+
+def make_way(unet_bf16, way: str, amax: dict):
+    """A changed copy of the bf16 UNet, and how many layers changed."""
+    unet = copy.deepcopy(unet_bf16)
+    if way == "bf16":
+        return unet, 0
+    if way == "dynamic":
+        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, PerRow,
+                                          quantize_)
+
+        quantize_(unet, Float8DynamicActivationFloat8WeightConfig(
+            granularity=PerRow(), set_inductor_config=False), filter_fn=eligible)
+        return unet, sum(1 for n, m in unet_bf16.named_modules() if eligible(m, n))
+    changed = 0
+    for name, module in list(unet.named_modules()):
+        if name in amax and eligible(module, name):
+            parent_name, _, child = name.rpartition(".")
+            parent = unet.get_submodule(parent_name) if parent_name else unet
+            setattr(parent, child, static_linear(module, amax[name], way == "static-rows"))
+            changed += 1
+    return unet, changed
+
+
+def to_bf16(value):
+    import torch
+
+    if torch.is_tensor(value):
+        return value.to(torch.bfloat16) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: to_bf16(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_bf16(v) for v in value)
+    return value
+
+
+def run(args) -> dict:
+    import torch
+
+    from storyboard.engine.loading import load_model
+    from storyboard.options import RuntimeOptions
+    from storyboard.plan.jobs import ModelRef
+
+    report: dict = {"model": args.model, "panels": args.panels, "size": args.size,
+                    "calib_steps": args.calib_steps, "backend": args.backend}
+    if args.model.startswith("builtin:"):
+        ref = ModelRef("builtin", args.model.split(":", 1)[1], dtype="fp16")
+    else:
+        ref = ModelRef("folder", args.model, family=args.family, dtype="fp16")
+    t = time.perf_counter()
+    model = load_model(ref, RuntimeOptions(progress=False, dtype="fp16"))
+    report["load_s"] = round(time.perf_counter() - t, 2)
+    # 1. The held-out inputs and the plain fp16 reference.
+    call_args, call_kwargs = first_unet_call(model, None, args.panels, args.size, prepend=True)
+    unet = model.pipe.unet
+    with torch.inference_mode():
+        reference = unet(*call_args, **call_kwargs)[0].float()
+    # 2. Calibration, on the fp16 model (what a writer's build would run it on).
+    t = time.perf_counter()
+    amax = calibrate(model, args.panels, args.size, args.calib_steps)
+    sync()
+    report["calibrate_s"] = round(time.perf_counter() - t, 2)
+    values = sorted(float(v) for v in amax.values())
+    report["layers_calibrated"] = len(values)
+    report["input_amax"] = {"min": values[0], "median": values[len(values) // 2],
+                            "max": values[-1]} if values else None
+    # 3. Each way on a bf16 copy, compiled.
+    unet_bf16 = copy.deepcopy(unet).to(torch.bfloat16)
+    model.pipe.unet = None  # the fp16 UNet is no longer needed
+    del unet
+    bf16_args, bf16_kwargs = to_bf16(call_args), to_bf16(call_kwargs)
+    for way in args.ways:
+        entry: dict = {}
+        try:
+            changed, layers = make_way(unet_bf16, way, amax)
+            entry["layers_changed"] = layers
+            changed.forward = torch.compile(changed.forward, backend=args.backend,
+                                            dynamic=False)
+            t = time.perf_counter()
+            with torch.inference_mode():
+                got = changed(*bf16_args, **bf16_kwargs)[0].float()
+            sync()
+            entry["first_call_s"] = round(time.perf_counter() - t, 2)
+            entry["relative_error"] = float((got - reference).norm() / reference.norm())
+            entry["call_s"] = timed_calls(changed, bf16_args, bf16_kwargs, args.calls)
+            entry["ms_per_panel_step"] = round(1000 * entry["call_s"] / args.panels, 2)
+            del changed, got
+        except Exception as exc:  # noqa: BLE001 - a probe reports what failed and goes on
+            entry["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        report[way] = entry
+        print(f"[fp8] {way}: {json.dumps(entry)}", file=sys.stderr, flush=True)
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    model_arguments(ap)
+    ap.add_argument("--calib-steps", type=int, default=20)
+    ap.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
+    ap.add_argument("--backend", default="inductor", help="torch.compile's (aot_eager on a CPU)")
+    args = ap.parse_args()
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()
