@@ -28,8 +28,13 @@ from storyboard.plan import ModelRef  # noqa: E402
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
 
 
+@pytest.fixture(autouse=True)
+def _test_cache(session_cache):
+    """The built-in models these tests copy are built in the test session's cache."""
+
+
 @pytest.fixture
-def on(monkeypatch, session_cache):
+def on(monkeypatch):
     """Prefetching on the CPU; ``on[name]`` is the component it built last under that name."""
     monkeypatch.setenv("STORYBOARD_PREFETCH", "1")
     built: dict = {}
