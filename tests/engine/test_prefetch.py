@@ -3,7 +3,7 @@
 What it saves is a GPU measurement (bench/overlap_probe.py; bench/e2e.py's build-noprefetch);
 here, on the CPU with ``STORYBOARD_PREFETCH=1``: a model loaded through it is the model the
 libraries load themselves, tensor for tensor, buffers and dtypes included, for both built-in
-families and every dtype; sharded and variant files are read as the libraries choose them;
+models in fp16, bf16 and fp32; sharded and variant files are read as the libraries choose them;
 anything it should not guess (mismatched keys, a class that keeps float32 modules, a broken file,
 a shard index naming files elsewhere) is left to the library, with the reason recorded; it is
 off where it should be, and a load that fails leaves nothing behind.
