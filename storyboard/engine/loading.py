@@ -8,11 +8,13 @@ meanwhile: ``prefetch``); or a ``ModelError`` that says how to get the model.
 
 Every source goes through diffusers' own loaders: ``from_pretrained`` for Hugging Face repos
 (with revision and variant; ``HF_HUB_OFFLINE`` and the Hugging Face cache are respected), local
-diffusers folders and the built-in tiny models; ``from_single_file`` for one `.safetensors` /
-`.ckpt` checkpoint (SD1.5 and SDXL). Which pipeline class and which single-file configs: from
-``families``. A single file is checked first (``check_checkpoint``: ``weightfiles``, and the
-globals a pickle asks for); a file diffusers still cannot read is called unreadable, with the
-reason, never blamed on missing configs.
+diffusers folders and the built-in tiny models (on a GPU, given the components ``prefetch``
+built from weights it read while the libraries imported, the same modules those loaders
+make); ``from_single_file`` for one `.safetensors` / `.ckpt` checkpoint (SD1.5 and SDXL).
+Which pipeline class and which single-file configs: from ``families``. A single file is checked
+first (``check_checkpoint``: ``weightfiles``, and the globals a pickle asks for); a file
+diffusers still cannot read is called unreadable, with the reason, never blamed on missing
+configs.
 """
 
 from __future__ import annotations
