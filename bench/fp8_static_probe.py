@@ -183,6 +183,8 @@ def run(args) -> dict:
     amax = calibrate(model, args.panels, args.size, args.calib_steps)
     sync()
     report["calibrate_s"] = round(time.perf_counter() - t, 2)
+    print(f"[fp8] loaded in {report['load_s']} s, calibrated in {report['calibrate_s']} s",
+          file=sys.stderr, flush=True)
     values = sorted(float(v) for v in amax.values())
     report["layers_calibrated"] = len(values)
     report["input_amax"] = {"min": values[0], "median": values[len(values) // 2],
@@ -214,6 +216,8 @@ def run(args) -> dict:
             torch.cuda.empty_cache()
         report[way] = entry
         print(f"[fp8] {way}: {json.dumps(entry)}", file=sys.stderr, flush=True)
+        if args.out:  # each way as it ends: a run stopped by a time limit keeps what it did
+            args.out.write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -223,6 +227,7 @@ def main() -> None:
     ap.add_argument("--calib-steps", type=int, default=20)
     ap.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
     ap.add_argument("--backend", default="inductor", help="torch.compile's (aot_eager on a CPU)")
+    ap.add_argument("--out", type=Path, help="also write the report here, after each way")
     args = ap.parse_args()
     print(json.dumps(run(args)))
 

@@ -3,7 +3,8 @@
 For each architecture: build it with random weights, save it to disk, load it through
 storyboard's own loader (a local diffusers folder), render the course's 8 panels (CFG 4,
 1024x1024) in batches of 4 and one at a time, and report whether every image is finite and
-non-constant, how far a batched panel is from the same panel rendered alone, and whether the
+non-constant, how far a batched panel is from the same panel rendered alone, whether the
+process's first batches come out bit for bit the same when rendered again later, and whether the
 batches come out bit for bit the same from the model loaded by the libraries themselves
 (``STORYBOARD_PREFETCH=0``) as from storyboard's prefetching load.
 Run on the GPU machine:  python bench/gpu_smoke.py sdxl kolors --out results.json
@@ -94,6 +95,13 @@ def run(arch: str, steps: int, work: Path) -> dict:
             "pixels_differing_pct": round(float((a != b).any(-1).mean() * 100), 3),
         }
     out["panels"] = panels
+    # The process's first batches, rendered again now: the same bits. (Kolors' text encoder
+    # ran its scripted rotary embedding differently on its first calls until the pipeline
+    # call turned TorchScript's optimisation off, engine/runner.py; round 7.)
+    again = {r.job.panel: np.asarray(r.image) for r in render_jobs(
+        jobs, RuntimeOptions(progress=False, batch_size=4), session=session)}
+    out["first_batches_repeat_identical"] = all(
+        np.array_equal(again[pid], np.asarray(results[4][pid].image)) for pid in again)
 
     # The same batches from the model as the libraries load it themselves (the first load read
     # the weights on a thread while importing, engine/prefetch.py): the same pixels, bit for bit.

@@ -313,8 +313,9 @@ def build_component(sub: Path, library: str, class_name: str, tensors: dict[str,
         raise _NotBuilt(f"{len(left)} tensors not in the checkpoint (first {left[0]})")
     if isinstance(model, diffusers.ModelMixin):  # where it came from, as from_pretrained says
         model.register_to_config(_name_or_path=str(sub))
-    else:
+    else:  # transformers copies it from the config at init, before this is known
         model.config._name_or_path = str(sub)
+        model.name_or_path = str(sub)
     model.eval()
     return model
 

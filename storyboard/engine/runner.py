@@ -82,7 +82,13 @@ def _call(state: ModelState, batch: Batch, on_event: Event | None) -> list[Panel
     cross_kv = state.speed.cross_kv if state.speed is not None else None
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
+        # TorchScript's optimised execution off: Kolors' ChatGLM encoder applies its rotary
+        # embedding through a scripted function, which the profiling executor runs one way on
+        # its first call with each shape and fused on later ones, so a prompt's embedding (and
+        # the panel's pixels) depended on what the process had encoded before (on an H200,
+        # a build's first batch differed from the same batch rendered later). Unoptimised,
+        # every call computes the same bits; only the text encoder runs scripted code.
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
             if cross_kv is not None:  # K/V from this call's text and weights
                 cross_kv.reset()
             out = state.model.pipe(

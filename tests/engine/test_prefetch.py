@@ -88,6 +88,7 @@ def assert_same_model(a, b) -> None:
         config_b = dict(cb.config) if hasattr(cb.config, "items") else cb.config.to_dict()
         assert config_a == config_b, name
         assert getattr(ca.config, "_name_or_path") == getattr(cb.config, "_name_or_path"), name
+        assert getattr(ca, "name_or_path", None) == getattr(cb, "name_or_path", None), name
 
 
 @pytest.mark.parametrize("name,dtype", [("tiny-sdxl", "fp32"), ("tiny-sdxl", "bf16"),

@@ -138,8 +138,13 @@ def encode(pipe, pictures: Sequence[Picture], device: str, live_text: bool = Fal
 def caption_embedding(pipe, caption: str, device: str) -> tuple[Any, Any]:
     """(prompt_embeds, pooled_prompt_embeds or None) of one caption, through the pipeline's own
     ``encode_prompt`` (SDXL: both CLIP encoders; Kolors: ChatGLM; SD1.5: one CLIP)."""
-    out = pipe.encode_prompt(caption, device=device, num_images_per_prompt=1,
-                             do_classifier_free_guidance=False)
+    import torch
+
+    # As rendering encodes (engine/runner.py): TorchScript's optimised execution off, so a
+    # caption's embedding does not depend on what was encoded before it.
+    with torch.jit.optimized_execution(False):
+        out = pipe.encode_prompt(caption, device=device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
     if len(out) == 4:  # prompt, negative, pooled, negative pooled
         return out[0], out[2]
     return out[0], None

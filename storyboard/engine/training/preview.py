@@ -34,7 +34,9 @@ def render_previews(pipe: Any, jobs: Sequence[PanelJob]) -> list[Any]:
     original = pipe.scheduler
     images = []
     try:
-        with torch.random.fork_rng(devices=forked), torch.no_grad():
+        # TorchScript unoptimised, as runner.py renders: the same bits on every call.
+        with torch.random.fork_rng(devices=forked), torch.no_grad(), \
+                torch.jit.optimized_execution(False):
             schedulers = Schedulers(pipe)  # built from the model's own scheduler, not a swap
             for job in jobs:
                 schedulers.use(job.scheduler, seed=job.seed)
