@@ -198,6 +198,22 @@ def load_and_run(args) -> dict:
     return report
 
 
+def run_child(script: str, argv: list[str], tag: str, env: dict | None = None) -> dict:
+    """Run ``script`` with ``argv`` in a new Python process; its last stdout line as JSON, with
+    ``process_s`` (the whole process's seconds) or ``error`` (its stderr's end). Printed to
+    stderr with ``tag`` as it ends."""
+    t = time.perf_counter()
+    child = subprocess.run([sys.executable, script, *argv], env=env, capture_output=True,
+                           text=True)
+    entry: dict = {"process_s": round(time.perf_counter() - t, 2)}
+    if child.returncode:
+        entry["error"] = child.stderr[-3000:]
+    else:
+        entry.update(json.loads(child.stdout.strip().splitlines()[-1]))
+    print(f"[{tag}] {json.dumps(entry)}", file=sys.stderr, flush=True)
+    return entry
+
+
 def model_arguments(ap: argparse.ArgumentParser) -> None:
     """The model and batch arguments the probes share."""
     ap.add_argument("model", help="a diffusers folder, or builtin:tiny-sdxl")
@@ -226,16 +242,7 @@ def main() -> None:
     argv = [a for a in sys.argv[1:] if a != "--reuse"]
     report["loads"] = []
     for _ in range(args.loads):
-        t = time.perf_counter()
-        child = subprocess.run([sys.executable, __file__, *argv, "--load"],
-                               capture_output=True, text=True)
-        entry = {"new_process_s": round(time.perf_counter() - t, 2)}
-        if child.returncode:
-            entry["load_error"] = child.stderr[-3000:]
-        else:
-            entry.update(json.loads(child.stdout.strip().splitlines()[-1]))
-        report["loads"].append(entry)
-        print(f"[aoti] load: {json.dumps(entry)}", file=sys.stderr, flush=True)
+        report["loads"].append(run_child(__file__, [*argv, "--load"], "aoti load"))
     print(json.dumps(report))
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 # The same inputs and timing as the AOTInductor probe, for comparison.
-from aoti_probe import first_unet_call, model_arguments, sync, timed_calls  # noqa: E402
+from aoti_probe import (first_unet_call, model_arguments, run_child, sync,  # noqa: E402
+                        timed_calls)
 
 
 def load(model_arg: str, family: str, layout: list[str]):
@@ -118,15 +118,7 @@ def main() -> None:
     report = {"model": args.model, "panels": args.panels, "size": args.size,
               "blocks": args.blocks, "layout": args.layout, "tune": args.tune}
     for phase in ("cold", "warm"):
-        t = time.perf_counter()
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child"], env=env,
-                               capture_output=True, text=True)
-        entry: dict = {"process_s": round(time.perf_counter() - t, 2)}
-        if child.returncode:
-            entry["error"] = child.stderr[-3000:]
-        else:
-            entry.update(json.loads(child.stdout.strip().splitlines()[-1]))
-        report[phase] = entry
+        report[phase] = run_child(__file__, [*sys.argv[1:], "--child"], f"regional {phase}", env)
     print(json.dumps(report))
 
 
