@@ -100,10 +100,39 @@ def first_unet_call(model, speed, panels: int, size: int, *,
     return seen["args"], seen["kwargs"]
 
 
-def timed_calls(fn, args, kwargs, n: int) -> float:
+def compare_with_eager(compiled, eager, unet, args, kwargs, expected, mode=None) -> dict:
+    """``compiled`` against ``eager`` (each called with the UNet call's arguments, under
+    ``mode``, inference mode by default): the largest difference relative to eager's largest
+    value, eager's against ``expected`` (the first process's), and whether a weight of ``unet``
+    changed in place (as a LoRA merge does) is seen by ``compiled``."""
     import torch
 
-    with torch.inference_mode():
+    mode = mode or torch.inference_mode
+    with mode():
+        got = compiled(*args, **kwargs)[0]
+        reference = eager(*args, **kwargs)[0]
+    scale = reference.float().abs().max().item()
+    report = {"rel_diff_vs_eager": (got.float() - reference.float()).abs().max().item() / scale,
+              "rel_diff_vs_first_process": (
+                  (reference.float() - expected.float()).abs().max().item() / scale)}
+    with mode():
+        weight = unet.conv_in.weight
+        weight.mul_(1.5)
+        changed = eager(*args, **kwargs)[0]
+        got = compiled(*args, **kwargs)[0]
+        weight.div_(1.5)
+    report["sees_weights_changed_in_place"] = bool(
+        (got.float() - changed.float()).abs().max().item()
+        < 0.1 * (changed.float() - reference.float()).abs().max().item())
+    return report
+
+
+def timed_calls(fn, args, kwargs, n: int, mode=None) -> float:
+    """Seconds per call of ``fn`` over ``n`` calls after one, under ``mode`` (inference mode
+    by default)."""
+    import torch
+
+    with (mode or torch.inference_mode)():
         fn(*args, **kwargs)  # the first call pays for starting up
         sync()
         t = time.perf_counter()
@@ -175,23 +204,8 @@ def load_and_run(args) -> dict:
     report["constants"] = len(names)
     report["constants_missing"] = missing[:10]
     call_args, call_kwargs = io["args"], io["kwargs"]
-    with torch.inference_mode():
-        got = compiled(*call_args, **call_kwargs)[0]
-        eager = unet.forward(*call_args, **call_kwargs)[0]
-    scale = eager.float().abs().max().item()
-    report["rel_diff_vs_eager"] = (got.float() - eager.float()).abs().max().item() / scale
-    report["rel_diff_vs_first_process"] = (
-        (eager.float() - io["expected"].float()).abs().max().item() / scale)
-    # A LoRA merge changes the weights in place: the package reads them where they are.
-    with torch.inference_mode():
-        weight = unet.conv_in.weight
-        weight.mul_(1.5)
-        changed = unet.forward(*call_args, **call_kwargs)[0]
-        got = compiled(*call_args, **call_kwargs)[0]
-        weight.div_(1.5)
-    report["sees_weights_changed_in_place"] = bool(
-        (got.float() - changed.float()).abs().max().item()
-        < 0.1 * (changed.float() - eager.float()).abs().max().item())
+    report.update(compare_with_eager(compiled, unet.forward, unet, call_args, call_kwargs,
+                                     io["expected"]))
     n = args.calls
     report["eager_call_s"] = timed_calls(unet.forward, call_args, call_kwargs, n)
     report["package_call_s"] = timed_calls(compiled, call_args, call_kwargs, n)
