@@ -47,8 +47,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from aoti_probe import (compare_with_eager, first_unet_call, model_arguments,  # noqa: E402
-                        run_child, sync, timed_calls)
+from aoti_probe import (compare_with_eager, first_unet_call, map_tensors,  # noqa: E402
+                        model_arguments, run_child, sync, timed_calls)
 from regional_probe import load  # noqa: E402
 
 
@@ -60,15 +60,7 @@ def unet_call(unet, *args, **kwargs):
 def plain(value):
     """``value`` with each tensor copied outside inference mode, as ``torch.load`` gives them
     back in the loading process: the artifact's guards check the inputs' dispatch keys."""
-    import torch
-
-    if torch.is_tensor(value):
-        return value.clone()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(plain(v) for v in value)
-    return value
+    return map_tensors(lambda t: t.clone(), value)
 
 
 def options(args) -> dict:

@@ -64,6 +64,20 @@ def load(model_arg: str, family: str):
     return model, speed
 
 
+def map_tensors(fn, value):
+    """``value`` (a tensor, or dicts, tuples and lists holding them) with ``fn`` applied to
+    each tensor; everything else as it is."""
+    import torch
+
+    if torch.is_tensor(value):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(fn, v) for v in value)
+    return value
+
+
 def first_unet_call(model, speed, panels: int, size: int, *,
                     prepend: bool = False) -> tuple[tuple, dict]:
     """The UNet's first call's arguments in one pipeline call, as its forward receives them
@@ -74,13 +88,7 @@ def first_unet_call(model, speed, panels: int, size: int, *,
     seen: dict = {}
 
     def clone(value):
-        if torch.is_tensor(value):
-            return value.detach().clone()
-        if isinstance(value, dict):
-            return {k: clone(v) for k, v in value.items()}
-        if isinstance(value, (tuple, list)):
-            return type(value)(clone(v) for v in value)
-        return value
+        return map_tensors(lambda t: t.detach().clone(), value)
 
     def keep(module, args, kwargs):
         if not seen:

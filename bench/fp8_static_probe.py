@@ -45,7 +45,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from aoti_probe import first_unet_call, model_arguments, sync, timed_calls  # noqa: E402
+from aoti_probe import (first_unet_call, map_tensors, model_arguments, sync,  # noqa: E402
+                        timed_calls)
 
 FP8_MAX = 448.0  # the largest float8_e4m3fn
 WAYS = ("bf16", "dynamic", "static", "static-rows")
@@ -148,13 +149,7 @@ def make_way(unet_bf16, way: str, amax: dict):
 def to_bf16(value):
     import torch
 
-    if torch.is_tensor(value):
-        return value.to(torch.bfloat16) if value.is_floating_point() else value
-    if isinstance(value, dict):
-        return {k: to_bf16(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_bf16(v) for v in value)
-    return value
+    return map_tensors(lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t, value)
 
 
 def run(args) -> dict:

@@ -54,9 +54,9 @@ GROUPS = (("torch/_dynamo", "dynamo"), ("torch/_functorch", "aot_autograd"),
 
 
 def group_of(filename: str) -> str:
-    path = filename.replace(os.sep, "/")
-    for part, name in GROUPS:
-        if f"/{part}/" in path or path.startswith(f"{part}/"):
+    path = "/" + filename.replace(os.sep, "/")
+    for part, name in GROUPS:  # a folder of that name, or a module (torch/_guards.py)
+        if f"/{part}/" in path or f"/{part}.py" in path:
             return name
     return "builtins" if filename.startswith("~") or filename.startswith("<") else "other"
 
