@@ -66,6 +66,9 @@ def plain(value):
 def options(args) -> dict:
     import torch
 
+    # torch 2.11 hides ``aot_compile`` behind this switch; later versions have it always.
+    if hasattr(torch._dynamo.config, "enable_aot_compile"):
+        torch._dynamo.config.enable_aot_compile = True
     chosen = {"guard_filter_fn": torch.compiler.keep_portable_guards_unsafe}
     if args.tune:
         from storyboard.engine.speed.tuning import COMPILE_OPTIONS

@@ -156,6 +156,9 @@ def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None
                 marks.setdefault(f"{kind}_s", now)
             elif kind == "speedups":
                 marks["speedups"] = event.get("applied")
+            elif kind == "compiled":  # a saved artifact loaded or built, or plain torch.compile
+                marks.setdefault("compiled", []).append(
+                    {k: v for k, v in event.items() if k != "event"} | {"t": now})
             elif kind == "panel" and event.get("status", "rendered") == "rendered":
                 panels += 1
                 marks.setdefault("first_panel_s", now)
@@ -217,12 +220,40 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
         out[name] = run_process(cmd, env, case / f"{name}.log", events and events / (
             f"{family}-{n}-{name}.jsonl"))
         print(f"[e2e]   {json.dumps(out[name])[:400]}", file=sys.stderr, flush=True)
+    # A panel's pixels must not depend on whether its process built the compiled artifact or
+    # loaded it: the builds' panels against the first build's.
+    builds = [name for name in out if name != "notebook" and out[name]["returncode"] == 0]
+    for name in builds[1:]:
+        out[name]["pixels_vs_" + builds[0]] = compare_pixels(case / f"out-{builds[0]}",
+                                                            case / f"out-{name}")
     if "notebook" in out:
         for name, result in out.items():
             if name != "notebook" and result["returncode"] == 0:
                 result["speedup_vs_notebook"] = round(out["notebook"]["wall_s"]
                                                       / result["wall_s"], 2)
     return out
+
+
+def compare_pixels(a: Path, b: Path) -> dict:
+    """How many panel PNGs of two builds' outputs have identical pixels; the largest
+    difference (of 255) where they do not."""
+    import numpy as np
+    from PIL import Image
+
+    same = differ = 0
+    largest = 0
+    for first in sorted(a.glob("panels/*.png")):
+        other = b / first.relative_to(a)
+        if not other.is_file():
+            continue
+        x = np.asarray(Image.open(first).convert("RGB"), dtype=np.int16)
+        y = np.asarray(Image.open(other).convert("RGB"), dtype=np.int16)
+        if x.shape == y.shape and (x == y).all():
+            same += 1
+        else:
+            differ += 1
+            largest = max(largest, int(np.abs(x - y).max()) if x.shape == y.shape else 255)
+    return {"identical": same, "differ": differ, "max_diff": largest}
 
 
 def gpu_name() -> str:

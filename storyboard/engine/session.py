@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UserError
@@ -98,6 +98,10 @@ class PreparedRender:
             emit({"event": "batch_start", "panels": batch.panels})
             t0 = time.perf_counter()
             results = run_batch(self.state, batch, on_event)
+            for compiled in self.state.speed.compiled if self.state.speed else ():
+                for outcome in compiled.new_outcomes():
+                    emit({"event": "compiled", **{k: v for k, v in asdict(outcome).items()
+                                                  if v is not None}})
             # Only a whole batch that rendered as planned measures its shape's speed.
             if self.timings is not None and all(
                     r.status == "rendered" and r.batch_size == len(batch.jobs) for r in results):
@@ -226,6 +230,8 @@ def _new_state(model: LoadedModel, options: RuntimeOptions) -> ModelState:
     def unfuse() -> None:  # adapters attach to to_q/to_k/to_v: undo fused projections first
         if state.speed is not None:
             unfuse_qkv(model, state.speed)
+            for compiled in state.speed.compiled:  # new layers: a saved artifact's name changes
+                compiled.invalidate()
 
     state.adapters.before_load = unfuse
     return state

@@ -3,7 +3,8 @@
 In: a ``LoadedModel`` and ``Speedup``s in order. Out: an ``AppliedSpeedups``: what is in effect
 (a speed-up that fails part-way leaves the record truthful), and the handles that later steps
 need (the cross-attention K/V cache, to re-wrap after unfusing). The pipeline's UNet and VAE are
-changed in place: channels_last, fused QKV projections, FP8 (torchao), torch.compile.
+changed in place: channels_last, fused QKV projections, FP8 (torchao), torch.compile (through
+saved artifacts where it can: ``artifacts``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from ...plan.speed import Speedup
 from ..environment import quiet_loading
 from ..loading import LoadedModel
+from .artifacts import install as install_artifacts
+from .artifacts import supported as artifacts_supported
 
 
 @dataclass
@@ -22,6 +25,7 @@ class AppliedSpeedups:
 
     applied: list[Speedup] = field(default_factory=list)
     cross_kv: Any = None  # attention.crosskv.CrossKV once CROSS_KV is applied
+    compiled: list = field(default_factory=list)  # artifacts.CompiledMethod, UNet then VAE
 
     def __contains__(self, item: Speedup) -> bool:
         return item in self.applied
@@ -76,20 +80,32 @@ def apply_speedups(model: LoadedModel, names: tuple[Speedup, ...] | list[Speedup
         if warm_cache_keeps_tuning():
             compile_options = COMPILE_OPTIONS
             done.applied.append(Speedup.TUNED_KERNELS)
+    # Saved artifacts (speed/artifacts.py) where this torch has them and the backend can be
+    # named again by a later process; FP8's tensor subclasses were never measured saved.
+    artifacts = (Speedup.TORCH_COMPILE in names and isinstance(backend, str)
+                 and Speedup.FP8 not in names and artifacts_supported())
     if Speedup.TORCH_COMPILE in names:
         # The UNet's forward, not the module: the pipeline keeps calling the module itself,
         # whose hooks (the K/V cache's) run outside the graph. Static shapes: each batch
         # shape gets its own graph, cached on disk like the first; dynamic ones would be
         # slower, and recorded shape profiles would make the next process compile a dynamic
         # graph from scratch.
-        unet.forward = torch.compile(unet.forward, backend=backend, options=compile_options,
-                                     dynamic=False)
+        if artifacts:
+            done.compiled.append(install_artifacts(unet, "forward", "unet", backend=backend,
+                                                   options=compile_options))
+        else:
+            unet.forward = torch.compile(unet.forward, backend=backend,
+                                         options=compile_options, dynamic=False)
         done.applied.append(Speedup.TORCH_COMPILE)
     if Speedup.VAE_COMPILE in names:
         # The VAE decodes every panel once: a few percent of a panel, compiled the same way.
         vae = model.pipe.vae
         vae.to(memory_format=torch.channels_last)
-        vae.decode = torch.compile(vae.decode, backend=backend, dynamic=False)
+        if artifacts:
+            done.compiled.append(install_artifacts(vae, "decode", "vae", backend=backend,
+                                                   options=None))
+        else:
+            vae.decode = torch.compile(vae.decode, backend=backend, dynamic=False)
         done.applied.append(Speedup.VAE_COMPILE)
     if Speedup.CROSS_KV in names:
         # Its hook runs before the UNet's forward, compiled or not.
@@ -105,6 +121,8 @@ def unfuse_qkv(model: LoadedModel, done: AppliedSpeedups) -> None:
     if Speedup.FUSED_QKV in done.applied:
         model.pipe.unet.unfuse_qkv_projections()
         done.applied.remove(Speedup.FUSED_QKV)
+        for compiled in done.compiled:
+            compiled.invalidate()
         if done.cross_kv is not None:  # unfusing put the old processors back
             done.cross_kv.wrap()
 

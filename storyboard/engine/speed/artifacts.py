@@ -1,0 +1,358 @@
+"""Compiled UNet and VAE decoder kept as files: compiled once per machine and batch shape, then
+loaded by later processes without tracing the model again.
+
+In: a module of a loaded pipeline (the UNet, the VAE), the method the pipeline calls on it
+(``forward``, ``decode``), torch.compile's backend and options, and the folder of artifacts (in
+the compile cache). Out: a ``CompiledMethod`` installed in place of that method, and its
+``outcomes``: for each (module, input signature) whether the artifact was loaded, built (and
+saved), or left to plain torch.compile, and why.
+
+Why: with a warm compile cache a new process still spent about 9-12 s before its first compiled
+SDXL step on an H200, most of it dynamo tracing the UNet again. torch's ``aot_compile`` saves the
+traced and compiled function whole, guards and kernels included; a new process loaded an SDXL
+UNet's artifact (40 MB) in 3.9 s and its first call took 1.3 s, against 0.23 s for later ones
+and 0.30 s eager (bench/aot_compile_probe.py, round 8).
+
+What is compiled is ``call_method(module, name, ...)``: the module is an argument, so its weights
+are read at every call (a LoRA merged into them is seen), and the function is importable by
+name, which the artifact needs. The artifact keeps only torch's portable guards (input shapes,
+strides, dtypes, dispatch keys): diffusers' attention inspects its processor at every call,
+which makes guards on code objects that cannot be saved. What those guards no longer check (the
+module tree, its layers' settings and hooks, the attention processors, the weights' layout, the
+libraries, the GPU) goes into the artifact's name instead (``model_fingerprint`` and
+``environment``); ``invalidate()`` makes the next call look again (a LoRA loaded, projections
+unfused). Any failure to load, to build or to save falls back to plain torch.compile, the way
+storyboard compiled before: never to a failed render.
+
+An artifact is a file this process or an earlier one wrote in storyboard's cache: a header with
+its payload's sha256 (a torn or damaged file is rebuilt, never loaded), read only if it is a
+regular file owned by this user, bounded in size. Loading runs pickle, as torch.compile's own
+cache does: the compile cache is trusted like it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...paths import atomic_write_bytes, compile_cache_dir, open_regular
+
+FORMAT = 1
+MAGIC = b"storyboard-aot\n"
+MAX_BYTES = 1 << 31  # an SDXL UNet's artifact is about 40 MB
+FOLDER = "storyboard-aot"
+# Plain constants an input may be: anything else (a number, above all, which a compiled graph
+# specialises on) leaves that call to plain torch.compile.
+_CONSTANTS = (type(None), bool, str)
+
+
+def supported() -> bool:
+    """Whether this torch saves and loads compiled functions (2.11 and later), and the user
+    has not turned them off (``STORYBOARD_COMPILE_ARTIFACTS=0``)."""
+    if os.environ.get("STORYBOARD_COMPILE_ARTIFACTS", "1") == "0":
+        return False
+    import torch
+
+    return all(hasattr(torch.compiler, name) for name in (
+        "load_compiled_function", "keep_portable_guards_unsafe"))
+
+
+def artifacts_dir() -> Path:
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or compile_cache_dir()) / FOLDER
+
+
+def call_method(module: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """What is compiled: the class's own ``name`` on ``module`` (not the instance attribute,
+    which is the ``CompiledMethod`` itself)."""
+    return getattr(type(module), name)(module, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class ArtifactOutcome:
+    """What one (module, input signature) got in this process."""
+
+    module: str  # "unet", "vae"
+    how: str  # "loaded", "built", "torch.compile"
+    seconds: float  # loading or building (the build includes its first call)
+    reason: str | None = None  # why plain torch.compile, or why an artifact was rebuilt
+    bytes: int | None = None
+
+
+def signature(value: Any, out: list) -> bool:
+    """Append ``value``'s structure to ``out`` (tensors by shape, strides, dtype, device and
+    flags; containers by their items; constants by value); False if it holds anything else."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        out.append(("T", tuple(value.shape), tuple(value.stride()), str(value.dtype),
+                    str(value.device), value.requires_grad, value.is_inference()))
+        return True
+    if isinstance(value, dict):
+        out.append(("D", len(value)))
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return False
+            out.append(key)
+            if not signature(item, out):
+                return False
+        return True
+    if isinstance(value, (tuple, list)):
+        out.append((type(value).__name__, len(value)))
+        return all(signature(item, out) for item in value)
+    if isinstance(value, _CONSTANTS):
+        out.append(("C", repr(value)))
+        return True
+    return False
+
+
+def _simple(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_simple(v) for v in value)
+    return isinstance(value, (type(None), bool, int, float, str))
+
+
+def _describe(obj: Any, depth: int = 0) -> str:
+    """An attention processor (or what it wraps): its class and plain settings."""
+    parts = [f"{type(obj).__module__}.{type(obj).__qualname__}"]
+    for key, value in sorted(getattr(obj, "__dict__", {}).items()):
+        if _simple(value):
+            parts.append(f"{key}={value!r}")
+        elif depth < 3 and callable(value) and not hasattr(value, "parameters"):
+            parts.append(f"{key}=<{_describe(value, depth + 1)}>")
+    return "(" + " ".join(parts) + ")"
+
+
+def model_fingerprint(module: Any) -> str:
+    """Everything of ``module`` that its traced code depends on and the portable guards do not
+    check: every submodule's name, class, plain settings (peft's adapter switches, attention's
+    heads and scale, ``training``) and hooks; the attention processors; every parameter's and
+    buffer's name, shape, strides, dtype and device; the config."""
+    h = hashlib.sha256()
+    for name, m in module.named_modules():
+        plain = sorted((k, repr(v)) for k, v in vars(m).items()
+                       if not k.startswith("_") or k in ("_disable_adapters", "_active_adapter"))
+        plain = [(k, v) for k, v in plain if _simple(getattr(m, k, None))]
+        hooks = [len(getattr(m, attr, ())) for attr in (
+            "_forward_hooks", "_forward_pre_hooks", "_backward_hooks")] if name else []
+        h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{plain}|{hooks}\n"
+                 .encode())
+        processor = getattr(m, "processor", None)
+        if processor is not None:
+            h.update(f"  processor {_describe(processor)}\n".encode())
+    for kind, named in (("p", module.named_parameters()), ("b", module.named_buffers())):
+        for name, t in named:
+            h.update(f"{kind} {name} {tuple(t.shape)} {t.stride()} {t.dtype} {t.device} "
+                     f"{t.requires_grad}\n".encode())
+    config = getattr(module, "config", None)
+    if config is not None:
+        h.update(json.dumps(dict(config), sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+def environment(backend: str, options: dict | None) -> str:
+    """The libraries, Python, the GPU and the compile settings an artifact was made with."""
+    import diffusers
+    import torch
+
+    from ... import __version__
+    from ..attention import crosskv
+
+    gpu = ""
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        gpu = f"{torch.cuda.get_device_name(index)} {torch.cuda.get_device_capability(index)}"
+    peft = sys.modules.get("peft")
+    source = Path(crosskv.__file__).read_bytes()  # its processor's code is traced into the graph
+    return json.dumps({
+        "format": FORMAT, "python": sys.version, "torch": torch.__version__,
+        "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
+        "peft": getattr(peft, "__version__", None), "storyboard": __version__,
+        "crosskv": hashlib.sha256(source).hexdigest(), "gpu": gpu, "backend": backend,
+        "options": sorted((k, repr(v)) for k, v in (options or {}).items()),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }, sort_keys=True)
+
+
+def read_artifact(path: Path) -> bytes | None:
+    """The payload of an artifact this user wrote, whole and unchanged; None if there is none.
+    Raises ValueError for a file that is not one (the caller rebuilds it)."""
+    try:
+        f = open_regular(path)
+    except FileNotFoundError:
+        return None
+    with f:
+        st = os.fstat(f.fileno())
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise ValueError("owned by another user")
+        if st.st_size > MAX_BYTES:
+            raise ValueError(f"larger than {MAX_BYTES} bytes")
+        data = f.read(MAX_BYTES + 1)
+    head, digest, payload = data[:len(MAGIC)], data[len(MAGIC):len(MAGIC) + 65], \
+        data[len(MAGIC) + 65:]
+    if head != MAGIC or digest[-1:] != b"\n" or \
+            hashlib.sha256(payload).hexdigest().encode() != digest[:-1]:
+        raise ValueError("damaged (its checksum does not match)")
+    return payload
+
+
+def write_artifact(path: Path, payload: bytes) -> None:
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    atomic_write_bytes(path, MAGIC + digest + b"\n" + payload)
+
+
+class CompiledMethod:
+    """Stands in for ``module.<name>``: each call runs the compiled artifact for its inputs'
+    signature, loading or building it on the first such call."""
+
+    def __init__(self, module: Any, name: str, label: str, *, backend: str,
+                 options: dict | None, folder: Path | None = None) -> None:
+        self.module, self.name, self.label = module, name, label
+        self.backend, self.options = backend, dict(options or {})
+        self.folder = folder or artifacts_dir()
+        self.outcomes: list[ArtifactOutcome] = []
+        self._functions: dict[str, Any] = {}  # artifact key -> loaded function
+        self._fingerprint: str | None = None
+        self._environment: str | None = None
+        self._fallback: Any = None
+        self._fallback_keys: set[str] = set()
+        self._reported = 0
+
+    def new_outcomes(self) -> list[ArtifactOutcome]:
+        """The outcomes since the last time this was asked (for progress events)."""
+        new = self.outcomes[self._reported:]
+        self._reported = len(self.outcomes)
+        return new
+
+    def invalidate(self) -> None:
+        """The module changed (a LoRA loaded, projections unfused): look at it again."""
+        self._fingerprint = None
+
+    def _key(self, args: tuple, kwargs: dict) -> str | None:
+        import torch
+
+        inputs: list = [torch.is_grad_enabled(), torch.is_inference_mode_enabled()]
+        if not signature((args, kwargs), inputs):
+            return None
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.module)
+        if self._environment is None:
+            self._environment = environment(self.backend, self.options)
+        text = json.dumps([self._environment, self.label, self.name, self._fingerprint,
+                           repr(inputs)])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = self._key(args, kwargs)
+        if key is None or key in self._fallback_keys:
+            return self._plain(key, "inputs other than tensors and flags")(*args, **kwargs)
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self._obtain(key, args, kwargs)
+            if fn is None:
+                return self._plain(key, None)(*args, **kwargs)
+            self._functions[key] = fn
+        try:
+            return fn(self.module, self.name, *args, **kwargs)
+        except RuntimeError as exc:
+            # The guards are checked before anything runs: something the name does not cover
+            # changed. Plain torch.compile from here on, for these inputs.
+            if "GuardManager check failed" not in str(exc):
+                raise
+            del self._functions[key]
+            return self._plain(key, "the artifact's guards failed: "
+                                    f"{str(exc)[:200]}")(*args, **kwargs)
+
+    def _plain(self, key: str | None, reason: str | None) -> Any:
+        """torch.compile of the bound method, as storyboard compiled before artifacts."""
+        if self._fallback is None:
+            import torch
+
+            bound = getattr(type(self.module), self.name).__get__(self.module)
+            self._fallback = torch.compile(bound, backend=self.backend,
+                                           options=self.options or None, dynamic=False)
+        if key not in self._fallback_keys:
+            self._fallback_keys.add(key)
+            if reason is not None:
+                self.outcomes.append(ArtifactOutcome(self.label, "torch.compile", 0.0, reason))
+        return self._fallback
+
+    def _obtain(self, key: str, args: tuple, kwargs: dict) -> Any:
+        """The artifact for ``key``: loaded if saved and sound, else built and saved; None
+        (with an outcome saying why) where neither works."""
+        import torch
+
+        path = self.folder / f"{self.label}-{key[:40]}.aot"
+        t0 = time.perf_counter()
+        reason = None
+        try:
+            payload = read_artifact(path)
+        except (OSError, ValueError) as exc:
+            payload, reason = None, f"the saved artifact was not used: {exc}"
+        if payload is not None:
+            try:
+                fn = torch.compiler.load_compiled_function(io.BytesIO(payload))
+                if fn.guard_check(self.module, self.name, *args, **kwargs):
+                    self.outcomes.append(ArtifactOutcome(
+                        self.label, "loaded", round(time.perf_counter() - t0, 3),
+                        bytes=len(payload)))
+                    return fn
+                reason = "the saved artifact's guards did not match these inputs"
+            except Exception as exc:  # noqa: BLE001 - any failure: build it again
+                reason = f"the saved artifact did not load: {type(exc).__name__}: {exc}"[:300]
+        t0 = time.perf_counter()
+        try:
+            if hasattr(torch._dynamo.config, "enable_aot_compile"):  # torch 2.11's switch
+                torch._dynamo.config.enable_aot_compile = True
+            options = {**self.options,
+                       "guard_filter_fn": torch.compiler.keep_portable_guards_unsafe}
+            # Without this stand-in on the module while it is traced and saved: the saved
+            # state of the module would reach the functions loaded before, which cannot be
+            # pickled.
+            mine = self.module.__dict__.pop(self.name, None)
+            try:
+                fn = torch.compile(call_method, fullgraph=True, dynamic=False,
+                                   backend=self.backend, options=options).aot_compile(
+                    ((self.module, self.name, *args), kwargs))
+                payload = self._serialize(fn, path)
+            finally:
+                if mine is not None:
+                    self.module.__dict__[self.name] = mine
+        except Exception as exc:  # noqa: BLE001 - a graph break, an unsupported part
+            self._plain(key, f"could not be saved as an artifact: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+            return None
+        try:
+            write_artifact(path, payload)
+        except OSError as exc:  # still compiled for this process; the next one builds again
+            reason = f"not saved: {exc}"
+        self.outcomes.append(ArtifactOutcome(self.label, "built",
+                                             round(time.perf_counter() - t0, 3), reason,
+                                             len(payload)))
+        return fn
+
+    def _serialize(self, fn: Any, path: Path) -> bytes:
+        # save_compiled_function is the API that exists in every torch with aot_compile; it
+        # writes a file, which is read back and put in place with its checksum.
+        self.folder.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.build")
+        try:
+            fn.save_compiled_function(str(scratch))
+            return scratch.read_bytes()
+        finally:
+            scratch.unlink(missing_ok=True)
+
+
+def install(module: Any, name: str, label: str, *, backend: str,
+            options: dict | None) -> CompiledMethod:
+    """Put a ``CompiledMethod`` in place of ``module.<name>`` (the module's hooks still run
+    around it, outside the compiled code)."""
+    compiled = CompiledMethod(module, name, label, backend=backend, options=options)
+    setattr(module, name, compiled)
+    return compiled

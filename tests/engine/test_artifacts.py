@@ -1,0 +1,208 @@
+"""Saved compile artifacts (engine/speed/artifacts.py): built once, loaded by a later session
+with the same results, rebuilt when damaged or when their guards do not match, and plain
+torch.compile (with the reason) wherever an artifact cannot be made. On the CPU through
+"aot_eager" (dynamo's capture and AOTAutograd without kernel generation), as the compiled
+render tests do."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_render import (BATCH_TOLERANCE, PANELS4, QUIET, jobs_of, pixels,  # noqa: E402
+                         render_all, render_with, speed_up, write_story)
+
+from storyboard.engine.loading import load_model  # noqa: E402
+from storyboard.engine.speed import artifacts  # noqa: E402
+from storyboard.engine.speed.artifacts import (MAGIC, CompiledMethod, install,  # noqa: E402
+                                               model_fingerprint, read_artifact)
+from storyboard.options import RuntimeOptions  # noqa: E402
+from storyboard.plan import ModelRef, Speedup  # noqa: E402
+from storyboard.plan.speed import choose_speedups  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("session_cache")
+
+
+class Small(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+        self.b = torch.nn.Linear(8, 8)
+
+    def forward(self, x, extra=None, scale=None):
+        y = self.b(torch.relu(self.a(x)))
+        if extra:
+            y = y + extra["shift"]
+        if scale is not None:
+            y = y * scale
+        return y
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def small(folder):
+    torch.manual_seed(0)
+    module = Small()
+    compiled = CompiledMethod(module, "forward", "small", backend="aot_eager", options=None,
+                              folder=folder)
+    module.forward = compiled
+    return module, compiled
+
+
+def hows(compiled):
+    return [(o.how, o.reason) for o in compiled.outcomes]
+
+
+def test_built_once_then_loaded_with_the_same_results_and_weights_read_at_each_call(tmp_path):
+    x = torch.randn(2, 8)
+    shift = {"shift": torch.ones(8)}
+    module, compiled = small(tmp_path)
+    with torch.no_grad():
+        expected = Small.forward(module, x, extra=shift)
+        first = module(x, extra=shift)
+        again = module(x, extra=shift)
+    assert hows(compiled) == [("built", None)]
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    (saved,) = tmp_path.glob("small-*.aot")
+    assert saved.read_bytes().startswith(MAGIC)
+
+    torch._dynamo.reset()
+    other, loaded = small(tmp_path)  # what a later process does: same weights, new objects
+    with torch.no_grad():
+        assert torch.equal(other(x, extra=shift), expected)
+        other.b.weight.mul_(2)  # weights changed in place (a LoRA merged) are seen
+        assert torch.equal(other(x, extra=shift), Small.forward(other, x, extra=shift))
+    assert [o.how for o in loaded.outcomes] == ["loaded"]
+    assert loaded.outcomes[0].bytes == len(read_artifact(saved))
+
+
+def test_each_input_signature_has_its_own_artifact(tmp_path):
+    module, compiled = small(tmp_path)
+    with torch.no_grad():
+        module(torch.randn(2, 8))
+        module(torch.randn(3, 8))  # another batch shape
+        module(torch.randn(3, 8), extra={"shift": torch.ones(8)})  # another structure
+        module(torch.randn(3, 8))
+    assert [o.how for o in compiled.outcomes] == ["built"] * 3
+    assert len(list(tmp_path.glob("small-*.aot"))) == 3
+
+
+def test_a_damaged_artifact_is_rebuilt_never_loaded(tmp_path):
+    x = torch.randn(2, 8)
+    module, _ = small(tmp_path)
+    with torch.no_grad():
+        expected = module(x)
+    (saved,) = tmp_path.glob("small-*.aot")
+    data = bytearray(saved.read_bytes())
+    data[-10] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    torch._dynamo.reset()
+    other, compiled = small(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(other(x), expected)
+    ((how, reason),) = hows(compiled)
+    assert how == "built" and "damaged" in reason
+    assert read_artifact(saved) is not None  # written again, whole
+
+
+def test_an_artifact_whose_guards_do_not_match_is_rebuilt(tmp_path):
+    x2, x3 = torch.randn(2, 8), torch.randn(3, 8)
+    module, _ = small(tmp_path)
+    with torch.no_grad():
+        module(x2)
+    (for_two,) = tmp_path.glob("small-*.aot")
+    torch._dynamo.reset()
+    other, compiled = small(tmp_path)
+    # The artifact made for 2 rows where the one for 3 rows would be: its guards say no.
+    with torch.no_grad():
+        key = compiled._key((x3,), {})
+        for_two.rename(tmp_path / f"small-{key[:40]}.aot")
+        assert torch.equal(other(x3), Small.forward(other, x3))
+    ((how, reason),) = hows(compiled)
+    assert how == "built" and "guards did not match" in reason
+
+
+def test_inputs_it_cannot_name_and_code_it_cannot_save_fall_back_to_torch_compile(tmp_path):
+    x = torch.randn(2, 8)
+    module, compiled = small(tmp_path)
+    with torch.no_grad():
+        # A number would be a constant of the graph: one artifact per value.
+        assert torch.equal(module(x, scale=0.5), Small.forward(module, x, scale=0.5))
+    assert hows(compiled) == [("torch.compile", "inputs other than tensors and flags")]
+
+    class Breaks(Small):
+        def forward(self, x, extra=None, scale=None):
+            y = self.a(x)
+            torch._dynamo.graph_break()  # aot_compile needs one whole graph
+            return self.b(y)
+
+    torch._dynamo.reset()
+    broken = Breaks()
+    fallback = install(broken, "forward", "breaks", backend="aot_eager", options=None)
+    fallback.folder = tmp_path
+    with torch.no_grad():
+        assert torch.equal(broken(x), Breaks.forward(broken, x))
+    ((how, reason),) = hows(fallback)
+    assert how == "torch.compile" and "could not be saved as an artifact" in reason
+    assert not list(tmp_path.glob("breaks-*"))
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    assert artifacts.supported()  # this torch has them
+    monkeypatch.setenv("STORYBOARD_COMPILE_ARTIFACTS", "0")
+    assert not artifacts.supported()
+
+
+def test_the_fingerprint_covers_what_the_portable_guards_do_not():
+    model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+    unet = model.pipe.unet
+    seen = {model_fingerprint(unet)}
+    unet.to(memory_format=torch.channels_last)  # strides of the weights
+    seen.add(model_fingerprint(unet))
+    unet.fuse_qkv_projections()  # layers and processors
+    seen.add(model_fingerprint(unet))
+    attn = next(m for n, m in unet.named_modules() if n.endswith("attn1"))
+    attn.heads = attn.heads  # the same setting: the same name
+    seen_before = model_fingerprint(unet)
+    assert seen_before in seen
+    attn.rescale_output_factor = 2.0  # a plain setting of one layer
+    seen.add(model_fingerprint(unet))
+    unet.eval().train()  # training mode
+    seen.add(model_fingerprint(unet))
+    assert len(seen) == 5
+
+
+def test_a_render_builds_its_artifacts_and_a_later_session_loads_them(tmp_path, monkeypatch):
+    """The tiny SDXL UNet and VAE decoder through a session, as a build on a GPU does: the
+    second session (what a later process does) loads instead of tracing, with the same pixels,
+    and both match eager rendering within the batch tolerance."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile"))  # none yet
+    jobs = jobs_of(write_story(tmp_path, PANELS4))
+    eager = render_all(jobs, batch_size=2)
+    # What a render on a GPU gets (the plan's choice is by device name), kernel tuning aside.
+    wanted = [s for s in choose_speedups(device="cuda", dtype="fp16", loras=False, work={},
+                                         options=RuntimeOptions(compile=True))
+              if s is not Speedup.TUNED_KERNELS]
+    runs = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+        state = speed_up(model, wanted, backend="aot_eager")
+        assert len(state.speed.compiled) == 2
+        events = []
+        results = {r.job.panel: r for r in render_with(jobs, model=model, batch_size=2,
+                                                        on_event=events.append)}
+        runs.append((results, [(e["module"], e["how"]) for e in events
+                               if e["event"] == "compiled"]))
+    (first, built), (second, loaded) = runs
+    assert built == [("unet", "built"), ("vae", "built")]
+    assert loaded == [("unet", "loaded"), ("vae", "loaded")]
+    for pid in eager:
+        assert (pixels(first[pid]) == pixels(second[pid])).all(), pid
+        assert abs(pixels(first[pid]) - pixels(eager[pid])).max() <= BATCH_TOLERANCE, pid
