@@ -45,8 +45,9 @@ class Progress:
             from tqdm import tqdm
 
             # Through tqdm, so the bar is redrawn below the line instead of through it.
-            tqdm.write("compiling the UNet (minutes for a batch shape's first compile on this "
-                       "machine, cached after; --no-compile renders without)", file=sys.stderr)
+            tqdm.write("compiling the UNet (seconds where this machine compiled the batch "
+                       "shape before, minutes the first time; --no-compile renders without)",
+                       file=sys.stderr)
         elif kind == "class_pictures":
             from tqdm import tqdm
 

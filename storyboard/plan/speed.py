@@ -47,10 +47,11 @@ class Speedup(str, Enum):
 # compiles only batch shapes this machine has compiled before (their kernels are in the compile
 # cache) and only when what it measured here says the render pays the warm compile back
 # (``ShapeTimings``, kept by engine/speed/timings.py). Until a warm compile is measured here, its
-# cost is taken as the H200's: a new `storyboard build` with a warm cache reached steady speed
-# 12.1-12.4 s later than one that did not compile (cold_start_* in
-# bench/results/nvidia-h200-2026-11-21-{sdxl,kolors}.json).
-WARM_COMPILE_PRIOR_S = 12.5
+# cost is taken as the H200's: a new `storyboard build` loading the saved artifacts of the UNet
+# and the VAE decoder (engine/speed/artifacts.py) spent 5.5-7.4 s loading them, and its first
+# compiled batch took 6.1 s longer than the later ones (bench/results/
+# nvidia-h200-2026-12-02-e2e-round8.json; 12.1-12.4 s before artifacts, dynamo tracing again).
+WARM_COMPILE_PRIOR_S = 7.5
 
 
 @dataclass(frozen=True)

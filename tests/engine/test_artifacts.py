@@ -6,6 +6,8 @@ render tests do."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -109,6 +111,25 @@ def test_a_damaged_artifact_is_rebuilt_never_loaded(tmp_path):
     ((how, reason),) = hows(compiled)
     assert how == "built" and "damaged" in reason
     assert read_artifact(saved) is not None  # written again, whole
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root to give a file to another user")
+def test_another_users_file_is_neither_loaded_nor_replaced(tmp_path):
+    x = torch.randn(2, 8)
+    module, _ = small(tmp_path)
+    with torch.no_grad():
+        expected = module(x)
+    (saved,) = tmp_path.glob("small-*.aot")
+    before = saved.read_bytes()
+    os.chown(saved, 4242, 4242)
+    torch._dynamo.reset()
+    other, compiled = small(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(other(x), expected)
+    ((how, reason),) = hows(compiled)
+    assert how == "built" and "owned by another user" in reason
+    assert saved.stat().st_uid == 4242 and saved.read_bytes() == before
 
 
 def test_an_artifact_whose_guards_do_not_match_is_rebuilt(tmp_path):

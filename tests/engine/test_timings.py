@@ -51,7 +51,7 @@ def test_eager_then_compiled_builds_teach_auto_to_compile(tmp_path, batches):
     t = second.measured()[shape]
     assert t.cold_compile == pytest.approx(170.0) and t.warm_compile is None
     assert t.compiled == pytest.approx(0.029)
-    # 3. Now auto compiles 40 panels (17 s saved against the 12.5 s prior for a warm compile)...
+    # 3. Now auto compiles 40 panels (17 s saved against the 7.5 s prior for a warm compile)...
     assert compile_pays(work, second.measured())
     # 4. ...and the warm compile it measures replaces the prior: 30 s does not pay.
     third = Timings("k", path)

@@ -180,6 +180,10 @@ def environment(backend: str, options: dict | None) -> str:
     }, sort_keys=True)
 
 
+class ForeignFile(ValueError):
+    """An artifact's path holds another user's file."""
+
+
 def read_artifact(path: Path) -> bytes | None:
     """The payload of an artifact this user wrote, whole and unchanged; None if there is none.
     Raises ValueError for a file that is not one (the caller rebuilds it)."""
@@ -190,7 +194,7 @@ def read_artifact(path: Path) -> bytes | None:
     with f:
         st = os.fstat(f.fileno())
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            raise ValueError("owned by another user")
+            raise ForeignFile("owned by another user (left as it is)")
         if st.st_size > MAX_BYTES:
             raise ValueError(f"larger than {MAX_BYTES} bytes")
         data = f.read(MAX_BYTES + 1)
@@ -291,10 +295,13 @@ class CompiledMethod:
         path = self.folder / f"{self.label}-{key[:40]}.aot"
         t0 = time.perf_counter()
         reason = None
+        save = True
         try:
             payload = read_artifact(path)
         except (OSError, ValueError) as exc:
             payload, reason = None, f"the saved artifact was not used: {exc}"
+            # Never replace a file storyboard may not have written.
+            save = not isinstance(exc, ForeignFile)
         if payload is not None:
             try:
                 fn = torch.compiler.load_compiled_function(io.BytesIO(payload))
@@ -329,7 +336,8 @@ class CompiledMethod:
                              f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300])
             return None
         try:
-            write_artifact(path, payload)
+            if save:
+                write_artifact(path, payload)
         except OSError as exc:  # still compiled for this process; the next one builds again
             reason = f"not saved: {exc}"
         self.outcomes.append(ArtifactOutcome(self.label, "built",
