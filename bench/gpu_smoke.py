@@ -6,8 +6,10 @@ storyboard's own loader (a local diffusers folder), render the course's 8 panels
 non-constant, how far a batched panel is from the same panel rendered alone, whether the
 process's first batches come out bit for bit the same when rendered again later, and whether the
 batches come out bit for bit the same from the model loaded by the libraries themselves
-(``STORYBOARD_PREFETCH=0``) as from storyboard's prefetching load.
-Run on the GPU machine:  python bench/gpu_smoke.py sdxl kolors --out results.json
+(``STORYBOARD_PREFETCH=0``) as from storyboard's prefetching load. With ``--compiled``, also
+whether compiled panels come out the same from a process that loaded the saved artifacts as from
+the one that built them.
+Run on the GPU machine:  python bench/gpu_smoke.py sdxl kolors --compiled --out results.json
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import os
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +53,56 @@ def story_for(folder: Path, family: str, steps: int, work: Path) -> Path:
     return path
 
 
-def run(arch: str, steps: int, work: Path) -> dict:
+COMPILED = RuntimeOptions(progress=False, batch_size=4, compile=True, tune=False)
+
+
+def render_compiled(jobs) -> tuple[dict, list]:
+    """The story rendered compiled (untuned: a shorter first compile) by a new session on a
+    new load: the images and the ``compiled`` events (artifacts built or loaded)."""
+    events: list = []
+    session = Session()
+    session.adopt(load_model(jobs[0].model, RuntimeOptions(progress=False)), COMPILED)
+    images = {r.job.panel: np.asarray(r.image) for r in render_jobs(
+        jobs, COMPILED, session=session, on_event=events.append)}
+    session.close()
+    torch.cuda.empty_cache()
+    return images, [e for e in events if e.get("event") == "compiled"]
+
+
+def compiled_check(jobs, folder: Path, arch: str, steps: int, work: Path, eager: dict) -> dict:
+    """Compiled rendering through the saved artifacts (engine/speed/artifacts.py) on a compile
+    cache of its own: this process builds them, a new process loads them; the loaded ones must
+    give the built ones' pixels bit for bit, and both stay near the eager pixels."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"compile-{arch}")
+    t0 = time.perf_counter()
+    built, built_events = render_compiled(jobs)
+    out: dict = {"build_s": round(time.perf_counter() - t0, 1), "built": built_events}
+    child = work / f"compiled-{arch}.npz"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, arch, "--steps", str(steps),
+                           "--compiled-child", str(folder), str(child)],
+                          capture_output=True, text=True, env=dict(os.environ))
+    out["new_process_s"] = round(time.perf_counter() - t0, 1)
+    if proc.returncode:
+        out["child_error"] = proc.stderr[-2000:]
+        return out
+    loaded = dict(np.load(child))
+    out["loaded"] = json.loads((child.with_suffix(".json")).read_text())
+    out["loaded_identical_to_built"] = all(np.array_equal(loaded[p], built[p]) for p in built)
+    out["max_abs_diff_255_vs_eager"] = max(
+        int(np.abs(built[p].astype(np.int16) - np.asarray(eager[p].image).astype(np.int16))
+            .max()) for p in built)
+    return out
+
+
+def compiled_child(arch: str, steps: int, folder: Path, out: Path) -> None:
+    jobs = compile_story(load_story(story_for(folder, arch, steps, out.parent)))
+    images, events = render_compiled(jobs)
+    np.savez(out, **images)
+    out.with_suffix(".json").write_text(json.dumps(events))
+
+
+def run(arch: str, steps: int, work: Path, compiled: bool = False) -> dict:
     out: dict = {"arch": arch, "steps": steps}
     folder = work / f"random-{arch}"
     t0 = time.perf_counter()
@@ -130,6 +182,8 @@ def run(arch: str, steps: int, work: Path) -> dict:
             np.array_equal(again[0][pid], np.asarray(results[4][pid].image))
             for pid in results[4])
         del library, again
+    if compiled:
+        out["compiled"] = compiled_check(jobs, folder, arch, steps, work, results[4])
     out["all_rendered"] = all(p["status"] == ["rendered", "rendered"] for p in panels.values())
     out["all_non_constant"] = all(p["std"] > 1 for p in panels.values())
     out["max_abs_diff_255"] = max(p["max_abs_diff_255"] for p in panels.values())
@@ -146,7 +200,13 @@ def main() -> None:
     ap.add_argument("archs", nargs="+", choices=sorted(BUILDERS))
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--compiled", action="store_true",
+                    help="also render compiled: artifacts built here, loaded by a new process")
+    ap.add_argument("--compiled-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.compiled_child:
+        compiled_child(args.archs[0], args.steps, *args.compiled_child)
+        return
     import diffusers
 
     report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
@@ -154,7 +214,7 @@ def main() -> None:
               "runs": []}
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         for arch in args.archs:
-            result = run(arch, args.steps, Path(tmp))
+            result = run(arch, args.steps, Path(tmp), args.compiled)
             print(json.dumps(result, indent=1), flush=True)
             report["runs"].append(result)
             import shutil

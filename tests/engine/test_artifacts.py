@@ -95,6 +95,21 @@ def test_each_input_signature_has_its_own_artifact(tmp_path):
     assert len(list(tmp_path.glob("small-*.aot"))) == 3
 
 
+def test_a_change_below_the_top_level_inputs_is_caught_by_the_guards(tmp_path):
+    """Each call is matched to its artifact by its top-level inputs only (cheap); a change
+    inside a dict (here a tensor's shape) is caught by the artifact's guards: plain
+    torch.compile from then on, with the reason, and the right result."""
+    x = torch.randn(2, 8)
+    module, compiled = small(tmp_path)
+    with torch.no_grad():
+        module(x, extra={"shift": torch.ones(8)})
+        narrow = {"shift": torch.ones(1)}
+        assert torch.equal(module(x, extra=narrow), Small.forward(module, x, extra=narrow))
+    (built, fallback) = hows(compiled)
+    assert built == ("built", None)
+    assert fallback[0] == "torch.compile" and "guards failed" in fallback[1]
+
+
 def test_a_damaged_artifact_is_rebuilt_never_loaded(tmp_path):
     x = torch.randn(2, 8)
     module, _ = small(tmp_path)
@@ -199,12 +214,14 @@ def test_the_fingerprint_covers_what_the_portable_guards_do_not():
     assert len(seen) == 5
 
 
-def test_a_render_builds_its_artifacts_and_a_later_session_loads_them(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-kolors"])
+def test_a_render_builds_its_artifacts_and_a_later_session_loads_them(tmp_path, monkeypatch,
+                                                                       name):
     """The tiny SDXL UNet and VAE decoder through a session, as a build on a GPU does: the
     second session (what a later process does) loads instead of tracing, with the same pixels,
     and both match eager rendering within the batch tolerance."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile"))  # none yet
-    jobs = jobs_of(write_story(tmp_path, PANELS4))
+    jobs = jobs_of(write_story(tmp_path, PANELS4, model=name))
     eager = render_all(jobs, batch_size=2)
     # What a render on a GPU gets (the plan's choice is by device name), kernel tuning aside.
     wanted = [s for s in choose_speedups(device="cuda", dtype="fp16", loras=False, work={},
@@ -213,7 +230,7 @@ def test_a_render_builds_its_artifacts_and_a_later_session_loads_them(tmp_path, 
     runs = []
     for _ in range(2):
         torch._dynamo.reset()
-        model = load_model(ModelRef("builtin", "tiny-sdxl"), QUIET)
+        model = load_model(ModelRef("builtin", name), QUIET)
         state = speed_up(model, wanted, backend="aot_eager")
         assert len(state.speed.compiled) == 2
         events = []
