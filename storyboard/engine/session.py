@@ -98,8 +98,8 @@ class PreparedRender:
             emit({"event": "batch_start", "panels": batch.panels})
             t0 = time.perf_counter()
             results = run_batch(self.state, batch, on_event)
-            for compiled in self.state.speed.compiled if self.state.speed else ():
-                for outcome in compiled.new_outcomes():
+            for method in self.state.speed.compiled if self.state.speed else ():
+                for outcome in method.new_outcomes():
                     emit({"event": "compiled", **{k: v for k, v in asdict(outcome).items()
                                                   if v is not None}})
             # Only a whole batch that rendered as planned measures its shape's speed.
@@ -230,8 +230,8 @@ def _new_state(model: LoadedModel, options: RuntimeOptions) -> ModelState:
     def unfuse() -> None:  # adapters attach to to_q/to_k/to_v: undo fused projections first
         if state.speed is not None:
             unfuse_qkv(model, state.speed)
-            for compiled in state.speed.compiled:  # new layers: a saved artifact's name changes
-                compiled.invalidate()
+            for method in state.speed.compiled:  # new layers: a saved artifact's name changes
+                method.invalidate()
 
     state.adapters.before_load = unfuse
     return state

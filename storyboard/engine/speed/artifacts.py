@@ -21,18 +21,24 @@ which makes guards on code objects that cannot be saved. What those guards no lo
 module tree, its layers' settings and hooks, the attention processors, the weights' layout, the
 libraries, the GPU) goes into the artifact's name instead (``model_fingerprint`` and
 ``environment``); ``invalidate()`` makes the next call look again (a LoRA loaded, projections
-unfused). Any failure to load, to build or to save falls back to plain torch.compile, the way
-storyboard compiled before: never to a failed render.
+unfused), and the renderer asks for it before every pipeline call. A saved artifact also lists
+the modules its code was traced from with their sources' digests: a library patched or
+reinstalled under the same version makes it be built again. Any failure to load or to build
+falls back to plain torch.compile, the way storyboard compiled before, never to a failed render;
+one that cannot be saved is still used by the process that built it.
 
 An artifact is a file this process or an earlier one wrote in storyboard's cache: a header with
-its payload's sha256 (a torn or damaged file is rebuilt, never loaded), read only if it is a
-regular file owned by this user, bounded in size. Loading runs pickle, as torch.compile's own
+the sha256 of the rest (a torn or damaged file is rebuilt, never loaded), a JSON line (the traced
+modules), then torch's payload; read only if it is a regular file owned by this user (another
+user's is left alone), bounded in size. Loading runs pickle, as torch.compile's own
 cache does: the compile cache is trusted like it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import os
@@ -59,8 +65,11 @@ def supported() -> bool:
     if os.environ.get("STORYBOARD_COMPILE_ARTIFACTS", "1") == "0":
         return False
     import torch
+    import torch._inductor.config as inductor
 
-    return all(hasattr(torch.compiler, name) for name in (
+    # Freezing makes the weights constants of the graph: an artifact would keep them, and the
+    # file name does not cover their values.
+    return not inductor.freezing and all(hasattr(torch.compiler, name) for name in (
         "load_compiled_function", "keep_portable_guards_unsafe"))
 
 
@@ -80,7 +89,7 @@ class ArtifactOutcome:
 
     module: str  # "unet", "vae"
     how: str  # "loaded", "built", "torch.compile"
-    seconds: float  # loading or building (the build includes its first call)
+    seconds: float  # loading (checks included) or compiling and saving; not the first call
     reason: str | None = None  # why plain torch.compile, or why an artifact was rebuilt
     bytes: int | None = None
 
@@ -168,25 +177,61 @@ def environment(backend: str, options: dict | None) -> str:
     if torch.cuda.is_available():
         index = torch.cuda.current_device()
         gpu = f"{torch.cuda.get_device_name(index)} {torch.cuda.get_device_capability(index)}"
-    peft = sys.modules.get("peft")
+    try:
+        peft = importlib.metadata.version("peft")
+    except importlib.metadata.PackageNotFoundError:
+        peft = None
     source = Path(crosskv.__file__).read_bytes()  # its processor's code is traced into the graph
+    import torch._inductor.config as inductor
+
     return json.dumps({
         "format": FORMAT, "python": sys.version, "torch": torch.__version__,
-        "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
-        "peft": getattr(peft, "__version__", None), "storyboard": __version__,
-        "crosskv": hashlib.sha256(source).hexdigest(), "gpu": gpu, "backend": backend,
-        "options": sorted((k, repr(v)) for k, v in (options or {}).items()),
+        "cuda": torch.version.cuda, "diffusers": diffusers.__version__, "peft": peft,
+        "storyboard": __version__, "crosskv": hashlib.sha256(source).hexdigest(), "gpu": gpu,
+        "backend": backend, "options": sorted((k, repr(v)) for k, v in (options or {}).items()),
+        "inductor": hashlib.sha256(repr(sorted(inductor.save_config_portable().items()))
+                                   .encode()).hexdigest(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
     }, sort_keys=True)
+
+
+_DIGESTS: dict[str, str | None] = {}
+
+
+def module_digest(name: str) -> str | None:
+    """The sha256 of a Python module's source file, found without importing it (once per
+    process); None where there is none to read."""
+    if name not in _DIGESTS:
+        try:
+            spec = importlib.util.find_spec(name)
+            origin = spec.origin if spec is not None else None
+            _DIGESTS[name] = (hashlib.sha256(Path(origin).read_bytes()).hexdigest()
+                              if origin and origin.endswith(".py") else None)
+        except (ImportError, ValueError, OSError):
+            _DIGESTS[name] = None
+    return _DIGESTS[name]
+
+
+def traced_sources(fn: Any) -> dict[str, str | None]:
+    """The modules whose code ``fn``'s graph was traced from, with their sources' digests."""
+    return {s.module: module_digest(s.module) for s in fn.source_info().inlined_sources}
+
+
+def changed_source(sources: dict) -> str | None:
+    """A module whose source is no longer the one an artifact was traced from (a library
+    patched or reinstalled under the same version), or None."""
+    return next((name for name, digest in sorted(sources.items())
+                 if module_digest(name) != digest), None)
 
 
 class ForeignFile(ValueError):
     """An artifact's path holds another user's file."""
 
 
-def read_artifact(path: Path) -> bytes | None:
-    """The payload of an artifact this user wrote, whole and unchanged; None if there is none.
-    Raises ValueError for a file that is not one (the caller rebuilds it)."""
+def read_artifact(path: Path) -> tuple[dict, bytes] | None:
+    """The record (what it was traced from) and payload of an artifact this user wrote, whole
+    and unchanged; None if there is none. Raises ValueError for a file that is not one (the
+    caller rebuilds it) and ``ForeignFile`` for another user's (left alone)."""
     try:
         f = open_regular(path)
     except FileNotFoundError:
@@ -198,17 +243,27 @@ def read_artifact(path: Path) -> bytes | None:
         if st.st_size > MAX_BYTES:
             raise ValueError(f"larger than {MAX_BYTES} bytes")
         data = f.read(MAX_BYTES + 1)
-    head, digest, payload = data[:len(MAGIC)], data[len(MAGIC):len(MAGIC) + 65], \
+    head, digest, body = data[:len(MAGIC)], data[len(MAGIC):len(MAGIC) + 65], \
         data[len(MAGIC) + 65:]
     if head != MAGIC or digest[-1:] != b"\n" or \
-            hashlib.sha256(payload).hexdigest().encode() != digest[:-1]:
+            hashlib.sha256(body).hexdigest().encode() != digest[:-1]:
         raise ValueError("damaged (its checksum does not match)")
-    return payload
+    line, _, payload = body.partition(b"\n")
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("sources"), dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, str))
+            for k, v in record["sources"].items()):
+        raise ValueError("damaged (its record is not one storyboard writes)")
+    return record, payload
 
 
-def write_artifact(path: Path, payload: bytes) -> None:
-    digest = hashlib.sha256(payload).hexdigest().encode()
-    atomic_write_bytes(path, MAGIC + digest + b"\n" + payload)
+def write_artifact(path: Path, record: dict, payload: bytes) -> None:
+    body = json.dumps(record, sort_keys=True).encode() + b"\n" + payload
+    digest = hashlib.sha256(body).hexdigest().encode()
+    atomic_write_bytes(path, MAGIC + digest + b"\n" + body)
 
 
 class CompiledMethod:
@@ -255,33 +310,40 @@ class CompiledMethod:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _quick(self, args: tuple, kwargs: dict) -> tuple:
-        """A cheap stand-in for ``_key`` at every step (the full one walks every cached K/V
-        tensor: 0.7 ms a call on SDXL): the top-level inputs' shapes, dtypes and kinds. Calls
-        that agree on it but not below are caught by the artifact's own guards."""
+        """A cheaper stand-in for ``_key`` at every step (the full one asks every cached K/V
+        tensor its strides and flags: 0.7 ms a call on SDXL): the whole structure of the
+        inputs, every constant by value, every tensor by shape, dtype and device. What it
+        leaves out, the artifact's own guards check (strides, dispatch keys)."""
         import torch
 
         def quick(value: Any) -> Any:
             if isinstance(value, torch.Tensor):
-                return (tuple(value.shape), value.dtype, value.device)
+                return (value.shape, value.dtype, value.device)
             if isinstance(value, dict):
-                return tuple(value)
+                return ("D", *((k, quick(v)) for k, v in value.items()))
+            if isinstance(value, (tuple, list)):
+                return (type(value), *map(quick, value))
             return value if isinstance(value, _CONSTANTS) else type(value)
 
         return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-                self._fingerprint, tuple(map(quick, args)),
-                tuple((k, quick(v)) for k, v in kwargs.items()))
+                self._fingerprint, quick(args), quick(kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         quick = self._quick(args, kwargs)
         if quick in self._keys:
             key = self._keys[quick]
         else:
-            key = self._key(args, kwargs)
+            try:
+                key = self._key(args, kwargs)
+            except Exception as exc:  # noqa: BLE001 - a module it cannot describe
+                return self._plain(None, f"not described: {type(exc).__name__}: {exc}"[:300])(
+                    *args, **kwargs)
             self._keys[self._quick(args, kwargs)] = key  # with the fingerprint now known
         if key is None or key in self._fallback_keys:
             return self._plain(key, "inputs other than tensors and flags")(*args, **kwargs)
         fn = self._functions.get(key)
-        if fn is None:
+        first = fn is None
+        if first:
             fn = self._obtain(key, args, kwargs)
             if fn is None:
                 return self._plain(key, None)(*args, **kwargs)
@@ -289,13 +351,18 @@ class CompiledMethod:
         try:
             return fn(self.module, self.name, *args, **kwargs)
         except RuntimeError as exc:
+            import torch
+
             # The guards are checked before anything runs: something the name does not cover
-            # changed. Plain torch.compile from here on, for these inputs.
-            if "GuardManager check failed" not in str(exc):
+            # changed. And an artifact that fails its first call (a driver, a kernel it cannot
+            # load) is not used again. Either way, plain torch.compile from here on for these
+            # inputs; running out of memory is the caller's to handle (it splits the batch).
+            guards = "GuardManager check failed" in str(exc)
+            if isinstance(exc, torch.OutOfMemoryError) or not (guards or first):
                 raise
             del self._functions[key]
-            return self._plain(key, "the artifact's guards failed: "
-                                    f"{str(exc)[:200]}")(*args, **kwargs)
+            what = "the artifact's guards failed" if guards else "its first call failed"
+            return self._plain(key, f"{what}: {str(exc)[:200]}")(*args, **kwargs)
 
     def _plain(self, key: str | None, reason: str | None) -> Any:
         """torch.compile of the bound method, as storyboard compiled before artifacts."""
@@ -312,73 +379,76 @@ class CompiledMethod:
         return self._fallback
 
     def _obtain(self, key: str, args: tuple, kwargs: dict) -> Any:
-        """The artifact for ``key``: loaded if saved and sound, else built and saved; None
-        (with an outcome saying why) where neither works."""
-        import torch
-
+        """The artifact for ``key``: loaded if saved and sound, else built (and saved where
+        it can be); None (with an outcome saying why) where neither works."""
         path = self.folder / f"{self.label}-{key[:40]}.aot"
         t0 = time.perf_counter()
-        reason = None
-        save = True
-        try:
-            payload = read_artifact(path)
-        except (OSError, ValueError) as exc:
-            payload, reason = None, f"the saved artifact was not used: {exc}"
-            # Never replace a file storyboard may not have written.
-            save = not isinstance(exc, ForeignFile)
-        if payload is not None:
-            try:
-                fn = torch.compiler.load_compiled_function(io.BytesIO(payload))
-                if fn.guard_check(self.module, self.name, *args, **kwargs):
-                    self.outcomes.append(ArtifactOutcome(
-                        self.label, "loaded", round(time.perf_counter() - t0, 3),
-                        bytes=len(payload)))
-                    return fn
-                reason = "the saved artifact's guards did not match these inputs"
-            except Exception as exc:  # noqa: BLE001 - any failure: build it again
-                reason = f"the saved artifact did not load: {type(exc).__name__}: {exc}"[:300]
+        fn, reason, save = self._load(path, args, kwargs)
+        if fn is not None:
+            return fn
+        import torch
+
         t0 = time.perf_counter()
         try:
             if hasattr(torch._dynamo.config, "enable_aot_compile"):  # torch 2.11's switch
                 torch._dynamo.config.enable_aot_compile = True
             options = {**self.options,
                        "guard_filter_fn": torch.compiler.keep_portable_guards_unsafe}
-            # Without this stand-in on the module while it is traced and saved: the saved
-            # state of the module would reach the functions loaded before, which cannot be
-            # pickled.
+            # Without this stand-in on the module while it is traced: the state saved with
+            # the module would reach the functions loaded before, which cannot be pickled.
             mine = self.module.__dict__.pop(self.name, None)
             try:
                 fn = torch.compile(call_method, fullgraph=True, dynamic=False,
                                    backend=self.backend, options=options).aot_compile(
                     ((self.module, self.name, *args), kwargs))
-                payload = self._serialize(fn, path)
             finally:
                 if mine is not None:
                     self.module.__dict__[self.name] = mine
         except Exception as exc:  # noqa: BLE001 - a graph break, an unsupported part
-            self._plain(key, f"could not be saved as an artifact: {type(exc).__name__}: "
+            self._plain(key, f"could not be compiled as an artifact: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300])
             return None
-        try:
+        size = None
+        try:  # compiled now, for this process, whether or not it can be kept
+            payload = type(fn).serialize(fn).serialized_data
+            size = len(payload)
             if save:
-                write_artifact(path, payload)
-        except OSError as exc:  # still compiled for this process; the next one builds again
-            reason = f"not saved: {exc}"
+                write_artifact(path, {"sources": traced_sources(fn)}, payload)
+        except Exception as exc:  # noqa: BLE001 - the next process builds it again
+            reason = f"not saved: {type(exc).__name__}: {exc}"[:300]
         self.outcomes.append(ArtifactOutcome(self.label, "built",
-                                             round(time.perf_counter() - t0, 3), reason,
-                                             len(payload)))
+                                             round(time.perf_counter() - t0, 3), reason, size))
         return fn
 
-    def _serialize(self, fn: Any, path: Path) -> bytes:
-        # save_compiled_function is the API that exists in every torch with aot_compile; it
-        # writes a file, which is read back and put in place with its checksum.
-        self.folder.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.build")
+    def _load(self, path: Path, args: tuple, kwargs: dict) -> tuple[Any, str | None, bool]:
+        """(the saved artifact if it is sound and fits these inputs, else None; why not;
+        whether a new one may be saved in its place)."""
+        import torch
+
+        t0 = time.perf_counter()
         try:
-            fn.save_compiled_function(str(scratch))
-            return scratch.read_bytes()
-        finally:
-            scratch.unlink(missing_ok=True)
+            saved = read_artifact(path)
+        except (OSError, ValueError) as exc:
+            # Another user's file is never replaced: storyboard may not have written it.
+            return None, f"the saved artifact was not used: {exc}", \
+                not isinstance(exc, ForeignFile)
+        if saved is None:
+            return None, None, True
+        record, payload = saved
+        changed = changed_source(record["sources"])
+        if changed is not None:
+            return None, f"the code it was traced from has changed ({changed})", True
+        try:
+            fn = torch.compiler.load_compiled_function(io.BytesIO(payload))
+            if not fn.guard_check(self.module, self.name, *args, **kwargs):
+                return None, "the saved artifact's guards did not match these inputs", True
+        except Exception as exc:  # noqa: BLE001 - any failure: build it again
+            return None, f"the saved artifact did not load: {type(exc).__name__}: {exc}"[:300], \
+                True
+        self.outcomes.append(ArtifactOutcome(self.label, "loaded",
+                                             round(time.perf_counter() - t0, 3),
+                                             bytes=len(payload)))
+        return fn, None, True
 
 
 def install(module: Any, name: str, label: str, *, backend: str,
