@@ -152,8 +152,8 @@ def pin(story: str, panel: str, seed: int) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def clean(stories: tuple[str, ...], dry_run: bool) -> None:
     """Remove cached panels, trained LoRAs and PDF font subsets that no story needs any more,
-    font measurements kept for font files that changed, and kept bytecode of libraries that
-    are gone (and, for the STORIES given, panel files in their output folders whose panels
+    font measurements kept for font files that changed, kept bytecode of libraries that
+    are gone, and compiled artifacts of libraries that changed (and, for the STORIES given, panel files in their output folders whose panels
     are gone)."""
     from ..commands import clean as run_clean
 
@@ -173,6 +173,8 @@ def clean(stories: tuple[str, ...], dry_run: bool) -> None:
         fonts += f", {len(report.metrics)} kept font measurement(s)"
     code = (f", {report.bytecode} bytecode file(s) of removed libraries" if report.bytecode
             else "")
+    if report.artifacts:
+        code += f", {report.artifacts} compiled artifact(s) of changed or removed libraries"
     click.echo(f"{verb} {report.removed} cached panel(s){trained}{fonts}{code}, "
                f"{report.freed / 1e6:.1f} MB")
 

@@ -7,7 +7,8 @@ every trained LoRA folder that no existing story's last training recorded (its o
 training/store.py), the roots of stories that are gone, the PDF font subsets (``fonts/``) that
 none of the stories the roots name (nor those given) embeds, kept font measurements of font
 files that have changed or are gone, bytecode kept for libraries whose source files are gone
-(``env/bytecode``, engine/bytecode.py), and temporary files and
+(``env/bytecode``, engine/bytecode.py), compiled artifacts traced from library files that have
+changed or are gone, or damaged (engine/speed/artifacts.py), and temporary files and
 half-built model folders that killed runs left in the cache; and, in the given stories'
 output folders, panel files storyboard wrote for panels the stories no longer have.
 """
@@ -39,11 +40,14 @@ class CleanReport:
     fonts: list[Path] = field(default_factory=list)  # font subsets removed
     metrics: list[Path] = field(default_factory=list)  # kept font measurements removed
     bytecode: int = 0  # kept bytecode files whose sources are gone (engine/bytecode.py)
+    artifacts: int = 0  # compiled artifacts no build can load (engine/speed/artifacts.py)
 
 
 def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | None = None,
           on_wait: Callable[[str], None] = lambda what: None) -> CleanReport:
     """Remove what no story needs; ``on_wait`` is told when another process holds the cache."""
+    # The compile cache beside a cache given explicitly; otherwise the one builds use.
+    compiled = cache.root / "inductor" if cache is not None else None
     cache = cache or PanelCache.default()
     report = CleanReport()
     # Exclusive: running builds, rerolls and trainings finish first, so nothing they just made
@@ -54,7 +58,21 @@ def clean(stories: list[Path], *, dry_run: bool = False, cache: PanelCache | Non
         _clean_fonts(stories, dry_run, cache, report)
         _clean_metrics(dry_run, cache, report)
         _clean_bytecode(cache.root, dry_run, report)
+        _clean_artifacts(compiled, dry_run, report)
     return report
+
+
+def _clean_artifacts(compiled: Path | None, dry_run: bool, report: CleanReport) -> None:
+    """Compiled artifacts no build can load again (engine/speed/artifacts.py): damaged, or
+    traced from library files that changed or are gone. The rest of torch.compile's cache is
+    torch's to manage."""
+    from ..engine.speed.artifacts import FOLDER, stale_artifacts
+
+    for path in stale_artifacts(compiled / FOLDER if compiled is not None else None):
+        size = _remove(path, dry_run)
+        if size is not None:
+            report.artifacts += 1
+            report.freed += size
 
 
 def _clean_bytecode(root: Path, dry_run: bool, report: CleanReport) -> None:

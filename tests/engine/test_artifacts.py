@@ -152,7 +152,7 @@ def test_an_artifact_traced_from_other_code_is_rebuilt(tmp_path, monkeypatch):
     with torch.no_grad():
         module(x)
     torch._dynamo.reset()
-    monkeypatch.setitem(artifacts._DIGESTS, "torch.nn.modules.linear", "0" * 64)
+    monkeypatch.setitem(artifacts._SOURCES, "torch.nn.modules.linear", ("linear.py", "0" * 64))
     other, compiled = small(tmp_path)
     with torch.no_grad():
         assert torch.equal(other(x), Small.forward(other, x))
@@ -346,3 +346,44 @@ def test_a_lora_after_compiled_fused_projections_acts_through_a_new_artifact(tmp
     for pid in eager:
         assert fast[pid].status == "rendered"
         assert abs(pixels(fast[pid]) - pixels(eager[pid])).max() <= BATCH_TOLERANCE, pid
+
+
+def test_clean_removes_artifacts_of_changed_libraries_and_damaged_ones_only(tmp_path,
+                                                                           monkeypatch):
+    """`storyboard clean`: an artifact traced from a source file that changed (a library
+    upgraded) or is gone, and a damaged one, are removed; a sound one, another user's, and
+    files of other names stay. Without importing torch's compiler (it reads the records)."""
+    from storyboard.commands.clean import clean
+    from storyboard.output.cache import PanelCache
+
+    folder = tmp_path / "cache" / "inductor" / artifacts.FOLDER  # beside the panel cache
+    library = tmp_path / "lib"
+    library.mkdir()
+    sources = {}
+    for name in ("kept", "upgraded", "removed"):
+        (library / f"{name}.py").write_text(f"X = '{name}'\n")
+        sources[name] = [str(library / f"{name}.py"),
+                         artifacts.file_digest(str(library / f"{name}.py"))]
+    write = artifacts.write_artifact
+    write(folder / f"unet-{'1' * 40}.aot", {"sources": {"kept": sources["kept"]}}, b"ok")
+    write(folder / f"unet-{'2' * 40}.aot", {"sources": {"upgraded": sources["upgraded"]}}, b"x")
+    write(folder / f"vae-{'3' * 40}.aot", {"sources": {"removed": sources["removed"]}}, b"x")
+    damaged = folder / f"vae-{'4' * 40}.aot"
+    write(damaged, {"sources": {}}, b"payload")
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
+    other = folder / "notes-mine.aot"
+    other.write_bytes(b"a file storyboard did not name")
+    (library / "upgraded.py").write_text("X = 'new'\n")
+    (library / "removed.py").unlink()
+    stale = [folder / f"unet-{'2' * 40}.aot", folder / f"vae-{'3' * 40}.aot", damaged]
+    assert artifacts.stale_artifacts(folder) == sorted(stale)
+    cache = PanelCache(tmp_path / "cache")
+    assert clean([], dry_run=True, cache=cache).artifacts == 3 and all(p.exists() for p in stale)
+    assert clean([], cache=cache).artifacts == 3
+    assert sorted(p.name for p in folder.iterdir()) == [other.name, f"unet-{'1' * 40}.aot"]
+    # Another user's file is never removed, whatever it holds.
+    theirs = folder / f"unet-{'5' * 40}.aot"
+    write(theirs, {"sources": {"removed": sources["removed"]}}, b"x")
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)
+    assert clean([], cache=cache).artifacts == 0 and theirs.exists()

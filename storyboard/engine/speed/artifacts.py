@@ -42,6 +42,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -195,33 +196,49 @@ def environment(backend: str, options: dict | None) -> str:
     }, sort_keys=True)
 
 
-_DIGESTS: dict[str, str | None] = {}
+_SOURCES: dict[str, tuple[str | None, str | None]] = {}
 
 
-def module_digest(name: str) -> str | None:
-    """The sha256 of a Python module's source file, found without importing it (once per
-    process); None where there is none to read."""
-    if name not in _DIGESTS:
+def file_digest(path: str | None) -> str | None:
+    """The sha256 of a source file's bytes; None where there is none to read."""
+    if not path or not path.endswith(".py"):
+        return None
+    try:
+        with open_regular(Path(path)) as f:
+            return hashlib.sha256(f.read(64 << 20)).hexdigest()
+    except OSError:
+        return None
+
+
+def module_source(name: str) -> tuple[str | None, str | None]:
+    """A Python module's source file and its sha256 (looked up once per process)."""
+    if name not in _SOURCES:
         try:
             spec = importlib.util.find_spec(name)
             origin = spec.origin if spec is not None else None
-            _DIGESTS[name] = (hashlib.sha256(Path(origin).read_bytes()).hexdigest()
-                              if origin and origin.endswith(".py") else None)
-        except (ImportError, ValueError, OSError):
-            _DIGESTS[name] = None
-    return _DIGESTS[name]
+        except (ImportError, ValueError):
+            origin = None
+        _SOURCES[name] = (origin, file_digest(origin))
+    return _SOURCES[name]
 
 
-def traced_sources(fn: Any) -> dict[str, str | None]:
-    """The modules whose code ``fn``'s graph was traced from, with their sources' digests."""
-    return {s.module: module_digest(s.module) for s in fn.source_info().inlined_sources}
+def traced_sources(fn: Any) -> dict[str, list]:
+    """The modules whose code ``fn``'s graph was traced from: {module: [file, sha256]}."""
+    return {s.module: list(module_source(s.module)) for s in fn.source_info().inlined_sources}
 
 
 def changed_source(sources: dict) -> str | None:
     """A module whose source is no longer the one an artifact was traced from (a library
-    patched or reinstalled under the same version), or None."""
-    return next((name for name, digest in sorted(sources.items())
-                 if module_digest(name) != digest), None)
+    patched, reinstalled or upgraded), or None. In a render, where the modules are loaded."""
+    return next((name for name, (_, digest) in sorted(sources.items())
+                 if module_source(name)[1] != digest), None)
+
+
+def stale_file(sources: dict) -> str | None:
+    """The same question from the recorded files alone, without importing anything (for
+    `storyboard clean`): a traced file that is gone or has changed, or None."""
+    return next((path or name for name, (path, digest) in sorted(sources.items())
+                 if file_digest(path) != digest), None)
 
 
 class ForeignFile(ValueError):
@@ -254,7 +271,8 @@ def read_artifact(path: Path) -> tuple[dict, bytes] | None:
     except (ValueError, UnicodeDecodeError):
         record = None
     if not isinstance(record, dict) or not isinstance(record.get("sources"), dict) or not all(
-            isinstance(k, str) and (v is None or isinstance(v, str))
+            isinstance(k, str) and isinstance(v, list) and len(v) == 2
+            and all(x is None or isinstance(x, str) for x in v)
             for k, v in record["sources"].items()):
         raise ValueError("damaged (its record is not one storyboard writes)")
     return record, payload
@@ -449,6 +467,33 @@ class CompiledMethod:
                                              round(time.perf_counter() - t0, 3),
                                              bytes=len(payload)))
         return fn, None, True
+
+
+NAME = re.compile(r"[a-z0-9_]+-[0-9a-f]{40}\.aot")  # what CompiledMethod names its files
+
+
+def stale_artifacts(folder: Path | None = None) -> list[Path]:
+    """Saved artifacts no build can load again, for `storyboard clean`: damaged ones, and those
+    traced from source files that have changed or are gone (a library upgraded or removed;
+    a build would name its new ones differently). Only files named as storyboard names them,
+    and never another user's. Imports nothing heavy: it reads the files' records."""
+    folder = folder or artifacts_dir()
+    try:
+        names = sorted(p for p in folder.iterdir() if NAME.fullmatch(p.name))
+    except OSError:
+        return []
+    stale = []
+    for path in names:
+        try:
+            saved = read_artifact(path)
+        except ForeignFile:
+            continue
+        except (OSError, ValueError):
+            stale.append(path)  # damaged: a build would only build it again
+            continue
+        if saved is not None and stale_file(saved[0]["sources"]) is not None:
+            stale.append(path)
+    return stale
 
 
 def install(module: Any, name: str, label: str, *, backend: str,
