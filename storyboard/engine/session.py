@@ -98,14 +98,17 @@ class PreparedRender:
             emit({"event": "batch_start", "panels": batch.panels})
             t0 = time.perf_counter()
             results = run_batch(self.state, batch, on_event)
+            built = False  # a compiled artifact built in this batch: a cold compile's seconds
             for method in self.state.speed.compiled if self.state.speed else ():
                 for outcome in method.new_outcomes():
+                    built = built or outcome.how == "built"
                     emit({"event": "compiled", **{k: v for k, v in asdict(outcome).items()
                                                   if v is not None}})
             # Only a whole batch that rendered as planned measures its shape's speed.
             if self.timings is not None and all(
                     r.status == "rendered" and r.batch_size == len(batch.jobs) for r in results):
-                self.timings.batch_done(batch, time.perf_counter() - t0, compiled=compiled)
+                self.timings.batch_done(batch, time.perf_counter() - t0, compiled=compiled,
+                                        built=built)
             yield from results
 
 

@@ -62,6 +62,29 @@ def test_eager_then_compiled_builds_teach_auto_to_compile(tmp_path, batches):
     assert Timings("other", path).measured() == {}
 
 
+def test_building_an_artifact_is_a_cold_compile_even_on_a_warm_cache(tmp_path, batches):
+    """A shape compiled here before (torch.compile's cache warm) whose saved artifact is built
+    now (storyboard upgraded, a library changed): those seconds are not what a later process
+    pays to load it, and must not stop auto from compiling; the next load measures that."""
+    path = tmp_path / RECORD
+    work = unet_work(batches)
+    shape = (8, 64, 64, True)
+    earlier = Timings("k", path)
+    earlier.batches = 1
+    earlier.batch_done(batches[1], 15.0, compiled=False)
+    earlier.batch_done(batches[0], 11.6 + 170.0, compiled=True)
+    earlier.batch_done(batches[1], 11.6, compiled=True)
+    assert earlier.measured()[shape].compiled_here
+    building = Timings("k", path)
+    building.batch_done(batches[0], 11.6 + 45.0, compiled=True, built=True)
+    t = building.measured()[shape]
+    assert t.cold_compile == pytest.approx(45.0) and t.warm_compile is None
+    assert compile_pays(work, building.measured())  # 17 s saved against the prior, as before
+    loading = Timings("k", path)
+    loading.batch_done(batches[0], 11.6 + 6.0, compiled=True)
+    assert loading.measured()[shape].warm_compile == pytest.approx(6.0)
+
+
 def test_a_compiled_batch_with_no_speed_to_compare_still_counts_as_compiled(tmp_path, batches):
     timings = Timings("k", tmp_path / RECORD)
     timings.batch_done(batches[0], 200.0, compiled=True)

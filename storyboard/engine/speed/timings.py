@@ -95,8 +95,11 @@ class Timings:
                 out[parsed] = ShapeTimings(**values)
         return out
 
-    def batch_done(self, batch: Batch, seconds: float, *, compiled: bool) -> None:
-        """Record a finished batch: ``seconds`` it took, ``compiled`` or not."""
+    def batch_done(self, batch: Batch, seconds: float, *, compiled: bool,
+                   built: bool = False) -> None:
+        """Record a finished batch: ``seconds`` it took, ``compiled`` or not, and whether it
+        ``built`` a compiled artifact (speed/artifacts.py): that is a cold compile's cost
+        whatever the compile cache held, never what a later process pays to load it."""
         steps = panel_steps(batch)
         if steps <= 0 or seconds <= 0:
             return
@@ -119,8 +122,8 @@ class Timings:
             # Without a steady speed to tell compiling from rendering by, the whole batch
             # (too much: the next compile here measures it better).
             extra = seconds if steady is None else max(0.0, seconds - steps * steady)
-            now = replace(now, **{"warm_compile" if now.compiled_here else "cold_compile":
-                                  round(extra, 2)})
+            warm = now.compiled_here and not built
+            now = replace(now, **{"warm_compile" if warm else "cold_compile": round(extra, 2)})
         else:
             now = replace(now, compiled=_blend(now.compiled, per_step))
         shapes[shape_name(shape)] = {k: round(v, 6) if k in ("eager", "compiled") else v
