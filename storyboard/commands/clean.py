@@ -8,7 +8,7 @@ training/store.py), the roots of stories that are gone, the PDF font subsets (``
 none of the stories the roots name (nor those given) embeds, kept font measurements of font
 files that have changed or are gone, bytecode kept for libraries whose source files are gone
 (``env/bytecode``, engine/bytecode.py), compiled artifacts traced from library files that have
-changed or are gone, or damaged (engine/speed/artifacts.py), and temporary files and
+changed or are gone, or damaged (engine/speed/artifact_files.py), and temporary files and
 half-built model folders that killed runs left in the cache; and, in the given stories'
 output folders, panel files storyboard wrote for panels the stories no longer have.
 """
@@ -66,7 +66,7 @@ def _clean_artifacts(compiled: Path | None, dry_run: bool, report: CleanReport) 
     """Compiled artifacts no build can load again (engine/speed/artifacts.py): damaged, or
     traced from library files that changed or are gone. The rest of torch.compile's cache is
     torch's to manage."""
-    from ..engine.speed.artifacts import FOLDER, stale_artifacts
+    from ..engine.speed.artifact_files import FOLDER, stale_artifacts
 
     for path in stale_artifacts(compiled / FOLDER if compiled is not None else None):
         size = _remove(path, dry_run)

@@ -16,9 +16,11 @@ from test_render import (BATCH_TOLERANCE, LORA_STORY, PANELS4, QUIET, jobs_of,  
                          make_lora, pixels, render_all, render_with, speed_up, write_story)
 
 from storyboard.engine.loading import load_model  # noqa: E402
+from storyboard.engine.speed import artifact_files as files  # noqa: E402
 from storyboard.engine.speed import artifacts  # noqa: E402
-from storyboard.engine.speed.artifacts import (MAGIC, CompiledMethod, install,  # noqa: E402
-                                               model_fingerprint, read_artifact)
+from storyboard.engine.speed.artifact_files import MAGIC, read_artifact  # noqa: E402
+from storyboard.engine.speed.artifacts import (CompiledMethod, install,  # noqa: E402
+                                               model_fingerprint)
 from storyboard.options import RuntimeOptions  # noqa: E402
 from storyboard.plan import ModelRef, Speedup  # noqa: E402
 from storyboard.plan.speed import choose_speedups  # noqa: E402
@@ -152,7 +154,7 @@ def test_an_artifact_traced_from_other_code_is_rebuilt(tmp_path, monkeypatch):
     with torch.no_grad():
         module(x)
     torch._dynamo.reset()
-    monkeypatch.setitem(artifacts._SOURCES, "torch.nn.modules.linear", ("linear.py", "0" * 64))
+    monkeypatch.setitem(files._SOURCES, "torch.nn.modules.linear", ("linear.py", "0" * 64))
     other, compiled = small(tmp_path)
     with torch.no_grad():
         assert torch.equal(other(x), Small.forward(other, x))
@@ -356,15 +358,15 @@ def test_clean_removes_artifacts_of_changed_libraries_and_damaged_ones_only(tmp_
     from storyboard.commands.clean import clean
     from storyboard.output.cache import PanelCache
 
-    folder = tmp_path / "cache" / "inductor" / artifacts.FOLDER  # beside the panel cache
+    folder = tmp_path / "cache" / "inductor" / files.FOLDER  # beside the panel cache
     library = tmp_path / "lib"
     library.mkdir()
     sources = {}
     for name in ("kept", "upgraded", "removed"):
         (library / f"{name}.py").write_text(f"X = '{name}'\n")
         sources[name] = [str(library / f"{name}.py"),
-                         artifacts.file_digest(str(library / f"{name}.py"))]
-    write = artifacts.write_artifact
+                         files.file_digest(str(library / f"{name}.py"))]
+    write = files.write_artifact
     write(folder / f"unet-{'1' * 40}.aot", {"sources": {"kept": sources["kept"]}}, b"ok")
     write(folder / f"unet-{'2' * 40}.aot", {"sources": {"upgraded": sources["upgraded"]}}, b"x")
     write(folder / f"vae-{'3' * 40}.aot", {"sources": {"removed": sources["removed"]}}, b"x")
@@ -376,7 +378,7 @@ def test_clean_removes_artifacts_of_changed_libraries_and_damaged_ones_only(tmp_
     (library / "upgraded.py").write_text("X = 'new'\n")
     (library / "removed.py").unlink()
     stale = [folder / f"unet-{'2' * 40}.aot", folder / f"vae-{'3' * 40}.aot", damaged]
-    assert artifacts.stale_artifacts(folder) == sorted(stale)
+    assert files.stale_artifacts(folder) == sorted(stale)
     cache = PanelCache(tmp_path / "cache")
     assert clean([], dry_run=True, cache=cache).artifacts == 3 and all(p.exists() for p in stale)
     assert clean([], cache=cache).artifacts == 3

@@ -27,34 +27,27 @@ reinstalled under the same version makes it be built again. Any failure to load 
 falls back to plain torch.compile, the way storyboard compiled before, never to a failed render;
 one that cannot be saved is still used by the process that built it.
 
-An artifact is a file this process or an earlier one wrote in storyboard's cache: a header with
-the sha256 of the rest (a torn or damaged file is rebuilt, never loaded), a JSON line (the traced
-modules), then torch's payload; read only if it is a regular file owned by this user (another
-user's is left alone), bounded in size. Loading runs pickle, as torch.compile's own
-cache does: the compile cache is trusted like it.
+The files themselves (their format, the checks on reading them, which are stale) are
+``artifact_files``'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import io
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...paths import atomic_write_bytes, compile_cache_dir, open_regular
+from .artifact_files import (ForeignFile, artifacts_dir, changed_source, read_artifact,
+                             traced_sources, write_artifact)
 
 FORMAT = 1
-MAGIC = b"storyboard-aot\n"
-MAX_BYTES = 1 << 31  # an SDXL UNet's artifact is about 40 MB
-FOLDER = "storyboard-aot"
 # Plain constants an input may be: anything else (a number, above all, which a compiled graph
 # specialises on) leaves that call to plain torch.compile.
 _CONSTANTS = (type(None), bool, str)
@@ -72,10 +65,6 @@ def supported() -> bool:
     # file name does not cover their values.
     return not inductor.freezing and all(hasattr(torch.compiler, name) for name in (
         "load_compiled_function", "keep_portable_guards_unsafe"))
-
-
-def artifacts_dir() -> Path:
-    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or compile_cache_dir()) / FOLDER
 
 
 def call_method(module: Any, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -194,94 +183,6 @@ def environment(backend: str, options: dict | None) -> str:
                                    .encode()).hexdigest(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
     }, sort_keys=True)
-
-
-_SOURCES: dict[str, tuple[str | None, str | None]] = {}
-
-
-def file_digest(path: str | None) -> str | None:
-    """The sha256 of a source file's bytes; None where there is none to read."""
-    if not path or not path.endswith(".py"):
-        return None
-    try:
-        with open_regular(Path(path)) as f:
-            return hashlib.sha256(f.read(64 << 20)).hexdigest()
-    except OSError:
-        return None
-
-
-def module_source(name: str) -> tuple[str | None, str | None]:
-    """A Python module's source file and its sha256 (looked up once per process)."""
-    if name not in _SOURCES:
-        try:
-            spec = importlib.util.find_spec(name)
-            origin = spec.origin if spec is not None else None
-        except (ImportError, ValueError):
-            origin = None
-        _SOURCES[name] = (origin, file_digest(origin))
-    return _SOURCES[name]
-
-
-def traced_sources(fn: Any) -> dict[str, list]:
-    """The modules whose code ``fn``'s graph was traced from: {module: [file, sha256]}."""
-    return {s.module: list(module_source(s.module)) for s in fn.source_info().inlined_sources}
-
-
-def changed_source(sources: dict) -> str | None:
-    """A module whose source is no longer the one an artifact was traced from (a library
-    patched, reinstalled or upgraded), or None. In a render, where the modules are loaded."""
-    return next((name for name, (_, digest) in sorted(sources.items())
-                 if module_source(name)[1] != digest), None)
-
-
-def stale_file(sources: dict) -> str | None:
-    """The same question from the recorded files alone, without importing anything (for
-    `storyboard clean`): a traced file that is gone or has changed, or None."""
-    return next((path or name for name, (path, digest) in sorted(sources.items())
-                 if file_digest(path) != digest), None)
-
-
-class ForeignFile(ValueError):
-    """An artifact's path holds another user's file."""
-
-
-def read_artifact(path: Path) -> tuple[dict, bytes] | None:
-    """The record (what it was traced from) and payload of an artifact this user wrote, whole
-    and unchanged; None if there is none. Raises ValueError for a file that is not one (the
-    caller rebuilds it) and ``ForeignFile`` for another user's (left alone)."""
-    try:
-        f = open_regular(path)
-    except FileNotFoundError:
-        return None
-    with f:
-        st = os.fstat(f.fileno())
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            raise ForeignFile("owned by another user (left as it is)")
-        if st.st_size > MAX_BYTES:
-            raise ValueError(f"larger than {MAX_BYTES} bytes")
-        data = f.read(MAX_BYTES + 1)
-    head, digest, body = data[:len(MAGIC)], data[len(MAGIC):len(MAGIC) + 65], \
-        data[len(MAGIC) + 65:]
-    if head != MAGIC or digest[-1:] != b"\n" or \
-            hashlib.sha256(body).hexdigest().encode() != digest[:-1]:
-        raise ValueError("damaged (its checksum does not match)")
-    line, _, payload = body.partition(b"\n")
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        record = None
-    if not isinstance(record, dict) or not isinstance(record.get("sources"), dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and len(v) == 2
-            and all(x is None or isinstance(x, str) for x in v)
-            for k, v in record["sources"].items()):
-        raise ValueError("damaged (its record is not one storyboard writes)")
-    return record, payload
-
-
-def write_artifact(path: Path, record: dict, payload: bytes) -> None:
-    body = json.dumps(record, sort_keys=True).encode() + b"\n" + payload
-    digest = hashlib.sha256(body).hexdigest().encode()
-    atomic_write_bytes(path, MAGIC + digest + b"\n" + body)
 
 
 class CompiledMethod:
@@ -467,33 +368,6 @@ class CompiledMethod:
                                              round(time.perf_counter() - t0, 3),
                                              bytes=len(payload)))
         return fn, None, True
-
-
-NAME = re.compile(r"[a-z0-9_]+-[0-9a-f]{40}\.aot")  # what CompiledMethod names its files
-
-
-def stale_artifacts(folder: Path | None = None) -> list[Path]:
-    """Saved artifacts no build can load again, for `storyboard clean`: damaged ones, and those
-    traced from source files that have changed or are gone (a library upgraded or removed;
-    a build would name its new ones differently). Only files named as storyboard names them,
-    and never another user's. Imports nothing heavy: it reads the files' records."""
-    folder = folder or artifacts_dir()
-    try:
-        names = sorted(p for p in folder.iterdir() if NAME.fullmatch(p.name))
-    except OSError:
-        return []
-    stale = []
-    for path in names:
-        try:
-            saved = read_artifact(path)
-        except ForeignFile:
-            continue
-        except (OSError, ValueError):
-            stale.append(path)  # damaged: a build would only build it again
-            continue
-        if saved is not None and stale_file(saved[0]["sources"]) is not None:
-            stale.append(path)
-    return stale
 
 
 def install(module: Any, name: str, label: str, *, backend: str,
