@@ -233,8 +233,6 @@ def _new_state(model: LoadedModel, options: RuntimeOptions) -> ModelState:
     def unfuse() -> None:  # adapters attach to to_q/to_k/to_v: undo fused projections first
         if state.speed is not None:
             unfuse_qkv(model, state.speed)
-            for method in state.speed.compiled:  # new layers: a saved artifact's name changes
-                method.invalidate()
 
     state.adapters.before_load = unfuse
     return state

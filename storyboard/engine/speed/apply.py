@@ -121,8 +121,6 @@ def unfuse_qkv(model: LoadedModel, done: AppliedSpeedups) -> None:
     if Speedup.FUSED_QKV in done.applied:
         model.pipe.unet.unfuse_qkv_projections()
         done.applied.remove(Speedup.FUSED_QKV)
-        for compiled in done.compiled:
-            compiled.invalidate()
         if done.cross_kv is not None:  # unfusing put the old processors back
             done.cross_kv.wrap()
 

@@ -20,8 +20,8 @@ strides, dtypes, dispatch keys): diffusers' attention inspects its processor at 
 which makes guards on code objects that cannot be saved. What those guards no longer check (the
 module tree, its layers' settings and hooks, the attention processors, the weights' layout, the
 libraries, the GPU) goes into the artifact's name instead (``model_fingerprint`` and
-``environment``); ``invalidate()`` makes the next call look again (a LoRA loaded, projections
-unfused), and the renderer asks for it before every pipeline call. A saved artifact also lists
+``environment``); the renderer calls ``invalidate()`` before every pipeline call, so the next
+call looks at the module again (a LoRA loaded, projections unfused, anything else changed). A saved artifact also lists
 the modules its code was traced from with their sources' digests: a library patched or
 reinstalled under the same version makes it be built again. Any failure to load or to build
 falls back to plain torch.compile, the way storyboard compiled before, never to a failed render;
@@ -210,7 +210,8 @@ class CompiledMethod:
         return new
 
     def invalidate(self) -> None:
-        """The module changed (a LoRA loaded, projections unfused): look at it again."""
+        """Describe the module again at the next call (it may have changed since: a LoRA
+        loaded, projections unfused)."""
         self._fingerprint = None
         self._keys.clear()
 
