@@ -231,9 +231,10 @@ class CompiledMethod:
 
     def _quick(self, args: tuple, kwargs: dict) -> tuple:
         """A cheaper stand-in for ``_key`` at every step (the full one asks every cached K/V
-        tensor its strides and flags: 0.7 ms a call on SDXL): the whole structure of the
-        inputs, every constant by value, every tensor by shape, dtype and device. What it
-        leaves out, the artifact's own guards check (strides, dispatch keys)."""
+        tensor its strides and flags: about 0.5 ms a call on SDXL's inputs, this 0.1 ms):
+        the whole structure of the inputs, every constant by value, every tensor by shape,
+        dtype and device. What it leaves out, the artifact's own guards check (strides,
+        dispatch keys)."""
         import torch
 
         def quick(value: Any) -> Any:
@@ -302,7 +303,6 @@ class CompiledMethod:
         """The artifact for ``key``: loaded if saved and sound, else built (and saved where
         it can be); None (with an outcome saying why) where neither works."""
         path = self.folder / f"{self.label}-{key[:40]}.aot"
-        t0 = time.perf_counter()
         fn, reason, save = self._load(path, args, kwargs)
         if fn is not None:
             return fn
