@@ -21,9 +21,9 @@ which makes guards on code objects that cannot be saved. What those guards no lo
 module tree, its layers' settings and hooks, the attention processors, the weights' layout, the
 libraries, the GPU) goes into the artifact's name instead (``model_fingerprint`` and
 ``environment``); the renderer calls ``invalidate()`` before every pipeline call, so the next
-call looks at the module again (a LoRA loaded, projections unfused, anything else changed). A saved artifact also lists
-the modules its code was traced from with their sources' digests: a library patched or
-reinstalled under the same version makes it be built again. Any failure to load or to build
+call looks at the module again (a LoRA loaded, projections unfused, anything else changed).
+A saved artifact also lists the modules its code was traced from with their sources' digests:
+a library patched or reinstalled under the same version makes it be built again. Any failure to load or to build
 falls back to plain torch.compile, the way storyboard compiled before, never to a failed render;
 one that cannot be saved is still used by the process that built it.
 
