@@ -23,9 +23,9 @@ libraries, the GPU) goes into the artifact's name instead (``model_fingerprint``
 ``environment``); the renderer calls ``invalidate()`` before every pipeline call, so the next
 call looks at the module again (a LoRA loaded, projections unfused, anything else changed).
 A saved artifact also lists the modules its code was traced from with their sources' digests:
-a library patched or reinstalled under the same version makes it be built again. Any failure to load or to build
-falls back to plain torch.compile, the way storyboard compiled before, never to a failed render;
-one that cannot be saved is still used by the process that built it.
+a library patched or reinstalled under the same version makes it be built again. Any failure
+to load or to build falls back to plain torch.compile, the way storyboard compiled before,
+never to a failed render; one that cannot be saved is still used by the process that built it.
 
 The files themselves (their format, the checks on reading them, which are stale) are
 ``artifact_files``'s.
