@@ -226,6 +226,10 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
     for name in builds[1:]:
         out[name]["pixels_vs_" + builds[0]] = compare_pixels(case / f"out-{builds[0]}",
                                                             case / f"out-{name}")
+    # The same across commands (this call removes the case folder): each panel's pixels by
+    # digest, so builds of separate commands on one machine compare from the results.
+    for name in builds:
+        out[name]["pixel_digests"] = pixel_digests(case / f"out-{name}")
     if "notebook" in out:
         for name, result in out.items():
             if name != "notebook" and result["returncode"] == 0:
@@ -254,6 +258,18 @@ def compare_pixels(a: Path, b: Path) -> dict:
             differ += 1
             largest = max(largest, int(np.abs(x - y).max()) if x.shape == y.shape else 255)
     return {"identical": same, "differ": differ, "max_diff": largest}
+
+
+def pixel_digests(out: Path) -> dict:
+    """Each panel PNG's decoded RGB pixels, by sha256 (16 hex digits)."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    return {png.name: hashlib.sha256(np.ascontiguousarray(
+        np.asarray(Image.open(png).convert("RGB"))).tobytes()).hexdigest()[:16]
+        for png in sorted(out.glob("panels/*.png"))}
 
 
 def gpu_name() -> str:

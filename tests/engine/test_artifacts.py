@@ -89,6 +89,10 @@ def test_built_once_then_loaded_with_the_same_results_and_weights_read_at_each_c
         assert torch.equal(other(x, extra=shift), Small.forward(other, x, extra=shift))
     assert [o.how for o in loaded.outcomes] == ["loaded"]
     assert loaded.outcomes[0].bytes == len(read_artifact(saved)[1])
+    # Where the seconds went, for the `compiled` event: the load's parts and the first call.
+    assert set(loaded.outcomes[0].parts) == {"read", "deserialize", "guards"}
+    assert all(s >= 0 for s in loaded.outcomes[0].parts.values())
+    assert loaded.outcomes[0].first_call >= 0 and compiled.outcomes[0].first_call >= 0
 
 
 def test_each_input_signature_has_its_own_artifact(tmp_path):
@@ -421,3 +425,43 @@ def test_a_change_only_the_description_sees_is_seen_at_the_next_render(tmp_path,
     for pid in eager:
         assert abs(pixels(after[pid]) - pixels(before[pid])).max() > BATCH_TOLERANCE, pid
         assert abs(pixels(after[pid]) - pixels(eager[pid])).max() <= BATCH_TOLERANCE, pid
+
+
+def _artifact(folder, n: int, size: int, mtime: int):
+    path = folder / f"unet-{n:040x}.aot"
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_prune_removes_the_least_recently_used_until_the_folder_fits(tmp_path):
+    old, mid, new = (_artifact(tmp_path, n, 100, 1_000 + n) for n in range(3))
+    other = tmp_path / "notes.aot"  # not a name storyboard gives: never touched
+    other.write_bytes(b"y" * 1000)
+    (tmp_path / f"vae-{'f' * 40}.aot").symlink_to(other)  # not a regular file: left alone
+    assert files.prune(tmp_path, keep=new, limit=250) == [old]
+    assert files.prune(tmp_path, keep=new, limit=0) == [mid]  # never the one just written
+    assert new.exists() and other.exists() and (tmp_path / f"vae-{'f' * 40}.aot").is_symlink()
+    assert files.prune(tmp_path / "missing", keep=new, limit=0) == []
+
+
+def test_a_loaded_artifact_counts_as_recently_used(tmp_path, monkeypatch):
+    """Builds keep the folder within STORYBOARD_COMPILE_ARTIFACTS_MB: loading an artifact
+    marks it used, so the one pruned is the one no build asked for."""
+    module, compiled = small(tmp_path)
+    with torch.no_grad():
+        module(torch.randn(2, 8))
+        module(torch.randn(3, 8))
+    two, three = (sorted(tmp_path.glob("small-*.aot"), key=lambda p: p.stat().st_mtime_ns))
+    for path in (two, three):
+        os.utime(path, (1_000, 1_000))
+    torch._dynamo.reset()
+    monkeypatch.setenv(files.LIMIT_ENV, "0")  # room for only the newest
+    other, loaded = small(tmp_path)
+    with torch.no_grad():
+        other(torch.randn(2, 8))  # loads (and so marks) the first
+    assert [o.how for o in loaded.outcomes] == ["loaded"] and two.stat().st_mtime > 1_000
+    with torch.no_grad():
+        other(torch.randn(4, 8))  # a new shape: built, and the folder pruned
+    assert [(o.how, o.pruned) for o in loaded.outcomes] == [("loaded", None), ("built", 2)]
+    assert len(list(tmp_path.glob("small-*.aot"))) == 1

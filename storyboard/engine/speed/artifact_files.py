@@ -3,7 +3,8 @@ which of them no build can load again.
 
 In: an artifact's path, or the folder of them (``storyboard-aot/`` in the compile cache). Out:
 its record (the modules its code was traced from, with each source file and its sha256) and
-torch's payload; ``stale_artifacts`` for `storyboard clean`. Imports nothing heavy.
+torch's payload; ``stale_artifacts`` for `storyboard clean`; ``prune`` keeps the folder within
+its size limit, least recently used first. Imports nothing heavy.
 
 A file: ``MAGIC``, the sha256 of the rest, a JSON line (the record), then the payload. It is
 read only if it is a regular file owned by this user (another user's is left alone: never
@@ -18,6 +19,7 @@ import importlib.util
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,10 @@ from ...paths import atomic_write_bytes, compile_cache_dir, open_regular
 MAGIC = b"storyboard-aot\n"
 MAX_BYTES = 1 << 31  # an SDXL UNet's artifact is about 40 MB
 FOLDER = "storyboard-aot"
+# The folder's size limit: an SDXL batch shape costs about 64 MB (UNet and VAE decoder), and a
+# new model structure (other LoRA adapter names, another family) is a new set.
+LIMIT_MB = 4096
+LIMIT_ENV = "STORYBOARD_COMPILE_ARTIFACTS_MB"
 
 
 def artifacts_dir() -> Path:
@@ -145,3 +151,56 @@ def stale_artifacts(folder: Path | None = None) -> list[Path]:
         if saved is not None and stale_file(saved[0]["sources"]) is not None:
             stale.append(path)
     return stale
+
+
+def limit_bytes() -> int:
+    """The folder's size limit (``STORYBOARD_COMPILE_ARTIFACTS_MB``, else ``LIMIT_MB``)."""
+    try:
+        return max(0, int(os.environ.get(LIMIT_ENV, LIMIT_MB))) << 20
+    except ValueError:
+        return LIMIT_MB << 20
+
+
+def touch(path: Path) -> None:
+    """Mark an artifact as just used (its modification time: what ``prune`` goes by)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache: it is still used, only pruned sooner
+
+
+def prune(folder: Path, keep: Path, limit: int | None = None) -> list[Path]:
+    """Remove the least recently used artifacts (by modification time: written or loaded)
+    until the folder's artifacts fit ``limit`` bytes; never ``keep`` (the one just written),
+    another user's file, or any file not named as storyboard names them. What was removed."""
+    limit = limit_bytes() if limit is None else limit
+    mine = []
+    try:
+        for path in folder.iterdir():
+            if not NAME.fullmatch(path.name):
+                continue
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and (not hasattr(os, "getuid")
+                                             or st.st_uid == os.getuid()):
+                mine.append((st.st_mtime_ns, path.name, path, st.st_size))
+    except OSError:
+        return []
+    total = sum(size for *_, size in mine)
+    removed = []
+    for _, _, path, size in sorted(mine):
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass  # another process pruned it first
+        except OSError:
+            continue
+        total -= size
+        removed.append(path)
+    return removed

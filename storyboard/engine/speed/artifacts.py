@@ -26,6 +26,7 @@ A saved artifact also lists the modules its code was traced from with their sour
 a library patched or reinstalled under the same version makes it be built again. Any failure
 to load or to build falls back to plain torch.compile, the way storyboard compiled before,
 never to a failed render; one that cannot be saved is still used by the process that built it.
+The folder is kept within a size limit, the least recently used artifacts removed first.
 
 The files themselves (their format, the checks on reading them, which are stale) are
 ``artifact_files``'s.
@@ -44,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact_files import (ForeignFile, artifacts_dir, changed_source, read_artifact,
-                             traced_sources, write_artifact)
+from .artifact_files import (ForeignFile, artifacts_dir, changed_source, prune, read_artifact,
+                             touch, traced_sources, write_artifact)
 
 FORMAT = 1
 # Plain constants an input may be: anything else (a number, above all, which a compiled graph
@@ -73,7 +74,7 @@ def call_method(module: Any, name: str, *args: Any, **kwargs: Any) -> Any:
     return getattr(type(module), name)(module, *args, **kwargs)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ArtifactOutcome:
     """What one (module, input signature) got in this process."""
 
@@ -82,6 +83,13 @@ class ArtifactOutcome:
     seconds: float  # loading (checks included) or compiling and saving; not the first call
     reason: str | None = None  # why plain torch.compile, or why an artifact was rebuilt
     bytes: int | None = None
+    # Where a load's seconds went: "read" (file, checksum, sources), "deserialize" (torch's
+    # loader: the graph and its kernels), "guards"; filled in as it happens.
+    parts: dict | None = None
+    # The first call's seconds on the host (kernels launched, not waited for): a loaded
+    # artifact's lazy set-up, or a built one's kernel tuning.
+    first_call: float | None = None
+    pruned: int | None = None  # least recently used artifacts removed to stay within the limit
 
 
 def signature(value: Any, out: list) -> bool:
@@ -270,7 +278,12 @@ class CompiledMethod:
                 return self._plain(key, None)(*args, **kwargs)
             self._functions[key] = fn
         try:
-            return fn(self.module, self.name, *args, **kwargs)
+            if not first:
+                return fn(self.module, self.name, *args, **kwargs)
+            t0 = time.perf_counter()
+            out = fn(self.module, self.name, *args, **kwargs)
+            self.outcomes[-1].first_call = round(time.perf_counter() - t0, 3)
+            return out
         except RuntimeError as exc:
             import torch
 
@@ -328,16 +341,18 @@ class CompiledMethod:
             self._plain(key, f"could not be compiled as an artifact: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300])
             return None
-        size = None
+        size = pruned = None
         try:  # compiled now, for this process, whether or not it can be kept
             payload = type(fn).serialize(fn).serialized_data
             size = len(payload)
             if save:
                 write_artifact(path, {"sources": traced_sources(fn)}, payload)
+                pruned = len(prune(self.folder, keep=path)) or None
         except Exception as exc:  # noqa: BLE001 - the next process builds it again
             reason = f"not saved: {type(exc).__name__}: {exc}"[:300]
         self.outcomes.append(ArtifactOutcome(self.label, "built",
-                                             round(time.perf_counter() - t0, 3), reason, size))
+                                             round(time.perf_counter() - t0, 3), reason, size,
+                                             pruned=pruned))
         return fn
 
     def _load(self, path: Path, args: tuple, kwargs: dict) -> tuple[Any, str | None, bool]:
@@ -346,6 +361,7 @@ class CompiledMethod:
         import torch
 
         t0 = time.perf_counter()
+        parts: dict = {}
         try:
             saved = read_artifact(path)
         except (OSError, ValueError) as exc:
@@ -358,16 +374,21 @@ class CompiledMethod:
         changed = changed_source(record["sources"])
         if changed is not None:
             return None, f"the code it was traced from has changed ({changed})", True
+        touch(path)
+        parts["read"] = round(time.perf_counter() - t0, 3)
         try:
+            t1 = time.perf_counter()
             fn = torch.compiler.load_compiled_function(io.BytesIO(payload))
+            t2 = time.perf_counter()
             if not fn.guard_check(self.module, self.name, *args, **kwargs):
                 return None, "the saved artifact's guards did not match these inputs", True
+            parts.update(deserialize=round(t2 - t1, 3), guards=round(time.perf_counter() - t2, 3))
         except Exception as exc:  # noqa: BLE001 - any failure: build it again
             return None, f"the saved artifact did not load: {type(exc).__name__}: {exc}"[:300], \
                 True
         self.outcomes.append(ArtifactOutcome(self.label, "loaded",
                                              round(time.perf_counter() - t0, 3),
-                                             bytes=len(payload)))
+                                             bytes=len(payload), parts=parts))
         return fn, None, True
 
 
