@@ -197,7 +197,7 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
         env = dict(os.environ, PYTHONUNBUFFERED="1", STORYBOARD_CACHE=str(cache))
         if run not in ("notebook", "build-fresh"):
             seed_environment(work, cache)
-        if name == "notebook":
+        if run == "notebook":
             cmd = [sys.executable, str(HERE / "notebook.py"), str(folder), family,
                    str(case / "panels.json"), "--out", str(case / "notebook"),
                    "--steps", str(steps), "--size", str(size)]
@@ -222,7 +222,8 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
         print(f"[e2e]   {json.dumps(out[name])[:400]}", file=sys.stderr, flush=True)
     # A panel's pixels must not depend on whether its process built the compiled artifact or
     # loaded it: the builds' panels against the first build's.
-    builds = [name for name in out if name != "notebook" and out[name]["returncode"] == 0]
+    builds = [name for name in out
+              if not name.startswith("notebook") and out[name]["returncode"] == 0]
     for name in builds[1:]:
         out[name]["pixels_vs_" + builds[0]] = compare_pixels(case / f"out-{builds[0]}",
                                                             case / f"out-{name}")
@@ -232,7 +233,7 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
         out[name]["pixel_digests"] = pixel_digests(case / f"out-{name}")
     if "notebook" in out:
         for name, result in out.items():
-            if name != "notebook" and result["returncode"] == 0:
+            if not name.startswith("notebook") and result["returncode"] == 0:
                 result["speedup_vs_notebook"] = round(out["notebook"]["wall_s"]
                                                       / result["wall_s"], 2)
     return out
