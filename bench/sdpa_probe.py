@@ -58,7 +58,9 @@ def main() -> None:
     from diffusers import UNet2DConditionModel
 
     out: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                 "cudnn": torch.backends.cudnn.version(), "attention": {}, "unet": {}}
+                 "cudnn": torch.backends.cudnn.version(), "attention": {}, "unet": {},
+                 # The order PyTorch tries the kernels in when none is chosen ("default").
+                 "priority": [SDPBackend(int(b)).name for b in torch._C._get_sdp_priority_order()]}
     f16 = dict(device="cuda", dtype=torch.float16)
     # 1. The attention alone: SDXL's self-attention at the two resolutions it attends at.
     for tokens, heads in ((args.size // 16) ** 2, 10), ((args.size // 32) ** 2, 20):
