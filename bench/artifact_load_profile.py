@@ -4,8 +4,8 @@ In: an artifact file, storyboard's (``<compile cache>/storyboard-aot/*.aot``) or
 ``bench/aot_compile_probe.py`` saves. Out: one JSON object on stdout.
 
 A build that loads its saved UNet artifact spends about 3.4 s in torch's loader
-(``load_compiled_function``; round 9, Kolors). In a new process, like a build's: torch imported
-and CUDA started first, then
+(``load_compiled_function``; round 9, Kolors). In a new process, like a build's: torch imported,
+CUDA started and diffusers and transformers imported first, then
 1. the imports the loader needs (dynamo, inductor), timed alone;
 2. the loader itself under cProfile: the functions with the most cumulative time.
 
@@ -37,6 +37,10 @@ def main() -> None:
     import torch
 
     torch.zeros(1, device="cuda")
+    # A build has imported these before it loads an artifact.
+    import diffusers  # noqa: F401
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel  # noqa: F401
+    import transformers  # noqa: F401
     out["torch_and_cuda_s"] = round(time.perf_counter() - t, 3)
     data = args.artifact.read_bytes()
     if data.startswith(b"storyboard-aot\n"):
