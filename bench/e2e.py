@@ -49,6 +49,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def run_process(cmd: list[str], env: dict, log: Path, events: Path | None = None
 
 
 def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, steps: int,
-            size: int, events: Path | None = None) -> dict:
+            size: int, events: Path | None = None, flags: tuple[str, ...] = ()) -> dict:
     panels = course_panels(n)
     case = work / f"{family}-{n}"
     shutil.rmtree(case, ignore_errors=True)
@@ -206,7 +207,7 @@ def measure(family: str, n: int, runs: list[str], work: Path, folder: Path, step
             compiled = shared if run in ("build-compile", "build-warm") or first_empty else (
                 case / f"inductor-{name}")
             env["TORCHINDUCTOR_CACHE_DIR"] = str(compiled)
-            cmd = [sys.executable, "-m", "storyboard.cli", "build", "--json", "-o",
+            cmd = [sys.executable, "-m", "storyboard.cli", "build", "--json", *flags, "-o",
                    str(case / f"out-{name}"), str(story)]
             if run == "build-eager":
                 cmd.insert(-1, "--no-compile")
@@ -296,6 +297,8 @@ def main() -> None:
     ap.add_argument("--events", type=Path,
                     help="a folder for each process's events as they come (JSON lines)")
     ap.add_argument("--tag", default="", help="a suffix for the results file name")
+    ap.add_argument("--build-flags", default="",
+                    help="more flags for every storyboard build, e.g. '--no-tune'")
     args = ap.parse_args()
     gpu = gpu_name()
     slug = gpu.lower().replace("nvidia ", "nvidia-").replace(" ", "-")
@@ -325,7 +328,8 @@ def main() -> None:
         for n in args.panels:
             section[f"{n}_panels"] = {**section.get(f"{n}_panels", {}),
                                       **measure(family, n, args.runs, args.work, folder,
-                                                args.steps, args.size, args.events)}
+                                                args.steps, args.size, args.events,
+                                                tuple(shlex.split(args.build_flags)))}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(report, indent=1, ensure_ascii=False))
