@@ -153,8 +153,8 @@ def pin(story: str, panel: str, seed: int) -> None:
 def clean(stories: tuple[str, ...], dry_run: bool) -> None:
     """Remove cached panels, trained LoRAs and PDF font subsets that no story needs any more,
     font measurements kept for font files that changed, kept bytecode of libraries that
-    are gone, and compiled artifacts of libraries that changed (and, for the STORIES given, panel files in their output folders whose panels
-    are gone)."""
+    are gone, and compiled artifacts of libraries that changed (and, for the STORIES given,
+    panel files in their output folders whose panels are gone)."""
     from ..commands import clean as run_clean
 
     user_paths(*stories)

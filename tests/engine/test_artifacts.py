@@ -445,6 +445,15 @@ def test_prune_removes_the_least_recently_used_until_the_folder_fits(tmp_path):
     assert files.prune(tmp_path / "missing", keep=new, limit=0) == []
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX file owners")
+def test_prune_never_removes_another_users_artifacts(tmp_path, monkeypatch):
+    theirs = [_artifact(tmp_path, n, 100, 1_000 + n) for n in range(2)]
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 4242)  # the files are now someone else's
+    assert files.prune(tmp_path, keep=tmp_path / "none.aot", limit=0) == []
+    assert all(path.exists() for path in theirs)
+
+
 def test_a_loaded_artifact_counts_as_recently_used(tmp_path, monkeypatch):
     """Builds keep the folder within STORYBOARD_COMPILE_ARTIFACTS_MB: loading an artifact
     marks it used, so the one pruned is the one no build asked for."""
