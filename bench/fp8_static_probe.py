@@ -47,9 +47,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from aoti_probe import (first_unet_call, map_tensors, model_arguments, sync,  # noqa: E402
                         timed_calls)
+from fp8_conv import convertible, fp8_conv_module  # noqa: E402
 
 FP8_MAX = 448.0  # the largest float8_e4m3fn
-WAYS = ("bf16", "dynamic", "static", "static-rows")
+WAYS = ("bf16", "dynamic", "static", "static-rows", "static-conv")
 
 
 def eligible(module, fqn: str) -> bool:
@@ -60,8 +61,9 @@ def eligible(module, fqn: str) -> bool:
     return _fp8_layer(module, fqn)
 
 
-def calibrate(model, panels: int, size: int, steps: int) -> dict:
-    """Each eligible Linear's largest input magnitude over a pipeline call of the course's
+def calibrate(model, panels: int, size: int, steps: int, convs: bool) -> dict:
+    """Each eligible Linear's (and with ``convs`` each convertible convolution's) largest input
+    magnitude over a pipeline call of the course's
     prompts, as a 0-d float32 tensor on the GPU (no synchronisation while it runs)."""
     import torch
 
@@ -71,7 +73,7 @@ def calibrate(model, panels: int, size: int, steps: int) -> dict:
     amax: dict = {}
     handles = []
     for name, module in unet.named_modules():
-        if eligible(module, name):
+        if eligible(module, name) or (convs and convertible(module, name)):
             def hook(mod, args, name=name):
                 seen = args[0].detach().abs().amax().float()
                 amax[name] = torch.maximum(amax[name], seen) if name in amax else seen
@@ -138,11 +140,18 @@ def make_way(unet_bf16, way: str, amax: dict):
         return unet, sum(1 for n, m in unet_bf16.named_modules() if eligible(m, n))
     changed = 0
     for name, module in list(unet.named_modules()):
-        if name in amax and eligible(module, name):
-            parent_name, _, child = name.rpartition(".")
-            parent = unet.get_submodule(parent_name) if parent_name else unet
-            setattr(parent, child, static_linear(module, amax[name], way == "static-rows"))
-            changed += 1
+        if name not in amax:
+            continue
+        if eligible(module, name):
+            replacement = static_linear(module, amax[name], way == "static-rows")
+        elif way == "static-conv" and convertible(module, name):
+            replacement = fp8_conv_module(module, amax[name])
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = unet.get_submodule(parent_name) if parent_name else unet
+        setattr(parent, child, replacement)
+        changed += 1
     return unet, changed
 
 
@@ -168,6 +177,12 @@ def run(args) -> dict:
     t = time.perf_counter()
     model = load_model(ref, RuntimeOptions(progress=False, dtype="fp16"))
     report["load_s"] = round(time.perf_counter() - t, 2)
+    if args.layout:  # before calibrating: fused QKV projections are layers of their own
+        from storyboard.engine.speed.apply import apply_speedups
+        from storyboard.plan import Speedup
+
+        apply_speedups(model, [Speedup(n) for n in args.layout])
+    report.update(dtype=args.dtype, layout=args.layout, tune=args.tune)
     # 1. The held-out inputs and the plain fp16 reference.
     call_args, call_kwargs = first_unet_call(model, None, args.panels, args.size, prepend=True)
     unet = model.pipe.unet
@@ -175,7 +190,8 @@ def run(args) -> dict:
         reference = unet(*call_args, **call_kwargs)[0].float()
     # 2. Calibration, on the fp16 model (what a writer's build would run it on).
     t = time.perf_counter()
-    amax = calibrate(model, args.panels, args.size, args.calib_steps)
+    amax = calibrate(model, args.panels, args.size, args.calib_steps,
+                     convs="static-conv" in args.ways)
     sync()
     report["calibrate_s"] = round(time.perf_counter() - t, 2)
     print(f"[fp8] loaded in {report['load_s']} s, calibrated in {report['calibrate_s']} s",
@@ -184,18 +200,26 @@ def run(args) -> dict:
     report["layers_calibrated"] = len(values)
     report["input_amax"] = {"min": values[0], "median": values[len(values) // 2],
                             "max": values[-1]} if values else None
-    # 3. Each way on a bf16 copy, compiled.
-    unet_bf16 = copy.deepcopy(unet).to(torch.bfloat16)
-    model.pipe.unet = None  # the fp16 UNet is no longer needed
+    # 3. Each way on a copy in --dtype (bf16: storyboard's FP8 today), compiled.
+    if args.dtype == "bf16":
+        unet_bf16 = copy.deepcopy(unet).to(torch.bfloat16)
+        bf16_args, bf16_kwargs = to_bf16(call_args), to_bf16(call_kwargs)
+    else:  # the fp16 UNet itself: each way changes a copy of it
+        unet_bf16, bf16_args, bf16_kwargs = unet, call_args, call_kwargs
+    model.pipe.unet = None  # the pipeline's UNet is no longer needed
     del unet
-    bf16_args, bf16_kwargs = to_bf16(call_args), to_bf16(call_kwargs)
+    options = None
+    if args.tune:
+        from storyboard.engine.speed.tuning import COMPILE_OPTIONS
+
+        options = dict(COMPILE_OPTIONS)
     for way in args.ways:
         entry: dict = {}
         try:
             changed, layers = make_way(unet_bf16, way, amax)
             entry["layers_changed"] = layers
             changed.forward = torch.compile(changed.forward, backend=args.backend,
-                                            dynamic=False)
+                                            dynamic=False, options=options)
             t = time.perf_counter()
             with torch.inference_mode():
                 got = changed(*bf16_args, **bf16_kwargs)[0].float()
@@ -222,6 +246,11 @@ def main() -> None:
     ap.add_argument("--calib-steps", type=int, default=20)
     ap.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
     ap.add_argument("--backend", default="inductor", help="torch.compile's (aot_eager on a CPU)")
+    ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16",
+                    help="what is not FP8 (bf16: storyboard's FP8 today)")
+    ap.add_argument("--layout", nargs="*", default=[], choices=["channels_last", "fused_qkv"],
+                    help="storyboard's compiled layout, applied before calibrating")
+    ap.add_argument("--tune", action="store_true", help="storyboard's kernel tuning options")
     ap.add_argument("--out", type=Path, help="also write the report here, after each way")
     args = ap.parse_args()
     print(json.dumps(run(args)))
