@@ -37,7 +37,7 @@ _FLAGS = [
     click.option("--tune/--no-tune", "tune", default=None,
                  help="Coordinate-descent tuning of the compiled UNet's kernels (default: the "
                       "story's render.tune, else on): about 2% faster steps; the first compile "
-                      "of each shape on a machine takes about 100 s longer (cached after)."),
+                      "of each shape on a machine takes 100-200 s longer (cached after)."),
     click.option("--no-fuse", is_flag=True,
                  help="LoRAs as live adapters, no channels_last / fused QKV / cached "
                       "cross-attention K/V (and so no compile either)."),
