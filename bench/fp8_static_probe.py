@@ -20,13 +20,17 @@ with the step's relative error at most 5e-2.
    reference).
 2. Calibrate: every eligible ``Linear``'s input absolute maximum (``--calib-steps`` steps of a
    pipeline call on the course's prompts), kept on the GPU.
-3. For each way in ``--ways``, a copy of the UNet in bf16, changed, then compiled like
-   storyboard's (``torch.compile`` of its forward, static shapes): ``bf16`` (no change),
-   ``dynamic`` (storyboard's FP8 today, torchao's per-row dynamic scales), ``static`` (per-tensor
-   scales for activations and weights, ``torch._scaled_mm``), ``static-rows`` (static
-   activation scales, a scale per weight row). For each: the first call's seconds (the
-   compile), milliseconds per panel-step over ``--calls`` calls, and the relative error against
-   the reference (the difference's norm over the reference's, as bench/speed.py reports it).
+3. For each way in ``--ways``, a copy of the UNet in ``--dtype`` (bf16, as storyboard's FP8
+   today, or fp16), changed, then compiled like storyboard's (``torch.compile`` of its forward,
+   static shapes; ``--tune``: with storyboard's kernel tuning): ``bf16`` (no change, in
+   ``--dtype`` whatever its name), ``dynamic`` (storyboard's FP8 today, torchao's per-row
+   dynamic scales), ``static`` (per-tensor scales for activations and weights,
+   ``torch._scaled_mm``), ``static-rows`` (static activation scales, a scale per weight row),
+   ``static-conv`` (``static``, and the 3x3 convolutions as FP8 products over their patches:
+   ``fp8_conv.py``). For each: the first call's seconds (the compile), milliseconds per
+   panel-step over ``--calls`` calls, and the relative error against the reference (the
+   difference's norm over the reference's, as bench/speed.py reports it). ``--layout`` applies
+   storyboard's compiled layout (channels_last, fused QKV projections) before step 2.
 
     python bench/fp8_static_probe.py builtin:tiny-sdxl sdxl --panels 2 --size 64 \\
         --calib-steps 2 --calls 2 --backend aot_eager          # any machine: the numbers work
