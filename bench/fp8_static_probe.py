@@ -67,8 +67,8 @@ def eligible(module, fqn: str) -> bool:
 
 def calibrate(model, panels: int, size: int, steps: int, convs: bool) -> dict:
     """Each eligible Linear's (and with ``convs`` each convertible convolution's) largest input
-    magnitude over a pipeline call of the course's
-    prompts, as a 0-d float32 tensor on the GPU (no synchronisation while it runs)."""
+    magnitude over a pipeline call of the course's prompts, as a 0-d float32 tensor on the GPU
+    (no synchronisation while it runs)."""
     import torch
 
     from reference import COURSE_PANELS
@@ -130,9 +130,9 @@ def static_linear(linear, input_amax, rows: bool):
     return StaticFP8Linear()
 
 
-def make_way(unet_bf16, way: str, amax: dict):
+def make_way(base, way: str, amax: dict):
     """A changed copy of the bf16 UNet, and how many layers changed."""
-    unet = copy.deepcopy(unet_bf16)
+    unet = copy.deepcopy(base)
     if way == "bf16":
         return unet, 0
     if way == "dynamic":
@@ -141,7 +141,7 @@ def make_way(unet_bf16, way: str, amax: dict):
 
         quantize_(unet, Float8DynamicActivationFloat8WeightConfig(
             granularity=PerRow(), set_inductor_config=False), filter_fn=eligible)
-        return unet, sum(1 for n, m in unet_bf16.named_modules() if eligible(m, n))
+        return unet, sum(1 for n, m in base.named_modules() if eligible(m, n))
     changed = 0
     for name, module in list(unet.named_modules()):
         if name not in amax:
@@ -206,10 +206,10 @@ def run(args) -> dict:
                             "max": values[-1]} if values else None
     # 3. Each way on a copy in --dtype (bf16: storyboard's FP8 today), compiled.
     if args.dtype == "bf16":
-        unet_bf16 = copy.deepcopy(unet).to(torch.bfloat16)
-        bf16_args, bf16_kwargs = to_bf16(call_args), to_bf16(call_kwargs)
+        base = copy.deepcopy(unet).to(torch.bfloat16)
+        base_args, base_kwargs = to_bf16(call_args), to_bf16(call_kwargs)
     else:  # the fp16 UNet itself: each way changes a copy of it
-        unet_bf16, bf16_args, bf16_kwargs = unet, call_args, call_kwargs
+        base, base_args, base_kwargs = unet, call_args, call_kwargs
     model.pipe.unet = None  # the pipeline's UNet is no longer needed
     del unet
     options = None
@@ -220,17 +220,17 @@ def run(args) -> dict:
     for way in args.ways:
         entry: dict = {}
         try:
-            changed, layers = make_way(unet_bf16, way, amax)
+            changed, layers = make_way(base, way, amax)
             entry["layers_changed"] = layers
             changed.forward = torch.compile(changed.forward, backend=args.backend,
                                             dynamic=False, options=options)
             t = time.perf_counter()
             with torch.inference_mode():
-                got = changed(*bf16_args, **bf16_kwargs)[0].float()
+                got = changed(*base_args, **base_kwargs)[0].float()
             sync()
             entry["first_call_s"] = round(time.perf_counter() - t, 2)
             entry["relative_error"] = float((got - reference).norm() / reference.norm())
-            entry["call_s"] = timed_calls(changed, bf16_args, bf16_kwargs, args.calls)
+            entry["call_s"] = timed_calls(changed, base_args, base_kwargs, args.calls)
             entry["ms_per_panel_step"] = round(1000 * entry["call_s"] / args.panels, 2)
             del changed, got
         except Exception as exc:  # noqa: BLE001 - a probe reports what failed and goes on
