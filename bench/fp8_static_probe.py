@@ -131,7 +131,7 @@ def static_linear(linear, input_amax, rows: bool):
 
 
 def make_way(base, way: str, amax: dict):
-    """A changed copy of the bf16 UNet, and how many layers changed."""
+    """A changed copy of ``base`` (the UNet in --dtype), and how many layers changed."""
     unet = copy.deepcopy(base)
     if way == "bf16":
         return unet, 0
