@@ -139,25 +139,25 @@ def bench(images: int, calls: int, dtype_name: str) -> dict:
 
 
 def check() -> dict:
-    """The FP8 path against ``conv`` in float32 on the CPU: stride 1 and 2, with a bias."""
+    """The FP8 path against ``conv`` in float32 on the CPU: stride 1 and 2, with a bias. Fails
+    (SystemExit) past a relative error of 0.1: FP8's rounding gives about 0.04, patches gathered
+    in another order than the weights' columns about 1."""
     import torch
 
     torch.manual_seed(0)
     out = {}
     with torch.no_grad():
-        return _check(out)
-
-
-def _check(out: dict) -> dict:
-    import torch
-
-    for stride in (1, 2):
-        conv = torch.nn.Conv2d(32, 48, 3, stride=stride, padding=1)
-        x = torch.randn(2, 32, 12, 12)
-        want = conv(x)
-        got = fp8_conv_module(conv, x.abs().amax())(x)
-        assert got.shape == want.shape, (got.shape, want.shape)
-        out[f"stride_{stride}"] = float((got - want).norm() / want.norm())
+        for stride in (1, 2):
+            conv = torch.nn.Conv2d(32, 48, 3, stride=stride, padding=1)
+            x = torch.randn(2, 32, 12, 12)
+            want = conv(x)
+            got = fp8_conv_module(conv, x.abs().amax())(x)
+            if got.shape != want.shape:
+                raise SystemExit(f"stride {stride}: shape {tuple(got.shape)}, "
+                                 f"expected {tuple(want.shape)}")
+            out[f"stride_{stride}"] = float((got - want).norm() / want.norm())
+    if max(out.values()) > 0.1:
+        raise SystemExit(f"the FP8 convolution is wrong: relative errors {out}")
     return out
 
 
